@@ -1,0 +1,62 @@
+"""Process-level set-up for numeric work: thread counts, duplicate OpenMP detection, device choice."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def set_threads(torch_threads: int | None = None, faiss_threads: int | None = None) -> dict[str, int]:
+    """Set torch and faiss thread counts explicitly (default: all cores for torch, 1 less for faiss)."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    tt = torch_threads or cores
+    torch.set_num_threads(tt)
+    ft = faiss_threads if faiss_threads is not None else max(1, cores - 1)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(ft)
+    except ImportError:
+        ft = 0
+    return {"torch": tt, "faiss": ft}
+
+
+def openmp_runtimes() -> list[str]:
+    """Distinct OpenMP runtime libraries mapped into this process (Linux; empty elsewhere)."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        return []
+    names = set()
+    for line in maps.read_text().splitlines():
+        lib = line.rsplit(" ", 1)[-1]
+        base = os.path.basename(lib)
+        if any(k in base for k in ("libgomp", "libiomp", "libomp")):
+            names.add(lib)
+    return sorted(names)
+
+
+def report_openmp() -> list[str]:
+    libs = openmp_runtimes()
+    if len(libs) > 1:
+        policy = os.environ.get("OMP_WAIT_POLICY", "(unset)")
+        log.warning("%d OpenMP runtimes loaded (%s); OMP_WAIT_POLICY=%s. vecrag keeps them from spinning "
+                    "against each other with PASSIVE waits and explicit thread counts; never set "
+                    "KMP_DUPLICATE_LIB_OK.", len(libs), ", ".join(os.path.basename(x) for x in libs), policy)
+    return libs
+
+
+def pick_device(name: str = "auto") -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"

@@ -1,0 +1,62 @@
+"""Shared fixtures: small synthetic banks with real sequential structure (no encoder needed).
+
+``synthetic_bank`` vectors follow a per-article random walk on the unit sphere, so the next chunk is close
+to the previous one (adjacent cosine ~0.5-0.6, random pairs ~0), like real text embeddings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from vecrag.bank import Bank, EncoderInfo, write_bank  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ENWIKI_PART1 = SHARED_DATA / "enwiki2015" / "part-01.jsonl.xz"
+
+
+def random_walk_vectors(n_articles: int, per_article: int | list[int], dim: int, seed: int = 0,
+                        step: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit vectors, article ids and positions for articles whose chunks drift on the sphere."""
+    rng = np.random.default_rng(seed)
+    counts = [per_article] * n_articles if isinstance(per_article, int) else list(per_article)
+    vecs, arts, pos = [], [], []
+    for a, c in enumerate(counts):
+        topic = rng.standard_normal(dim)
+        topic /= np.linalg.norm(topic)
+        v = topic.copy()
+        for p in range(c):
+            v = topic + v * 0.9 + step * rng.standard_normal(dim) / np.sqrt(dim) * 3
+            v /= np.linalg.norm(v)
+            vecs.append(v.copy())
+            arts.append(a)
+            pos.append(p)
+    return np.asarray(vecs, np.float32), np.asarray(arts, np.int64), np.asarray(pos, np.int32)
+
+
+def make_synthetic_bank(path: Path, n_articles: int = 60, per_article: int | list[int] = 12, dim: int = 32,
+                        seed: int = 0, lanes: list[str] | None = None, dtype: str = "float32") -> Bank:
+    vecs, arts, pos = random_walk_vectors(n_articles, per_article, dim, seed)
+    texts = [f"article {a} chunk {p}" for a, p in zip(arts, pos, strict=True)]
+    chunk_lanes = [lanes[a % len(lanes)] for a in arts] if lanes else None
+    return write_bank(path, vecs, article_ids=arts, positions=pos, texts=texts,
+                      titles={int(a): f"Article {a}" for a in np.unique(arts)}, chunk_lanes=chunk_lanes,
+                      encoder=EncoderInfo("synthetic-random-walk", dim), dtype=dtype)
+
+
+@pytest.fixture
+def synthetic_bank(tmp_path: Path) -> Bank:
+    return make_synthetic_bank(tmp_path / "bank")
+
+
+@pytest.fixture(scope="session")
+def shared_corpus() -> Path:
+    if not ENWIKI_PART1.exists():
+        pytest.skip(f"shared corpus not found at {ENWIKI_PART1}")
+    return ENWIKI_PART1
