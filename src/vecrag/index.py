@@ -1,0 +1,347 @@
+"""Inner-product search over a bank: FAISS indexes (flat / IVF / HNSW / IVF-PQ, CPU or GPU, sharded) and an
+exact torch matmul search that needs no FAISS.
+
+Every index answers ``search(queries float32 [n, D], k) -> (scores float32 [n, k], ids int64 [n, k])``,
+best first, padded with id -1 and score -inf when fewer than ``k`` results exist. Bank vectors are unit
+rows, so the inner product is the cosine.
+
+Files: ``BANK/index/<kind>.faiss`` (written atomically; IVF-PQ on disk adds ``BANK/index/<kind>-*.ivfdata``),
+with the parameters in ``manifest["index"]`` (type, file, params, ntotal, dim, build time). Build with
+:func:`build_index` (implementation in ``vecrag.index_build``), load with :func:`load_index`, or call
+:func:`open_index` to get the saved index or, when none is saved, an :class:`ExactTorchIndex`.
+
+Threading: CPU FAISS indexes may be searched from several threads; a GPU FAISS index may not (see
+``vecrag.index_gpu``), so :class:`FaissIndex` serialises GPU calls with a lock. Thread counts are set with
+``faiss.omp_set_num_threads`` by ``build_index``/``load_index`` when ``threads`` is given (and by
+``vecrag.runtime.set_threads`` at command start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vecrag.bank import Bank
+from vecrag.errors import VecragError
+
+log = logging.getLogger(__name__)
+
+INDEX_DIR = "index"
+KINDS = ("flat", "ivf", "hnsw", "ivfpq")
+AUTO_FLAT_MAX = 200_000  # auto: exact flat search below this many vectors, IVF above
+
+
+class SearchIndex:
+    """The search interface shared by every index (FAISS or torch)."""
+
+    kind: str = ""
+    dim: int = 0
+    ntotal: int = 0
+    device: str = "cpu"
+    params: dict[str, Any]
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.kind, "dim": self.dim, "ntotal": self.ntotal, "device": self.device,
+                "params": dict(getattr(self, "params", {}))}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.kind}, n={self.ntotal}, dim={self.dim}, device={self.device})"
+
+
+def check_search_args(queries: np.ndarray, k: int, dim: int) -> np.ndarray:
+    """Validate ``k`` and the query matrix; return C-contiguous float32 queries [n, dim]."""
+    if not isinstance(k, int | np.integer) or k <= 0:
+        raise VecragError(f"k must be a positive integer, got {k!r}", hint="ask for at least one result (-k 10)")
+    q = np.asarray(queries, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise VecragError(f"queries have shape {q.shape}, the index holds {dim}-D vectors",
+                          hint="encode queries with the bank's encoder (see `vecrag bank info`), or rebuild "
+                               "the index with `vecrag index BANK` if the bank changed")
+    return np.ascontiguousarray(q)
+
+
+def _finish(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray(ids, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float32).copy()
+    scores[ids < 0] = -np.inf
+    return scores, ids
+
+
+# ---------------------------------------------------------------------------------------------------
+# exact search with torch
+# ---------------------------------------------------------------------------------------------------
+class ExactTorchIndex(SearchIndex):
+    """Exact inner-product top-k by matmul, in query chunks and bank blocks (no FAISS needed).
+
+    ``vectors`` may be a memory-mapped fp16/fp32 bank. On CUDA the bank is copied to the GPU once (fp16 by
+    default: half the memory, scores within ~1e-3); on CPU it is held as fp32, or, with
+    ``resident=False``, converted block by block at search time (memory-light, slower).
+    ``max_elems`` bounds the size of one score block (query chunk x bank block).
+    """
+
+    kind = "exact"
+
+    def __init__(self, vectors: np.ndarray, device: str = "cpu", dtype: Any = None, *, resident: bool = True,
+                 query_chunk: int = 1024, max_elems: int = 1 << 26, block_rows: int = 1 << 20):
+        import torch
+
+        from vecrag.runtime import pick_device
+
+        self.device = pick_device(device)
+        self.dtype = dtype or (torch.float16 if self.device == "cuda" else torch.float32)
+        self.ntotal, self.dim = int(vectors.shape[0]), int(vectors.shape[1])
+        self.query_chunk, self.max_elems, self.block_rows = query_chunk, max_elems, block_rows
+        self.params = {"dtype": str(self.dtype).replace("torch.", ""), "resident": resident}
+        self._source = vectors
+        self._blocks: list[Any] | None = None
+        if resident or self.device != "cpu":
+            self._blocks = []
+            try:
+                for s in range(0, self.ntotal, block_rows):
+                    blk = np.array(vectors[s:s + block_rows], dtype=np.float32)
+                    self._blocks.append(torch.from_numpy(blk).to(self.device, self.dtype))
+            except torch.OutOfMemoryError as e:
+                self._blocks = None
+                raise VecragError(f"the bank ({self.ntotal} x {self.dim}) does not fit in {self.device} memory",
+                                  hint="use a FAISS index sharded over GPUs (`vecrag index BANK --device cuda`) "
+                                       "or search on the CPU") from e
+
+    def _iter_blocks(self) -> Any:
+        import torch
+
+        if self._blocks is not None:
+            s = 0
+            for b in self._blocks:
+                yield s, b
+                s += b.shape[0]
+            return
+        for s in range(0, self.ntotal, self.block_rows):
+            blk = np.array(self._source[s:s + self.block_rows], dtype=np.float32)
+            yield s, torch.from_numpy(blk).to(self.device, self.dtype)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        q = check_search_args(queries, k, self.dim)
+        n = q.shape[0]
+        kk = min(k, self.ntotal)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        ids = np.full((n, k), -1, dtype=np.int64)
+        if n == 0 or kk == 0:
+            return scores, ids
+        rows = min(self.block_rows, self.ntotal)
+        chunk = max(1, min(self.query_chunk, self.max_elems // max(rows, 1)))
+        with torch.inference_mode():
+            for qs in range(0, n, chunk):
+                qt = torch.from_numpy(q[qs:qs + chunk]).to(self.device, self.dtype)
+                best_s = best_i = None
+                for start, blk in self._iter_blocks():
+                    s = (qt @ blk.T).float()
+                    top_s, top_i = torch.topk(s, min(kk, blk.shape[0]), dim=1)
+                    top_i = top_i + start
+                    if best_s is not None:
+                        top_s = torch.cat([best_s, top_s], 1)
+                        top_i = torch.cat([best_i, top_i], 1)
+                        top_s, j = torch.topk(top_s, kk, dim=1)
+                        top_i = torch.gather(top_i, 1, j)
+                    best_s, best_i = top_s, top_i
+                scores[qs:qs + chunk, :kk] = best_s.cpu().numpy()
+                ids[qs:qs + chunk, :kk] = best_i.cpu().numpy()
+        return scores, ids
+
+
+# ---------------------------------------------------------------------------------------------------
+# FAISS
+# ---------------------------------------------------------------------------------------------------
+class FaissIndex(SearchIndex):
+    """A FAISS inner-product index (CPU, or cloned to GPU(s)) with optional exact re-ranking.
+
+    ``refine`` > 0 (IVF-PQ): fetch ``refine * k`` candidates and re-score them exactly against
+    ``vectors`` (the bank's memory-mapped rows), so PQ's approximate scores only pick the shortlist.
+    The CPU index is kept beside a GPU clone: it answers ``k > 2048`` (the GPU limit).
+    A GPU clone is used under a lock: one caller at a time (FAISS GPU indexes are not thread-safe).
+    """
+
+    def __init__(self, cpu_index: Any, kind: str, params: dict[str, Any] | None = None, *,
+                 device: str = "cpu", vectors: np.ndarray | None = None, fp16: bool = False, shard: bool = True):
+        from vecrag.index_gpu import resolve_faiss_device, to_gpu
+
+        self.cpu_index = cpu_index
+        self.kind = kind
+        self.params = dict(params or {})
+        self.dim, self.ntotal = int(cpu_index.d), int(cpu_index.ntotal)
+        self.vectors = vectors
+        self.refine = int(self.params.get("refine") or 0)
+        if self.refine and vectors is None:
+            raise VecragError("re-ranking (refine) needs the bank vectors", hint="pass vectors=bank.vectors")
+        self._lock = threading.Lock()
+        self.gpu_index = to_gpu(cpu_index, shard=shard, fp16=fp16) if resolve_faiss_device(device) == "cuda" else None
+        self.device = "cuda" if self.gpu_index is not None else "cpu"
+        self.set_search_params(nprobe=self.params.get("nprobe"), ef_search=self.params.get("ef_search"))
+
+    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        import faiss
+
+        from vecrag.index_gpu import set_gpu_param
+
+        if nprobe is not None and self.kind in ("ivf", "ivfpq"):
+            faiss.extract_index_ivf(self.cpu_index).nprobe = int(nprobe)
+            if self.gpu_index is not None:
+                set_gpu_param(self.gpu_index, "nprobe", int(nprobe))
+            self.params["nprobe"] = int(nprobe)
+        if ef_search is not None and self.kind == "hnsw":
+            self.cpu_index.hnsw.efSearch = int(ef_search)
+            self.params["ef_search"] = int(ef_search)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        from vecrag.index_gpu import GPU_MAX_K
+
+        q = check_search_args(queries, k, self.dim)
+        import faiss
+
+        kk = k * self.refine if self.refine else k
+        if self.gpu_index is not None and kk <= GPU_MAX_K:
+            with self._lock:
+                scores, ids = self.gpu_index.search(q, kk)
+        elif self.kind == "hnsw":  # HNSW returns at most efSearch results: per-call params (thread-safe)
+            ef = max(int(self.params.get("ef_search") or 0), kk)
+            scores, ids = self.cpu_index.search(q, kk, params=faiss.SearchParametersHNSW(efSearch=ef))
+        else:
+            scores, ids = self.cpu_index.search(q, kk)
+        if self.refine:
+            scores, ids = self._rerank(q, ids, k)
+        return _finish(scores[:, :k], ids[:, :k])
+
+    def _rerank(self, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self.vectors is not None
+        valid = ids >= 0
+        uniq, inv = np.unique(ids[valid], return_inverse=True)
+        vecs = np.asarray(self.vectors[uniq], dtype=np.float32)
+        exact = np.full(ids.shape, -np.inf, dtype=np.float32)
+        rows = np.nonzero(valid)[0]
+        exact[valid] = np.einsum("nd,nd->n", q[rows], vecs[inv])
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(exact, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def index_dir(bank: Bank) -> Path:
+    return bank.path / INDEX_DIR
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Silence C++ prints to fd 1 (FAISS's on-disk code logs there), so `--json` output stays clean."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def read_faiss(path: Path, *, kind: str = "", on_disk: bool = False) -> Any:
+    """Read a FAISS index file; a missing, truncated or corrupt file raises a VecragError.
+
+    On-disk inverted lists are looked up beside the index file (``IO_FLAG_ONDISK_SAME_DIR``), so a bank
+    directory can be moved.
+    """
+    import faiss
+
+    fix = f"rebuild it with `vecrag index {path.parent.parent} --type {kind or 'auto'}`"
+    if not path.is_file():
+        raise VecragError("index file is missing", path=path, hint=fix)
+    try:
+        if on_disk:
+            with quiet_stdout():
+                return faiss.read_index(str(path.resolve()), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        return faiss.read_index(str(path))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        raise VecragError(f"index file is corrupt or truncated ({first})", path=path, hint=fix) from e
+
+
+def load_index(bank: Bank, device: str = "auto", *, threads: int | None = None, nprobe: int | None = None,
+               ef_search: int | None = None, fp16: bool = False, shard: bool = True) -> FaissIndex:
+    """Load the index recorded in ``manifest["index"]`` and check it against the bank."""
+    import faiss
+
+    if threads is not None:
+        faiss.omp_set_num_threads(int(threads))
+    rec = _manifest_index(bank)
+    if rec is None:
+        raise VecragError("the bank has no saved index", path=bank.path,
+                          hint=f"build one with `vecrag index {bank.path}`")
+    kind = rec.get("type", "")
+    path = bank.path / rec["file"]
+    cpu = read_faiss(path, kind=kind, on_disk=bool(rec.get("ivfdata")))
+    if int(cpu.d) != bank.dim:
+        raise VecragError(f"index holds {cpu.d}-D vectors but the bank is {bank.dim}-D", path=path,
+                          hint=f"rebuild it with `vecrag index {bank.path} --type {kind}`")
+    if int(cpu.ntotal) != bank.n:
+        raise VecragError(f"index holds {cpu.ntotal} vectors but the bank has {bank.n} (stale index)", path=path,
+                          hint=f"rebuild it with `vecrag index {bank.path} --type {kind}`")
+    params = dict(rec.get("params", {}))
+    idx = FaissIndex(cpu, kind, params, device=device, vectors=bank.vectors, fp16=fp16, shard=shard)
+    idx.set_search_params(nprobe=nprobe, ef_search=ef_search)
+    return idx
+
+
+def _manifest_index(bank: Bank) -> dict[str, Any] | None:
+    """The manifest's index record, re-read from disk (another process may have built one meanwhile)."""
+    try:
+        m = json.loads((bank.path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        m = bank.manifest
+    return m.get("index") or None
+
+
+def open_index(bank: Bank, backend: str = "auto", device: str = "auto", **kwargs: Any) -> SearchIndex:
+    """The bank's saved FAISS index (``faiss``), an exact torch search (``torch``), or ``auto``: the saved
+    index when there is one and faiss imports, else exact search."""
+    if backend not in ("auto", "faiss", "torch"):
+        raise VecragError(f"unknown search backend {backend!r}", hint="choose auto, faiss or torch")
+    if backend == "torch":
+        return ExactTorchIndex(bank.vectors, device="auto" if device == "auto" else device)
+    has_faiss = True
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        has_faiss = False
+    if backend == "faiss" or (has_faiss and _manifest_index(bank) is not None):
+        return load_index(bank, device=device, **kwargs)
+    log.info("no saved index%s: exact search with torch", "" if has_faiss else " usable (faiss not installed)")
+    return ExactTorchIndex(bank.vectors, device=device)
+
+
+def recall_vs_exact(index: SearchIndex, exact: SearchIndex, queries: np.ndarray, k: int = 10) -> float:
+    """Mean fraction of the exact top-k ids that ``index`` also returns in its top-k."""
+    _, approx_ids = index.search(queries, k)
+    _, true_ids = exact.search(queries, k)
+    hits = [len(set(a[a >= 0].tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
+            for a, t in zip(approx_ids, true_ids, strict=True)]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def build_index(bank: Bank, kind: str = "auto", **kwargs: Any) -> FaissIndex:
+    """Build, save and record an index for ``bank``; see :func:`vecrag.index_build.build_index`."""
+    from vecrag.index_build import build_index as _build
+
+    return _build(bank, kind, **kwargs)
