@@ -1,0 +1,235 @@
+"""The dual-path decision: SNAP to a bank vector, BLEND with it, or keep the NOVEL prediction.
+
+Pure, deterministic functions of their arguments (no clocks, no randomness, no global state).
+
+With ``c`` = max cos(v_hat, shortlist) and ``n*`` its argmax (DESIGN.md section 2):
+
+- ``SNAP``  if ``c >= tau_snap``: emit ``n*`` (the bank vector itself);
+- ``NOVEL`` if ``c <= tau_novel``: emit ``v_hat``;
+- ``BLEND`` otherwise: emit ``normalise(a(c) * n* + (1 - a(c)) * v_hat)``.
+
+``a(c)`` (:func:`alpha`) is the weight on the BANK vector: piecewise-linear through ``alpha_points``
+(seed: 0.3 at 0.86, 0.7 at 0.91, 0.9 at 0.95), and constant outside the knots: below the first knot it is
+clamped to the first weight (0.3, so the sliver of the default BLEND band between tau_novel=0.85 and 0.86
+blends at 0.3), above the last knot to the last weight (0.9 "from 0.95").
+
+**Near-duplicate rule.** A candidate whose cosine to v_hat is ``> near_dup`` (strictly; 0.98) and whose
+id appears in the last ``near_dup_window`` entries of ``recent_ids`` (one entry per step; 8) is *skipped*:
+the decision is taken again against the next-best candidate that is not skipped, with that candidate's
+cosine and the usual bands (so it may SNAP to the next-best, BLEND with it or fall to NOVEL). We chose
+next-best over "BLEND with n*" because blending at a(0.98) = 0.9 re-emits almost the same vector and does
+not break a repetition loop. If every candidate is skipped the decision is NOVEL. ``Decision.c_max`` keeps
+the cosine before skipping; ``Decision.c`` is the cosine the bands were applied to.
+
+Shortlist rows are assumed unit-norm (the bank contract); ``v_hat`` is re-normalised if it is not. Ids
+``< 0`` (FAISS padding) are ignored. Cosines are computed in float64 so band edges are exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vecrag.errors import VecragError
+
+SNAP, BLEND, NOVEL = "SNAP", "BLEND", "NOVEL"
+KINDS = (SNAP, BLEND, NOVEL)
+DEFAULT_ALPHA_POINTS: tuple[tuple[float, float], ...] = ((0.86, 0.3), (0.91, 0.7), (0.95, 0.9))
+
+
+def _num(x: object, name: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(float(x)):
+        raise VecragError(f"decode policy: {name} must be a finite number, got {x!r}")
+    return float(x)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Thresholds of the dual-path decision (seed defaults). Validated on construction."""
+
+    tau_snap: float = 0.92
+    tau_novel: float = 0.85
+    alpha_points: tuple[tuple[float, float], ...] = DEFAULT_ALPHA_POINTS
+    near_dup: float = 0.98
+    near_dup_window: int = 8
+    K: int = 500
+
+    def __post_init__(self) -> None:
+        ts, tn = _num(self.tau_snap, "tau_snap"), _num(self.tau_novel, "tau_novel")
+        nd = _num(self.near_dup, "near_dup")
+        for name, v in (("tau_snap", ts), ("tau_novel", tn), ("near_dup", nd)):
+            if not -1.0 <= v <= 1.0:
+                raise VecragError(f"decode policy: {name}={v} is outside [-1, 1] (it is a cosine)")
+        if not tn < ts:
+            raise VecragError(f"decode policy: tau_novel ({tn}) must be < tau_snap ({ts}); "
+                              "NOVEL applies at c <= tau_novel, SNAP at c >= tau_snap, BLEND between")
+        try:
+            pts = tuple((float(p[0]), float(p[1])) for p in self.alpha_points)
+        except (TypeError, ValueError, IndexError) as e:
+            raise VecragError(f"decode policy: alpha_points must be a list of [cosine, weight] pairs, "
+                              f"got {self.alpha_points!r}") from e
+        if not pts:
+            raise VecragError("decode policy: alpha_points is empty; give at least one [cosine, weight] pair")
+        for c, w in pts:
+            if not (math.isfinite(c) and -1.0 <= c <= 1.0):
+                raise VecragError(f"decode policy: alpha point cosine {c} is outside [-1, 1]")
+            if not (math.isfinite(w) and 0.0 <= w <= 1.0):
+                raise VecragError(f"decode policy: alpha weight {w} (at c={c}) is outside [0, 1] "
+                                  "(it is the weight on the bank vector)")
+        for (c0, w0), (c1, w1) in zip(pts, pts[1:], strict=False):
+            if not c1 > c0:
+                raise VecragError(f"decode policy: alpha_points cosines must be strictly increasing, got "
+                                  f"{c0} then {c1}")
+            if not w1 >= w0:
+                raise VecragError(f"decode policy: alpha_points weights must not decrease (the weight on the "
+                                  f"bank vector grows with c), got {w0} at {c0} then {w1} at {c1}")
+        win, K = self.near_dup_window, self.K
+        if isinstance(win, bool) or not isinstance(win, int) or win < 0:
+            raise VecragError(f"decode policy: near_dup_window must be an integer >= 0 (steps), got {win!r}")
+        if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+            raise VecragError(f"decode policy: K must be an integer >= 1 (shortlist size), got {K!r}")
+        object.__setattr__(self, "tau_snap", ts)
+        object.__setattr__(self, "tau_novel", tn)
+        object.__setattr__(self, "near_dup", nd)
+        object.__setattr__(self, "alpha_points", pts)
+
+    def replace(self, **fields: object) -> Policy:
+        d = self.as_dict()
+        d.update(fields)
+        return Policy(**d)  # type: ignore[arg-type]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"tau_snap": self.tau_snap, "tau_novel": self.tau_novel,
+                "alpha_points": tuple(tuple(p) for p in self.alpha_points), "near_dup": self.near_dup,
+                "near_dup_window": self.near_dup_window, "K": self.K}
+
+
+def alpha(c: float | np.ndarray, policy: Policy | None = None) -> float | np.ndarray:
+    """Weight on the bank vector at cosine ``c``: piecewise-linear through the knots, clamped outside them."""
+    pts = (policy or Policy()).alpha_points
+    xs = np.fromiter((p[0] for p in pts), dtype=np.float64)
+    ys = np.fromiter((p[1] for p in pts), dtype=np.float64)
+    out = np.interp(np.asarray(c, dtype=np.float64), xs, ys)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def classify(c: float | np.ndarray, policy: Policy) -> str | np.ndarray:
+    """Band of cosine ``c``: SNAP if c >= tau_snap, NOVEL if c <= tau_novel, else BLEND (NaN -> NOVEL)."""
+    arr = np.asarray(c, dtype=np.float64)
+    out = np.where(arr >= policy.tau_snap, SNAP, np.where(arr > policy.tau_novel, BLEND, NOVEL))
+    return str(out) if out.ndim == 0 else out.astype(object)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One step's outcome. ``alpha`` is the weight on the bank vector actually used (1 SNAP, 0 NOVEL)."""
+
+    kind: str
+    c: float
+    neighbour_id: int
+    alpha: float
+    vector: np.ndarray
+    c_max: float = float("nan")
+    skipped_ids: tuple[int, ...] = ()
+    fallback: str = ""  # "" or the retrieval failure that forced NOVEL: "error" | "timeout" | "empty"
+    extra: dict[str, object] = field(default_factory=dict, compare=False)
+
+    @property
+    def used_id(self) -> int:
+        """The bank id this step used (SNAP or BLEND), for the near-duplicate history; -1 for NOVEL."""
+        return self.neighbour_id if self.kind in (SNAP, BLEND) else -1
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    if not math.isfinite(n) or n == 0.0:
+        raise VecragError("decode: the predicted vector is zero or not finite; check the LVM checkpoint")
+    return v if abs(n - 1.0) < 1e-6 else v / n
+
+
+def novel(v_hat: np.ndarray, *, reason: str = "") -> Decision:
+    """The NOVEL decision (also the fallback when retrieval failed: ``reason`` says why)."""
+    v = _unit(np.asarray(v_hat, dtype=np.float64))
+    return Decision(NOVEL, float("nan"), -1, 0.0, v.astype(np.float32), fallback=reason)
+
+
+def decide(v_hat: np.ndarray, shortlist_vecs: np.ndarray, shortlist_ids: np.ndarray, policy: Policy,
+           recent_ids: Sequence[int] = ()) -> Decision:
+    """SNAP / BLEND / NOVEL for one prediction against its shortlist (see the module docstring)."""
+    v = _unit(np.asarray(v_hat, dtype=np.float64).reshape(-1))
+    ids = np.asarray(shortlist_ids, dtype=np.int64).reshape(-1)
+    vecs = np.asarray(shortlist_vecs, dtype=np.float64).reshape(len(ids), -1) if len(ids) else None
+    valid = ids >= 0
+    if vecs is None or not valid.any():
+        return novel(v, reason="empty")
+    cos = np.where(valid, vecs @ v, -np.inf)
+    c_max = float(cos.max())
+    recent = set(int(i) for i in list(recent_ids)[-policy.near_dup_window:]) if policy.near_dup_window else set()
+    skipped: list[int] = []
+    order = np.argsort(-cos, kind="stable")
+    best = -1
+    for j in order:
+        if not valid[j]:
+            break
+        if cos[j] > policy.near_dup and int(ids[j]) in recent:
+            skipped.append(int(ids[j]))
+            continue
+        best = int(j)
+        break
+    if best < 0:
+        d = novel(v)
+        return Decision(NOVEL, c_max, -1, 0.0, d.vector, c_max, tuple(skipped))
+    c = float(cos[best])
+    nid = int(ids[best])
+    kind = classify(c, policy)
+    if kind == SNAP:
+        return Decision(SNAP, c, nid, 1.0, vecs[best].astype(np.float32), c_max, tuple(skipped))
+    if kind == NOVEL:
+        return Decision(NOVEL, c, nid, 0.0, v.astype(np.float32), c_max, tuple(skipped))
+    a = float(alpha(c, policy))
+    mixed = a * vecs[best] + (1.0 - a) * v
+    norm = float(np.linalg.norm(mixed))
+    out = mixed / norm if norm > 1e-9 else v  # only reachable with a negative tau_novel
+    return Decision(BLEND, c, nid, a, out.astype(np.float32), c_max, tuple(skipped))
+
+
+def decide_batch(v_hat: np.ndarray, cand_vecs: np.ndarray, cand_ids: np.ndarray, policy: Policy,
+                 recent_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Vectorised :func:`decide` for evaluation: ``v_hat`` [n, D], ``cand_vecs`` [n, k, D], ``cand_ids`` [n, k],
+    ``recent_ids`` [n, W] (-1 padded; the last ``near_dup_window`` columns are used).
+
+    Returns arrays: ``kind`` (object), ``c``, ``c_max``, ``neighbour`` (id, -1 if none), ``pos`` (column of the
+    chosen candidate, -1 if none), ``alpha`` (weight on the bank vector used) and ``vector`` [n, D] float32.
+    Agrees with :func:`decide` row by row.
+    """
+    v = np.asarray(v_hat, dtype=np.float64)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    ids = np.asarray(cand_ids, dtype=np.int64)
+    n, k = ids.shape
+    cv = np.asarray(cand_vecs, dtype=np.float64)
+    valid = ids >= 0
+    cos = np.where(valid, np.einsum("nkd,nd->nk", cv, v), -np.inf)
+    c_max = cos.max(axis=1) if k else np.full(n, -np.inf)
+    usable = cos.copy()
+    if recent_ids is not None and policy.near_dup_window and recent_ids.shape[1]:
+        rec = np.asarray(recent_ids, dtype=np.int64)[:, -policy.near_dup_window:]
+        hit = ((ids[:, :, None] == rec[:, None, :]) & (rec[:, None, :] >= 0)).any(axis=2)
+        usable[hit & (cos > policy.near_dup)] = -np.inf
+    pos = usable.argmax(axis=1) if k else np.zeros(n, np.int64)
+    c = usable[np.arange(n), pos] if k else np.full(n, -np.inf)
+    has = np.isfinite(c)
+    pos = np.where(has, pos, -1)
+    nb = np.where(has, ids[np.arange(n), np.maximum(pos, 0)] if k else -1, -1)
+    kind = np.where(has, classify(np.where(has, c, -np.inf), policy), NOVEL).astype(object)
+    a = np.where(kind == SNAP, 1.0, np.where(kind == BLEND, alpha(np.where(has, c, 0.0), policy), 0.0))
+    star = cv[np.arange(n), np.maximum(pos, 0)] if k else np.zeros_like(v)
+    mixed = a[:, None] * star + (1.0 - a[:, None]) * v
+    norms = np.linalg.norm(mixed, axis=1, keepdims=True)
+    vec = np.where(norms > 1e-9, mixed / np.maximum(norms, 1e-12), v)
+    vec[kind == SNAP] = star[kind == SNAP]
+    c_out = np.where(has, c, np.where(np.isfinite(c_max), c_max, np.nan))
+    return {"kind": kind, "c": c_out, "c_max": np.where(np.isfinite(c_max), c_max, np.nan), "neighbour": nb,
+            "pos": pos, "alpha": a, "vector": vec.astype(np.float32)}
