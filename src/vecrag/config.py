@@ -1,0 +1,300 @@
+"""Typed dataclass configs: YAML presets plus ``key=value`` overrides with dotted keys.
+
+The machinery is generic: any (possibly nested) dataclass works. A run config nests sections::
+
+    @dataclass
+    class LVMConfig:
+        bank: str = ""
+        train: TrainConfig = field(default_factory=TrainConfig)
+        model: LVMModelConfig = field(default_factory=LVMModelConfig)
+
+    cfg = load_config(LVMConfig, "lvm-default.yaml", ["train.lr=1e-3", "model.kind=lstm"])
+
+Override values are parsed with ``yaml.safe_load`` and then coerced to the field's annotated type (so
+``1e-3``, which YAML 1.1 reads as a string, still becomes a float). A field may declare
+``metadata={"choices": (...)}``. A dataclass may define ``validate(self)`` raising ``VecragError``; it runs
+after every load. Unknown keys and ill-typed values raise ``VecragError`` listing the valid keys.
+``path`` may name a shipped preset (``lvm-tiny`` or ``lvm-tiny.yaml`` in ``vecrag/presets``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from vecrag.errors import VecragError
+from vecrag.fsutil import atomic_write_text
+
+T = TypeVar("T")
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+# ---- the shared training config -----------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Everything the shared training loop (vecrag.train.loop.Trainer) reads."""
+
+    epochs: int = 3
+    batch_size: int = 64
+    grad_accum: int = 1                # micro-batches per optimizer step
+    lr: float = 1e-3
+    lr_min: float = 1e-5               # cosine floor
+    warmup_steps: int = 0              # optimizer steps of linear warm-up ...
+    warmup_ratio: float = 0.0          # ... or a fraction of all steps (the larger wins)
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0             # 0 = no clipping
+    seed: int = 0
+    device: str = "auto"               # auto | cpu | cuda | cuda:N | mps
+    amp: str = field(default="auto", metadata={"choices": ("auto", "bf16", "off")})  # auto = bf16 on CUDA
+    log_every: int = 50                # optimizer steps between train records
+    ckpt_every: int = 0                # optimizer steps between step checkpoints (0 = per epoch only)
+    keep_last: int = 3                 # step checkpoints kept
+    early_stop_metric: str = "cos"     # a key of task.validate()'s dict
+    early_stop_mode: str = field(default="max", metadata={"choices": ("max", "min")})
+    patience: int = 0                  # epochs without improvement before stopping (0 = never stop early)
+    swa_last: int = 0                  # average the weights of the last K epoch checkpoints at the end (0 = off)
+    max_steps: int = 0                 # stop after this many optimizer steps (0 = no limit; for tests)
+    torch_threads: int = 0             # 0 = all cores
+    context: int = 10                  # L, chunks of context
+    val_max_queries: int = 2000        # validation queries drawn from the val split (0 = all)
+    tensorboard: bool = True           # write TensorBoard scalars when tensorboard is installed
+    deterministic: bool = False        # torch.use_deterministic_algorithms(True)
+
+    def validate(self) -> None:
+        check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        check(self.grad_accum >= 1, "grad_accum", self.grad_accum, "must be >= 1")
+        check(self.lr > 0, "lr", self.lr, "must be > 0")
+        check(0 <= self.lr_min <= self.lr, "lr_min", self.lr_min, "must be in [0, lr]")
+        check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
+        check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        check(self.clip_norm >= 0, "clip_norm", self.clip_norm, "must be >= 0 (0 = off)")
+        check(self.log_every >= 1, "log_every", self.log_every, "must be >= 1")
+        check(self.ckpt_every >= 0, "ckpt_every", self.ckpt_every, "must be >= 0 (0 = per epoch only)")
+        check(self.keep_last >= 1, "keep_last", self.keep_last, "must be >= 1")
+        check(self.patience >= 0, "patience", self.patience, "must be >= 0 (0 = off)")
+        check(self.swa_last >= 0, "swa_last", self.swa_last, "must be >= 0 (0 = off)")
+        check(self.max_steps >= 0, "max_steps", self.max_steps, "must be >= 0 (0 = no limit)")
+        check(self.torch_threads >= 0, "torch_threads", self.torch_threads, "must be >= 0 (0 = all cores)")
+        check(self.context >= 1, "context", self.context, "must be >= 1")
+        check(self.val_max_queries >= 0, "val_max_queries", self.val_max_queries, "must be >= 0 (0 = all)")
+        dev = self.device
+        check(dev in ("auto", "cpu", "mps", "cuda") or dev.startswith("cuda:"), "device", dev,
+              "must be auto, cpu, cuda, cuda:N or mps")
+
+
+def check(ok: bool, key: str, value: Any, rule: str) -> None:
+    """Raise a VecragError for a config value that breaks a rule."""
+    if not ok:
+        raise VecragError(f"config value {key}={value!r} {rule}", hint=f"fix it in the YAML or pass {key}=...")
+
+
+# ---- generic machinery ----------------------------------------------------------------------------------
+def valid_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a (nested) dataclass type."""
+    out: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            out.extend(valid_keys(t, f"{prefix}{f.name}."))
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain dict (YAML/JSON/torch.load(weights_only=True) safe)."""
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, tp: Any, key: str, choices: tuple | None) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, choices)
+            except VecragError:
+                continue
+        raise VecragError(f"config key {key}: {value!r} fits none of {tp}")
+    ok = True
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            value = value.lower() in ("true", "yes", "on")
+        ok = isinstance(value, bool)
+    elif tp is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif isinstance(value, str):
+            try:
+                f = float(value)
+                value = int(f) if f.is_integer() else value
+            except ValueError:
+                pass
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        ok = isinstance(value, str)
+    elif origin in (list, tuple):
+        ok = isinstance(value, list | tuple)
+        if ok:
+            (inner, *_) = typing.get_args(tp) or (Any,)
+            value = [_coerce(v, inner, key, None) for v in value] if inner is not Any else list(value)
+            value = tuple(value) if origin is tuple else value
+    elif origin is dict:
+        ok = isinstance(value, dict)
+    if not ok:
+        name = getattr(tp, "__name__", str(tp))
+        raise VecragError(f"config key {key} expects {name}, got {value!r}", hint=f"e.g. {key}=<{name}>")
+    if choices is not None and value not in choices:
+        raise VecragError(f"config key {key}={value!r} is not one of {', '.join(map(str, choices))}",
+                          hint=f"pass {key}={choices[0]}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "", where: str | Path | None = None) -> T:
+    """Build a dataclass from a nested dict; unknown keys and bad types raise VecragError."""
+    if data is not None and not isinstance(data, dict):
+        raise VecragError(f"config section {prefix or '(top)'} must be a mapping", path=where)
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise VecragError(f"unknown config key(s) {', '.join(prefix + str(k) for k in unknown)}", path=where,
+                          hint="valid keys: " + ", ".join(valid_keys(cls, prefix)))
+    kwargs = {}
+    for k, v in data.items():
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, dict):
+                raise VecragError(f"config key {prefix}{k} is a section; give a mapping", path=where,
+                                  hint="valid keys: " + ", ".join(valid_keys(tp, f"{prefix}{k}.")))
+            kwargs[k] = from_dict(tp, v, prefix=f"{prefix}{k}.", where=where)
+        else:
+            kwargs[k] = _coerce(v, tp, prefix + k, names[k].metadata.get("choices"))
+    return cls(**kwargs)
+
+
+def validate_config(cfg: Any, where: str | Path | None = None) -> None:
+    """Run ``validate()`` on the dataclass and every nested section."""
+    for f in dataclasses.fields(cfg):
+        sub = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(sub):
+            validate_config(sub, where)
+    fn = getattr(cfg, "validate", None)
+    if callable(fn):
+        try:
+            fn()
+        except VecragError as e:
+            if where is not None and e.path is None:
+                raise VecragError(str(e), path=where) from e
+            raise
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``["train.lr=1e-3", "model.kind=lstm"]`` -> nested dict, values parsed with yaml.safe_load."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise VecragError(f"override {item!r} is not key=value", hint="e.g. train.lr=1e-3")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise VecragError(f"override {item!r} has an empty key", hint="e.g. train.lr=1e-3")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise VecragError(f"override {item!r} conflicts with another override of {p}")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_preset(path: str | Path) -> Path:
+    """A YAML path, or the name of a shipped preset (``lvm-tiny``)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    for cand in (PRESETS_DIR / p.name, PRESETS_DIR / f"{p.name}.yaml"):
+        if cand.exists():
+            return cand
+    shipped = sorted(q.stem for q in PRESETS_DIR.glob("*.yaml"))
+    raise VecragError("config file not found", path=path, hint="give a YAML path or one of the presets: "
+                      + ", ".join(shipped))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = resolve_preset(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise VecragError(f"invalid YAML ({e})", path=p, hint="fix the syntax") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise VecragError("config YAML must be a mapping of keys to values", path=p)
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
+    """Defaults <- YAML file (or shipped preset) <- ``key=value`` overrides; validated."""
+    data = read_yaml(path) if path is not None else {}
+    data = _merge(data, parse_overrides(overrides))
+    cfg = from_dict(cls, data, where=path)
+    validate_config(cfg, where=path)
+    return cfg
+
+
+def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
+    """A new config: ``cfg`` with overrides applied and validated."""
+    data = _merge(to_dict(cfg), parse_overrides(overrides))
+    out = from_dict(type(cfg), data)
+    validate_config(out)
+    return out
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config atomically as YAML."""
+    atomic_write_text(path, dump_yaml(cfg))

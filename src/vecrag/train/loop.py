@@ -1,0 +1,365 @@
+"""The ONE training loop, shared by the LVM and the two-tower retriever (docs/architecture.md, "Training contract").
+
+Read top to bottom: ``Trainer.fit`` validates the untrained model (epoch 0: the anchor/baseline is the first
+"best"), then for each epoch walks a deterministic permutation of ``range(task.n_train)`` in micro-batches,
+accumulates ``grad_accum`` of them per AdamW step (linear warm-up, then cosine to ``lr_min``), clips, logs,
+checkpoints every ``ckpt_every`` steps, writes a pre-validation checkpoint, validates, keeps ``best.pt`` by
+the early-stopping metric, and at the end optionally averages the last K epoch checkpoints (SWA).
+
+Exact resume: a checkpoint holds the whole trainer state at an optimizer-step boundary (model, optimizer,
+step, epoch, batch position, every RNG state, the task's extra state, best score); the sampler is a pure
+function of ``(seed, epoch)`` and the learning rate a pure function of the step, so a killed run resumed from
+any of its checkpoints reaches bit-identical weights on CPU with a deterministic task.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from vecrag.config import TrainConfig, save_config, to_dict
+from vecrag.errors import VecragError
+from vecrag.fsutil import append_jsonl
+from vecrag.runtime import pick_device, report_openmp, set_threads
+from vecrag.train.checkpoint import CheckpointDir, rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+FORMAT = 1
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str                      # "lvm" | "retriever"
+    model: torch.nn.Module         # the trainable parameters (checkpointed)
+    n_train: int                   # number of training samples
+
+    def attach(self, trainer: Trainer) -> None: ...
+    def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def validate(self, epoch: int) -> dict[str, float]: ...
+    def extra_state(self) -> dict: ...
+    def load_extra_state(self, d: dict) -> None: ...
+    def stats(self) -> dict[str, float]: ...
+    def close(self) -> None: ...
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_at(step: int, *, lr: float, lr_min: float, warmup: int, total: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up to ``lr``, then cosine to ``lr_min``."""
+    if warmup > 0 and step < warmup:
+        return lr * (step + 1) / warmup
+    if total <= warmup:
+        return lr
+    progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
+    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * progress))
+
+
+def rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        return float("nan")
+
+
+class Trainer:
+    def __init__(self, task: Task, cfg: TrainConfig, run_dir: str | Path, *, run_config: Any = None,
+                 quiet: bool = False):
+        self.task, self.cfg, self.quiet = task, cfg, quiet
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_config = run_config if run_config is not None else cfg
+        self.log_path = self.run_dir / "log.jsonl"
+        self.threads = set_threads(cfg.torch_threads or None)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.device = torch.device(pick_device(cfg.device))
+        self.use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
+        if task.n_train < 1:
+            raise VecragError(f"task {task.name!r} has no training samples", hint="check the bank's train split")
+        self.n_batches = math.ceil(task.n_train / cfg.batch_size)          # micro-batches per epoch
+        self.steps_per_epoch = math.ceil(self.n_batches / cfg.grad_accum)  # optimizer steps per epoch
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.warmup = max(cfg.warmup_steps, int(cfg.warmup_ratio * self.total_steps))
+        task.model.to(self.device)
+        decay = [p for p in task.model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in task.model.parameters() if p.requires_grad and p.dim() < 2]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        self.ckpts = CheckpointDir(self.run_dir / "checkpoints", keep_last=cfg.keep_last,
+                                   keep_preval=max(cfg.keep_last, cfg.swa_last))
+        # trainer state (everything below goes into every checkpoint)
+        self.step = 0            # optimizer steps taken
+        self.epoch = 0           # current sampler epoch (0-based)
+        self.batch = 0           # next micro-batch of the epoch
+        self.validated = -1      # last validation done (0 = before training, E = after epoch E)
+        self.best: float | None = None
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.finished = False
+        self.history: list[dict[str, float]] = []
+        self._perms: dict[int, np.ndarray] = {}
+        self._perm_lock = threading.Lock()
+        self._tb: Any = None
+        self._fresh = True
+        task.attach(self)
+
+    # ---- sampler -------------------------------------------------------------------------------------
+    def permutation(self, epoch: int) -> np.ndarray:
+        with self._perm_lock:
+            if epoch not in self._perms:
+                rng = np.random.default_rng([self.cfg.seed, epoch])
+                self._perms[epoch] = rng.permutation(self.task.n_train).astype(np.int64)
+                for old in [e for e in self._perms if e < epoch - 1]:
+                    del self._perms[old]
+            return self._perms[epoch]
+
+    def batch_at(self, epoch: int, i: int) -> np.ndarray:
+        """Sample indices of micro-batch ``i`` of ``epoch`` (deterministic: a miner may look ahead)."""
+        if not 0 <= i < self.n_batches:
+            raise IndexError(f"batch {i} outside 0..{self.n_batches - 1}")
+        bs = self.cfg.batch_size
+        return self.permutation(epoch)[i * bs:(i + 1) * bs]
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.epoch, self.batch
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        self._start()
+        if self.validated < 0:
+            self._validate_and_checkpoint(0)            # the anchor / baseline is the first best
+        while not self.finished and self.epoch < self.cfg.epochs:
+            self._train_epoch()
+            self.ckpts.save(f"epoch-{self.epoch + 1}-preval.pt", self.state_dict())
+            self.epoch, self.batch = self.epoch + 1, 0
+            if self.cfg.max_steps and self.step >= self.cfg.max_steps:
+                self.finished = True
+            self._validate_and_checkpoint(self.epoch)
+        self.finished = True
+        self._swa()
+        self.ckpts.save("last.pt", self.state_dict())
+        self.log_record("event", event="done", step=self.step, best=self.best, best_epoch=self.best_epoch)
+        if self._tb is not None:
+            self._tb.close()
+        return {"step": self.step, "best": self.best, "best_epoch": self.best_epoch, "history": self.history}
+
+    def _train_epoch(self) -> None:
+        cfg, model = self.cfg, self.task.model
+        model.train()
+        bar = _bar(self.steps_per_epoch, self.batch // cfg.grad_accum, f"epoch {self.epoch + 1}/{cfg.epochs}",
+                   self.quiet)
+        window: dict[str, float] = {"loss": 0.0, "n": 0, "samples": 0}
+        t0 = time.perf_counter()
+        while self.batch < self.n_batches and not (cfg.max_steps and self.step >= cfg.max_steps):
+            group = range(self.batch, min(self.batch + cfg.grad_accum, self.n_batches))
+            idxs = [self.batch_at(self.epoch, i) for i in group]
+            total = sum(len(i) for i in idxs)
+            lr = lr_at(self.step, lr=cfg.lr, lr_min=cfg.lr_min, warmup=self.warmup, total=self.total_steps)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            step_loss = 0.0
+            for idx in idxs:                              # gradient accumulation: mean over the whole group
+                with self._autocast():
+                    loss, stats = self.task.loss(idx, self.step)
+                (loss * (len(idx) / total)).backward()
+                step_loss += float(loss.detach()) * len(idx) / total
+                for k, v in stats.items():
+                    window[k] = window.get(k, 0.0) + float(v) / len(idxs)
+            grad_norm = (float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
+                         if cfg.clip_norm > 0 else float("nan"))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.batch = group.stop
+            window["loss"] += step_loss
+            window["n"] += 1
+            window["samples"] += total
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+            if self.step % cfg.log_every == 0:
+                self._log_train(window, lr, grad_norm, time.perf_counter() - t0)
+                window, t0 = {"loss": 0.0, "n": 0, "samples": 0}, time.perf_counter()
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                self.ckpts.save(f"step-{self.step}.pt", self.state_dict())
+        bar.close()
+
+    def _validate_and_checkpoint(self, epoch: int) -> None:
+        model = self.task.model
+        model.eval()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in self.task.validate(epoch).items()}
+        model.train()
+        key = self.cfg.early_stop_metric
+        if key not in metrics:
+            raise VecragError(f"early_stop_metric {key!r} is not among the validation metrics",
+                              hint="set train.early_stop_metric to one of: " + ", ".join(sorted(metrics)))
+        score = metrics[key]
+        better = (self.best is None or (score > self.best if self.cfg.early_stop_mode == "max" else score < self.best))
+        if better:
+            self.best, self.best_epoch, self.bad_epochs = score, epoch, 0
+        elif epoch > 0:
+            self.bad_epochs += 1
+        self.validated = epoch
+        self.history.append({"epoch": epoch, "step": self.step, **metrics})
+        self.log_record("val", epoch=epoch, step=self.step, **metrics, best=self.best, best_epoch=self.best_epoch,
+                        improved=better, val_s=round(time.perf_counter() - t0, 3))
+        self._tb_scalars("val", metrics)
+        log.info("val epoch %d step %d: %s=%.4f (best %.4f at epoch %d)%s", epoch, self.step, key, score,
+                 self.best, self.best_epoch, "  *" if better else "")
+        if self.cfg.patience and self.bad_epochs >= self.cfg.patience and not self.finished:
+            self.finished = True
+            self.log_record("event", event="early_stop", epoch=epoch, step=self.step, best_epoch=self.best_epoch)
+            log.info("early stop: %d epochs without improvement of %s", self.bad_epochs, key)
+        # best first, then last: a kill between the two leaves the newest file a complete post-val state
+        if better:
+            self.ckpts.save("best.pt", self.state_dict())
+            self.ckpts.copy("best.pt", "last.pt")
+        else:
+            self.ckpts.save("last.pt", self.state_dict())
+
+    def _swa(self) -> None:
+        """Average the weights of the last ``swa_last`` epoch checkpoints; keep them if they validate better."""
+        k = self.cfg.swa_last
+        files = self.ckpts.preval_files()[-k:] if k else []
+        if len(files) < 2 or (self.run_dir / "checkpoints" / "swa.pt").exists():
+            return
+        states = [self.ckpts.load(f)["model"] for f in files]
+        live = self.task.model.state_dict()
+        avg = {n: (sum(s[n].double() for s in states) / len(states)).to(live[n].dtype)
+               if live[n].is_floating_point() else states[-1][n] for n in live}
+        keep = {n: t.detach().clone() for n, t in live.items()}
+        self.task.model.load_state_dict(avg)
+        self.task.model.eval()
+        with torch.no_grad():
+            metrics = {k2: float(v) for k2, v in self.task.validate(self.epoch).items()}
+        self.task.model.train()
+        score = metrics[self.cfg.early_stop_metric]
+        better = score > self.best if self.cfg.early_stop_mode == "max" else score < self.best
+        self.log_record("val", epoch=self.epoch, step=self.step, swa=len(files), **metrics, improved=better)
+        state = self.state_dict()
+        state["swa_of"] = files
+        if better:
+            self.best, self.best_epoch = score, self.epoch
+            self.ckpts.save("best.pt", state)
+        self.ckpts.save("swa.pt", state)
+        self.task.model.load_state_dict(keep)  # last.pt keeps the trained weights
+
+    # ---- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "task": self.task.name,
+            "model": self.task.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"kind": "warmup_cosine", "lr": self.cfg.lr, "lr_min": self.cfg.lr_min,
+                          "warmup": self.warmup, "total_steps": self.total_steps},
+            "step": self.step, "epoch": self.epoch, "batch": self.batch,
+            "rng": rng_state(), "extra": self.task.extra_state(), "config": to_dict(self.run_config),
+            "trainer": {"validated": self.validated, "best": self.best, "best_epoch": self.best_epoch,
+                        "bad_epochs": self.bad_epochs, "finished": self.finished, "history": self.history},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("task") != self.task.name:
+            raise VecragError(f"checkpoint is for task {state.get('task')!r}, not {self.task.name!r}")
+        self.task.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
+        tr = state["trainer"]
+        self.validated, self.best, self.best_epoch = int(tr["validated"]), tr["best"], int(tr["best_epoch"])
+        self.bad_epochs, self.finished, self.history = int(tr["bad_epochs"]), bool(tr["finished"]), list(tr["history"])
+        self.task.load_extra_state(state.get("extra") or {})
+        set_rng_state(state["rng"])
+        if state.get("config") != to_dict(self.run_config):
+            log.warning("the run's config differs from the checkpoint's; resuming with the run's config "
+                        "(results will not match an uninterrupted run)")
+        self._fresh = False
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, task: Task, cfg: TrainConfig, *, run_config: Any = None,
+               quiet: bool = False) -> Trainer:
+        """A trainer restored from the newest good checkpoint of ``run_dir`` (fresh if there is none)."""
+        t = cls(task, cfg, run_dir, run_config=run_config, quiet=quiet)
+        got = t.ckpts.load_latest()
+        if got is None:
+            log.warning("no usable checkpoint in %s; starting the run from the beginning", t.ckpts.root)
+            return t
+        name, state = got
+        t.load_state_dict(state)
+        t.log_record("event", event="resume", checkpoint=name, step=t.step, epoch=t.epoch, batch=t.batch)
+        log.info("resumed from %s: step %d, epoch %d, batch %d", name, t.step, t.epoch, t.batch)
+        return t
+
+    # ---- logging -------------------------------------------------------------------------------------
+    def log_record(self, kind: str, **fields: Any) -> None:
+        """Append one JSON line (``kind`` = train | val | mining | event) to RUN/log.jsonl."""
+        append_jsonl(self.log_path, {"kind": kind, "time": round(time.time(), 3), **fields})
+
+    def _start(self) -> None:
+        if self._fresh:
+            seed_everything(self.cfg.seed)
+            if not (self.run_dir / "config.yaml").exists():
+                save_config(self.run_config, self.run_dir / "config.yaml")
+        libs = report_openmp()
+        self.log_record("event", event="start", fresh=self._fresh, device=str(self.device), amp=self.use_amp,
+                        threads=self.threads, openmp=libs, n_train=self.task.n_train, n_batches=self.n_batches,
+                        steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+                        params=sum(p.numel() for p in self.task.model.parameters()))
+        if self.cfg.tensorboard and self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            except ImportError:
+                self._tb = None
+
+    def _log_train(self, window: dict[str, float], lr: float, grad_norm: float, seconds: float) -> None:
+        n = max(1, int(window.pop("n")))
+        samples = window.pop("samples")
+        rec = {"step": self.step, "epoch": self.epoch, "loss": window.pop("loss") / n, "lr": lr,
+               "grad_norm": grad_norm, "samples_per_s": samples / max(seconds, 1e-9), "rss_mb": round(rss_mb(), 1),
+               "cuda_mem_mb": (torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else 0.0)}
+        rec.update({k: v / n for k, v in window.items()})
+        rec.update({k: float(v) for k, v in self.task.stats().items()})
+        self.log_record("train", **rec)
+        self._tb_scalars("train", rec)
+        if self.quiet or not sys.stderr.isatty():
+            log.info("step %d epoch %d loss %.5f lr %.2e %.0f samples/s rss %.0f MB", self.step, self.epoch + 1,
+                     rec["loss"], lr, rec["samples_per_s"], rec["rss_mb"])
+
+    def _tb_scalars(self, prefix: str, rec: dict[str, Any]) -> None:
+        if self._tb is None:
+            return
+        for k, v in rec.items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and k not in ("step", "epoch"):
+                self._tb.add_scalar(f"{prefix}/{k}", v, self.step)
+
+    def _autocast(self) -> Any:
+        if self.use_amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+
+def _bar(total: int, initial: int, desc: str, quiet: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
+                disable=quiet or not sys.stderr.isatty())
