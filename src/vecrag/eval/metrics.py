@@ -74,17 +74,19 @@ def recall_table(ranks: np.ndarray, ks: tuple[int, ...] = DEFAULT_KS, *, mrr_k: 
 def format_table(rows: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> str:
     """Plain-text table: one row per method, columns ``keys`` (floats in [0,1] shown as percentages)."""
     width = max([len("method")] + [len(r) for r in rows])
-    head = "method".ljust(width) + "".join(f"{k:>10}" for k in keys)
+    cw = {k: max(10, len(k) + 1) for k in keys}  # a key longer than 9 characters must not glue to its neighbour
+    head = "method".ljust(width) + "".join(f"{k:>{cw[k]}}" for k in keys)
     lines = [head, "-" * len(head)]
     for name, row in rows.items():
         cells = []
         for k in keys:
             v = row.get(k, float("nan"))
+            w = cw[k]
             if isinstance(v, float) and k.startswith(("R@", "Hit@")):
-                cells.append(f"{100 * v:>9.2f}%")
+                cells.append(f"{100 * v:>{w - 1}.2f}%")
             elif isinstance(v, float):
-                cells.append(f"{v:>10.4f}")
+                cells.append(f"{v:>{w}.4f}")
             else:
-                cells.append(f"{v!s:>10}")
+                cells.append(f"{v!s:>{w}}")
         lines.append(name.ljust(width) + "".join(cells))
     return "\n".join(lines)
