@@ -1,0 +1,114 @@
+"""Set-up shared by `vecrag generate`, `vecrag eval cascade` and `vecrag eval decode`: arguments, the bank's
+search index, predictors, policies, and the prompt -> context vectors path."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from typing import Any
+
+import numpy as np
+
+from vecrag.decode.cascade import CascadeConfig
+from vecrag.errors import VecragError
+
+log = logging.getLogger(__name__)
+
+
+def add_model_arguments(p: argparse.ArgumentParser, *, lvm_default: str | None = "heuristic:ewma",
+                        retriever_default: str | None = "heuristic:last") -> None:
+    p.add_argument("--lvm", default=lvm_default, metavar="RUN|heuristic:KIND[:ALPHA]",
+                   help="LVM run directory (`vecrag train lvm`), or a heuristic predictor")
+    p.add_argument("--retriever", default=retriever_default, metavar="RUN|heuristic:KIND[:ALPHA]",
+                   help="retriever run directory (`vecrag train retriever`; its query tower), or a heuristic")
+    p.add_argument("--context-len", type=int, default=None, metavar="L",
+                   help="context chunks for heuristic predictors (trained runs use their own; default 16)")
+    p.add_argument("--backend", default="auto", choices=("auto", "faiss", "torch"),
+                   help="search: the bank's saved FAISS index, or exact torch search")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF nprobe override")
+    p.add_argument("--device", default="cpu", help="device for models (cpu, cuda, auto)")
+    p.add_argument("--threads", type=int, default=None, help="torch/faiss threads (default: all cores)")
+
+
+def add_cascade_arguments(p: argparse.ArgumentParser, *, timeout_default: float = 50.0) -> None:
+    p.add_argument("--profile", default="neutral", help="decode profile: conservative, neutral, creative")
+    p.add_argument("--profiles", default=None, metavar="FILE.yaml",
+                   help="decode profiles file (default: the shipped presets/decode.yaml)")
+    p.add_argument("--K", dest="K", type=int, default=None,
+                   help="tower shortlist size (default: the profile's K)")
+    p.add_argument("--k", dest="k", type=int, default=10, help="final shortlist size after re-ranking")
+    p.add_argument("--w-tower", type=float, default=1.0, help="fusion weight on the tower score")
+    p.add_argument("--w-lvm", type=float, default=1.0, help="fusion weight on cos(LVM prediction, candidate)")
+    p.add_argument("--lane-lambda", type=float, default=0.05,
+                   help="lane re-rank: bonus added to candidates in the context's lane (0 = off)")
+    p.add_argument("--timeout-ms", type=float, default=timeout_default,
+                   help="retrieval timeout per step in ms; on overrun the step is NOVEL (0 = no timeout)")
+
+
+def cascade_config(args: argparse.Namespace, K: int) -> CascadeConfig:
+    return CascadeConfig(K=args.K or K, k=args.k, w_tower=args.w_tower, w_lvm=args.w_lvm,
+                         lane_lambda=args.lane_lambda, timeout_ms=args.timeout_ms or None)
+
+
+def setup_runtime(args: argparse.Namespace) -> None:
+    from vecrag.runtime import report_openmp, set_threads
+
+    set_threads(args.threads, args.threads)
+    report_openmp()
+
+
+def open_search(bank: Any, args: argparse.Namespace) -> Any:
+    from vecrag.index import open_index
+
+    kw = {"nprobe": args.nprobe} if args.nprobe and args.backend != "torch" else {}
+    return open_index(bank, backend=args.backend, device="cpu" if args.device == "cpu" else "auto", **kw)
+
+
+def load_predictors(bank: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    from vecrag.decode.predictors import parse_predictor
+
+    if not args.lvm or not args.retriever:
+        raise VecragError("both --lvm and --retriever are needed",
+                          hint="pass run directories, or heuristic:ewma / heuristic:last")
+    lvm = parse_predictor(args.lvm, "lvm", device=args.device, bank=bank, context_len=args.context_len)
+    tower = parse_predictor(args.retriever, "retriever", device=args.device, bank=bank,
+                            context_len=args.context_len)
+    return lvm, tower
+
+
+def split_prompt(bank: Any, text: str) -> tuple[list[str], str]:
+    """Chunks of ``text`` with the bank's chunker settings; (chunks, how they were made)."""
+    settings = bank.manifest.get("chunker")
+    try:
+        from vecrag.ingest import make_chunker
+
+        chunker = make_chunker(settings)
+        chunks = [c for c in chunker.chunk(text) if c.strip()]
+        how = "bank chunker" if settings else "default chunker (the bank records no chunker settings)"
+    except ImportError:
+        chunks = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+        how = "simple sentence split (vecrag.corpus chunker not available)"
+        log.warning("the chunker is unavailable: prompt split on sentence ends instead")
+    if not chunks:
+        raise VecragError("the prompt is empty after chunking", hint='pass some text: --prompt "..."')
+    return chunks, how
+
+
+def embed_prompt(bank: Any, chunks: list[str], device: str = "cpu") -> np.ndarray:
+    from vecrag.encode import load_encoder
+
+    enc = load_encoder(bank.encoder["name"], device=device)
+    bank.check_encoder(enc.info.name, enc.info.dim)
+    return enc.encode(chunks)
+
+
+def parse_ids(bank: Any, spec: str) -> list[int]:
+    try:
+        ids = [int(x) for x in spec.replace(" ", "").split(",") if x]
+    except ValueError as e:
+        raise VecragError(f"--prompt-ids must be comma-separated chunk ids, got {spec!r}") from e
+    bad = [i for i in ids if not 0 <= i < bank.n]
+    if not ids or bad:
+        raise VecragError(f"--prompt-ids: ids must be in 0..{bank.n - 1}" + (f", got {bad[:5]}" if bad else ""))
+    return ids

@@ -1,0 +1,152 @@
+"""Vector-native generation: context -> (LVM, tower) -> cascade -> SNAP/BLEND/NOVEL -> next context vector.
+
+One step (:meth:`Decoder.step`)::
+
+    v_hat = lvm(ctx); q = tower(ctx)                      # Predictors (trained runs or heuristics)
+    shortlist = cascade(q, v_hat, lane)                   # guarded: error/timeout/empty -> NOVEL, counted
+    decision = decide(v_hat, shortlist, policy(lane), recent ids)
+    ctx += decision.vector
+
+Text out: SNAP -> the snapped bank chunk's text; BLEND/NOVEL -> the bank chunk nearest to the emitted
+vector within the shortlist, marked approximate (or, with a configured inverter, the inverted text too).
+
+The context lane is ``--lane`` when given; otherwise the lane of the bank chunk nearest to the last prompt
+vector, then the lane of the most recently used bank chunk (SNAP/BLEND).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vecrag.decode.cascade import Cascade, CascadeConfig, lane_codes_of
+from vecrag.decode.policy import SNAP, Decision, decide, novel
+from vecrag.decode.predictors import Predictor
+from vecrag.decode.profiles import PolicySet
+
+
+@dataclass
+class Step:
+    """One generated step (``as_dict`` is the --json / telemetry record)."""
+
+    step: int
+    decision: Decision
+    lane: str
+    text_id: int
+    text: str | None
+    approx: bool
+    latency_ms: dict[str, float]
+    inverted: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.decision
+
+        def num(x: float) -> float | None:
+            return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+        out = {"step": self.step, "decision": d.kind, "c": num(d.c), "c_max": num(d.c_max), "lane": self.lane,
+               "neighbour_id": d.neighbour_id, "alpha": num(d.alpha), "fallback": d.fallback or None,
+               "skipped_ids": list(d.skipped_ids), "text_id": self.text_id, "text": self.text,
+               "approx": self.approx, "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()}}
+        if self.inverted is not None:
+            out["inverted_text"] = self.inverted
+        out.update(self.extra)
+        return out
+
+
+class Decoder:
+    """Generation over one bank: owns the cascade (and its search thread); close() when done."""
+
+    def __init__(self, vectors: np.ndarray, texts: list[str], lanes: np.ndarray | None, index: Any,
+                 lvm: Predictor, tower: Predictor, policies: PolicySet, cfg: CascadeConfig | None = None,
+                 *, lane: str | None = None, inverter: Any = None):
+        self.vectors, self.texts = vectors, texts
+        self.lvm, self.tower, self.policies = lvm, tower, policies
+        self.lanes = lanes if lanes is not None else np.full(len(texts), "", dtype=object)
+        codes, names = lane_codes_of(self.lanes)
+        self.lane_lut = {n: i for i, n in enumerate(names)}
+        self.cascade = Cascade(index, vectors, cfg or CascadeConfig(), lane_codes=codes)
+        self.fixed_lane = lane
+        self.inverter = inverter
+        self.recent: list[int] = []
+
+    @property
+    def fallbacks(self) -> dict[str, int]:
+        return self.cascade.fallbacks
+
+    def _ctx(self, ctx: list[np.ndarray], L: int) -> tuple[np.ndarray, np.ndarray]:
+        d = self.vectors.shape[1]
+        out = np.zeros((1, L, d), np.float32)
+        mask = np.zeros((1, L), bool)
+        tail = ctx[-L:]
+        if tail:
+            out[0, L - len(tail):] = np.stack(tail)
+            mask[0, L - len(tail):] = True
+        return out, mask
+
+    def initial_lane(self, prompt: list[np.ndarray]) -> str:
+        if self.fixed_lane is not None:
+            return self.fixed_lane
+        if not self.lane_lut or not prompt:
+            return ""
+        _, ids, _ = self.cascade.guard.search(np.asarray(prompt[-1], np.float32)[None], 1)
+        return str(self.lanes[ids[0, 0]]) if ids[0, 0] >= 0 else ""
+
+    def step(self, ctx: list[np.ndarray], lane: str, i: int = 0) -> Step:
+        t0 = time.perf_counter()
+        c_lvm, m_lvm = self._ctx(ctx, self.lvm.context_len)
+        v_hat = self.lvm(c_lvm, m_lvm)
+        t1 = time.perf_counter()
+        c_tw, m_tw = self._ctx(ctx, self.tower.context_len)
+        q = self.tower(c_tw, m_tw)
+        t2 = time.perf_counter()
+        policy = self.policies.for_lane(lane)
+        code = np.array([self.lane_lut.get(lane, -1)], np.int64)
+        res = self.cascade.run(q, v_hat, code, K=policy.K)
+        t3 = time.perf_counter()
+        if res.reasons[0]:
+            dec = novel(v_hat[0], reason=res.reasons[0])
+        else:
+            dec = decide(v_hat[0], res.vectors[0], res.ids[0], policy, self.recent)
+        t4 = time.perf_counter()
+        self.recent.append(dec.used_id)
+        del self.recent[:-max(1, policy.near_dup_window)]
+        text_id, approx = dec.neighbour_id, True
+        if dec.kind == SNAP:
+            approx = False
+        elif not res.reasons[0]:
+            valid = res.ids[0] >= 0
+            sims = np.where(valid, res.vectors[0] @ dec.vector, -np.inf)
+            text_id = int(res.ids[0][int(np.argmax(sims))])
+        inverted = None
+        if self.inverter is not None and dec.kind != SNAP:
+            inverted = self.inverter.invert(dec.vector[None])[0]
+        t5 = time.perf_counter()
+        lat = {"lvm": 1000 * (t1 - t0), "tower": 1000 * (t2 - t1), "search": res.timings_ms.get("search", 0.0),
+               "rerank": res.timings_ms.get("rerank", 0.0), "decide": 1000 * (t4 - t3),
+               "total": 1000 * (t5 - t0)}
+        return Step(i, dec, lane, text_id, self.texts[text_id] if text_id >= 0 else None, approx, lat, inverted)
+
+    def generate(self, prompt: list[np.ndarray], steps: int, prompt_ids: list[int] | None = None) -> Iterator[Step]:
+        """Yield ``steps`` steps; the emitted vector of each step is appended to the context.
+
+        ``prompt_ids`` (when the prompt is made of bank chunks) seed the near-duplicate history: those chunks
+        count as used in the steps just before generation starts.
+        """
+        ctx = [np.asarray(v, np.float32) for v in prompt]
+        self.recent = [int(i) for i in (prompt_ids or [])]
+        lane = self.initial_lane(ctx)
+        for i in range(steps):
+            st = self.step(ctx, lane, i)
+            ctx.append(st.decision.vector.astype(np.float32))
+            if self.fixed_lane is None and st.decision.used_id >= 0:
+                lane = str(self.lanes[st.decision.used_id])
+            yield st
+
+    def close(self) -> None:
+        self.cascade.close()
