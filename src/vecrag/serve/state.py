@@ -1,0 +1,172 @@
+"""What the server loads once at startup and shares across requests.
+
+Concurrency choice: **one dedicated compute thread** (a single-worker ``ThreadPoolExecutor``) owns every
+call into the index, the encoder and the models. Request handlers are ``async``; they validate the input on
+the event loop and ``await`` the compute call on that thread. Why not a lock around the faiss search:
+- a FAISS GPU index is not thread-safe even for search, and torch models / tokenizers are not meant to be
+  driven from many threads at once; a single owner thread makes all of them safe at once;
+- CPU FAISS and torch already use every core per call (OpenMP / intra-op threads); running several calls
+  concurrently only oversubscribes the cores (DESIGN.md section 4), so serial compute gives the same or
+  better throughput and far steadier tail latency;
+- the queue in front of the thread is bounded (``max_pending``): beyond it the server answers 503 with
+  ``Retry-After`` instead of growing memory and latency without bound.
+Lazy per-bank tables (texts, lanes, titles) are materialised at startup so no request races to build them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from vecrag.bank import Bank
+from vecrag.errors import VecragError
+from vecrag.serve.runs import RunRegistry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Busy(Exception):
+    """The compute queue is full."""
+
+
+class Compute:
+    """A single worker thread with a bounded number of pending calls."""
+
+    def __init__(self, max_pending: int = 256):
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vecrag-compute")
+        self.max_pending = max_pending
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._lock:
+            if self._pending >= self.max_pending:
+                raise Busy()
+            self._pending += 1
+        try:
+            return await asyncio.wrap_future(self.executor.submit(fn, *args))
+        finally:
+            with self._lock:
+                self._pending -= 1
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class ServeState:
+    bank: Bank
+    index: Any
+    titles: dict[int, str]
+    encoder: Any | None = None
+    encoder_error: str | None = None
+    decoder: Any | None = None  # vecrag.serve.decoding.Decoding when the decoder loads
+    decoder_error: str | None = None
+    runs: RunRegistry = field(default_factory=RunRegistry)
+    compute: Compute = field(default_factory=Compute)
+    started: float = field(default_factory=time.time)
+
+    def close(self) -> None:
+        self.compute.close()
+        if self.decoder is not None:
+            self.decoder.close()
+
+    # ---- compute (runs on the compute thread) ------------------------------------------------------
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if self.encoder is None:
+            raise VecragError(f"text input needs the bank's encoder, which is not available: {self.encoder_error}",
+                              hint="send vectors instead, or serve a bank built with a loadable encoder")
+        return self.encoder.encode(texts)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+    def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[dict[str, Any]]]:
+        """Per query, the non-empty results with their text, title, article, position and lane."""
+        texts, lanes = self.bank.texts, self.bank.lanes
+        art, pos = self.bank.article_of, self.bank.position_of
+        out = []
+        for srow, irow in zip(scores, ids, strict=True):
+            row = []
+            for s, i in zip(srow.tolist(), irow.tolist(), strict=True):
+                if i < 0:
+                    continue
+                a = int(art[i])
+                row.append({"id": int(i), "score": float(s), "text": texts[i], "title": self.titles.get(a, ""),
+                            "article_id": a, "position": int(pos[i]), "lane": str(lanes[i] or "")})
+            out.append(row)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        idx = self.index.describe() if hasattr(self.index, "describe") else {"type": type(self.index).__name__}
+        return {
+            "bank": {"path": str(self.bank.path), "n_chunks": self.bank.n, "dim": self.bank.dim,
+                     "encoder": self.bank.encoder.get("name")},
+            "index": idx,
+            "encoder": {"available": self.encoder is not None, "error": self.encoder_error},
+            "decoder": {"available": self.decoder is not None, "error": self.decoder_error,
+                        **(self.decoder.describe() if self.decoder is not None else {})},
+            "runs_root": str(self.runs.root) if self.runs.root else None,
+            "uptime_s": round(time.time() - self.started, 1),
+            "pending": self.compute.pending,
+        }
+
+
+def load_state(bank_path: str | Path, *, lvm: str | Path | None = None, retriever: str | Path | None = None,
+               runs_root: str | Path | None = None, device: str = "auto", load_text_encoder: bool = True,
+               max_pending: int = 256, backend: str = "auto", profiles: str | Path | None = None,
+               timeout_ms: float | None = 50.0) -> ServeState:
+    """Open the bank, its index, the encoder and (when the decoder is installed) the decoding stack."""
+    bank = Bank.open(bank_path)
+    t0 = time.perf_counter()
+    from vecrag.index import open_index
+
+    index = open_index(bank, backend=backend, device=device)
+    # materialise lazy tables now (cached_property is not safe to build from two threads at once)
+    _ = bank.texts, bank.lanes, bank.article_of, bank.position_of, bank.article_start, bank.text_group
+    arts = bank.articles
+    titles = dict(zip(arts.column("article_id").to_pylist(), arts.column("title").to_pylist(), strict=True))
+    encoder, enc_err = None, None
+    if load_text_encoder:
+        encoder, enc_err = _load_encoder(bank, device)
+    else:
+        enc_err = "text encoding disabled (--no-encoder)"
+    extra = {Path(p).name: Path(p) for p in (lvm, retriever) if p is not None and Path(p).is_dir()}
+    state = ServeState(bank=bank, index=index, titles=titles, encoder=encoder, encoder_error=enc_err,
+                       runs=RunRegistry(runs_root, extra), compute=Compute(max_pending))
+    from vecrag.serve.decoding import load_decoding
+
+    state.decoder, state.decoder_error = load_decoding(state, lvm=lvm, retriever=retriever, device=device,
+                                                       profiles_path=profiles, timeout_ms=timeout_ms)
+    log.info("serving %s (%d x %d, index %s, encoder %s, decoder %s) loaded in %.1f s", bank.path, bank.n,
+             bank.dim, getattr(index, "kind", "?"), "yes" if encoder else "no", "yes" if state.decoder else "no",
+             time.perf_counter() - t0)
+    return state
+
+
+def _load_encoder(bank: Bank, device: str) -> tuple[Any | None, str | None]:
+    name = bank.encoder.get("name")
+    try:
+        from vecrag.encode import load_encoder
+
+        enc = load_encoder(name, device=device)
+        bank.check_encoder(enc.info.name, enc.info.dim)
+        return enc, None
+    except (VecragError, ImportError) as e:
+        msg = str(e).splitlines()[0]
+        log.warning("text queries disabled: %s", msg)
+        return None, msg
