@@ -13,7 +13,10 @@ cleaned paragraphs joined by ``"\\n"`` (possibly ""). What it does, in order:
 - parentheses emptied by removed templates are repaired: ``( ; Ancient Greek: ...)`` -> ``(Ancient
   Greek: ...)``, ``Foo ()`` -> ``Foo``, ``( , )`` -> nothing; spaces before ``, . ; :`` are dropped;
 - section headings (bare short lines ending in a period, such as ``History.``, ``External links.``) are
-  structure, not text: they are dropped (the paragraph break stays), see ``is_heading``;
+  structure, not text: they are dropped (the paragraph break stays), see ``is_heading``. WikiExtractor
+  output has them, hence the enwiki JSONL corpus; ``iter_articles`` applies this rule only to the formats
+  in ``BARE_HEADING_FORMATS`` (jsonl, wikiextractor, parquet, hf) unless ``CleanConfig.drop_headings``
+  says True/False: the other readers know their headings from the markup;
 - table/markup debris lines (``class="wikitable"``, ``{|``, ``|-``), paragraphs left without any letter or
   digit, and placeholder-only paragraphs are dropped; runs of spaces are collapsed.
 """
@@ -52,14 +55,17 @@ _SENTENCE_WORDS = frozenset(
     "he she it they we this these those there his her its their our".split())
 
 
+BARE_HEADING_FORMATS = frozenset({"jsonl", "wikiextractor", "parquet", "hf"})
+
+
 @dataclass(frozen=True)
 class CleanConfig:
     """Replacements for the extractor's placeholders and the heading rule's limits."""
 
     formula: str = "[formula]"
     code: str = "[code]"
-    drop_headings: bool = True
-    heading_max_words: int = 10
+    drop_headings: bool | None = None  # None: by format in iter_articles (see BARE_HEADING_FORMATS); True here
+    heading_max_words: int = 8
     heading_max_chars: int = 100
 
 
@@ -69,7 +75,7 @@ DEFAULT = CleanConfig()
 def is_heading(par: str, cfg: CleanConfig = DEFAULT) -> bool:
     """True for a bare section heading such as ``History.``, ``Early life and family.``, ``1933: Emigration.``.
 
-    A heading is one short line (<= 10 words, <= 100 chars) ending in a period (not an ellipsis) that does
+    A heading is one short line (<= 8 words, <= 100 chars) ending in a period (not an ellipsis) that does
     not start lowercase and, from 4 words on, contains no auxiliary/common verb or subject pronoun (``was``,
     ``has``, ``he``, ``there``...). One-sentence paragraphs of 4-10 words without such a word are rare in
     Wikipedia prose; they are the residual error of this rule and are dropped with the headings.
@@ -127,7 +133,7 @@ def clean_text(text: str, cfg: CleanConfig = DEFAULT) -> str:
     out: list[str] = []
     for raw in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
         par = clean_paragraph(raw, cfg)
-        if not par or (cfg.drop_headings and is_heading(par, cfg)):
+        if not par or (cfg.drop_headings is not False and is_heading(par, cfg)):
             continue
         out.append(par)
     return "\n".join(out)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from vecrag.corpus.article import Article, ReadContext
-from vecrag.corpus.clean import CleanConfig, clean_text
+from vecrag.corpus.clean import BARE_HEADING_FORMATS, CleanConfig, clean_text
 from vecrag.corpus.formats import FORMATS, READERS, check_format, detect_format
 from vecrag.corpus.formats.hf import read_hf
 from vecrag.errors import VecragError
@@ -73,8 +74,10 @@ def iter_articles(sources: list[str] | str, fmt: str | None = None, *, on_error:
     skips and counts it in ``stats["bad_lines"]``. Unreadable files (empty, binary, not UTF-8, corrupt
     compression, unknown format, missing) always raise: they are not records but the wrong input.
 
-    ``clean``: apply ``vecrag.corpus.clean.clean_text`` (extractor artefacts, headings, tags) to every
-    article; pass a ``CleanConfig`` to tune it or False to keep the text as read. ``skip_empty``: articles
+    ``clean``: apply ``vecrag.corpus.clean.clean_text`` (extractor artefacts, tags, and bare "History."
+    headings for the formats that have them: jsonl, wikiextractor, parquet, hf) to every article; pass a
+    ``CleanConfig`` to tune it (``drop_headings=True/False`` forces the heading rule) or False to keep the
+    text as read. ``skip_empty``: articles
     with no text left are skipped and counted in ``stats["empty_skipped"]``.
 
     ``stats``: a dict the caller owns, filled as the iterator advances with ``files`` (files opened),
@@ -98,7 +101,7 @@ def _generate(items: list[str | Path], forced: str | None, ctx: ReadContext, cfg
             if forced not in (None, "hf"):
                 raise VecragError(f"{item!r} is a Hugging Face source but --format {forced} was given.",
                                   hint="drop --format or use --format hf.")
-            arts = read_hf(item, ctx)
+            arts, name = read_hf(item, ctx), "hf"
         else:
             name = forced or detect_format(item)
             if name == "hf":
@@ -106,9 +109,12 @@ def _generate(items: list[str | Path], forced: str | None, ctx: ReadContext, cfg
                                   hint=f"name a file format instead ({', '.join(f for f in FORMATS if f != 'hf')}).")
             arts = READERS[name](item, ctx)
         ctx.count("files")
+        file_cfg = cfg
+        if cfg is not None and cfg.drop_headings is None:
+            file_cfg = replace(cfg, drop_headings=name in BARE_HEADING_FORMATS)
         for art in arts:
-            if cfg is not None:
-                art.text = clean_text(art.text, cfg)
+            if file_cfg is not None:
+                art.text = clean_text(art.text, file_cfg)
             if skip_empty and not art.text.strip():
                 ctx.count("empty_skipped")
                 continue
