@@ -28,8 +28,8 @@ def write_jsonl(path: Path, rows: list[dict], opener=open) -> Path:
 
 
 ROWS = [
-    {"id": 7, "title": "Alpha", "text": "Alpha is the first letter. It has a long history.\nThe second paragraph is about its many uses.",
-     "lane": "science"},
+    {"id": 7, "title": "Alpha", "lane": "science",
+     "text": "Alpha is the first letter. It has a long history.\nThe second paragraph is about its many uses."},
     {"id": 8, "title": "Beta", "text": "Beta is the second letter of the Greek alphabet, after alpha."},
 ]
 
@@ -137,7 +137,8 @@ def test_detokenize_examples():
         " Homarus gammarus , known as the European lobster , is a species ( 24 in ) . ":
             "Homarus gammarus, known as the European lobster, is a species (24 in).",
         " 0 @.@ 7 – 2 @.@ 2 kg , 1 @,@ 000 guest @-@ starring ": "0.7–2.2 kg, 1,000 guest-starring",
-        ' only becoming " lobster red " on cooking ; then " it " . ': 'only becoming "lobster red" on cooking; then "it".',
+        ' only becoming " lobster red " on cooking ; then " it " . ':
+            'only becoming "lobster red" on cooking; then "it".',
         " Teddy 's Story , they do n't know , Don 't Go , the players ' union ": (
             "Teddy's Story, they don't know, Don't Go, the players' union"),
         " 50 % of $ 5 [ 1 ] ! Really ? Yes : no ": "50% of $5 [1]! Really? Yes: no",
@@ -298,7 +299,8 @@ def test_txt_folder(tmp_path):
 def test_parquet(tmp_path):
     path = tmp_path / "corpus.parquet"
     table = pa.table({"id": [1, 2, 3], "title": ["A", "B", None],
-                      "text": ["Text of article A is here.", "Text of B is here too.", "The third article has no title at all."],
+                      "text": ["Text of article A is here.", "Text of B is here too.",
+                               "The third article has no title at all."],
                       "lane": ["legal", None, "arts"]})
     pq.write_table(table, path, row_group_size=2)
     arts = list(iter_articles([str(path)]))
