@@ -1,0 +1,92 @@
+"""`vecrag train retriever BANK --config CONFIG.yaml [key=value ...] --out RUN` (and `--resume RUN`)."""
+
+from __future__ import annotations
+
+import argparse
+
+COMMAND = ("train", "retriever")
+HELP = "train a two-tower retriever (query tower + doc tower) with curriculum hard negatives; resumable"
+DESCRIPTION = """\
+Train a query tower that turns a context of chunk vectors into a query for the FULL bank, with InfoNCE over
+in-batch positives, an optional memory-bank queue and mined hard negatives (curriculum schedule, sync or
+async miner). The tower starts exactly at its anchor heuristic (last vector or ewma) and the best
+checkpoint by the validation metric (R@10 under 100k vectors, R@500 above) is kept, so it never ends below
+the anchor on the val split.
+
+The resolved config is saved as RUN/config.yaml; RUN/log.jsonl holds train / val / mining / event records;
+checkpoints are in RUN/checkpoints/. A killed run continues with `vecrag train retriever --resume RUN`.
+
+Presets: retriever-tiny (tests), retriever-cpu-test (the seed's CPU-test shape), retriever-default (CPU),
+retriever-gpu (the seed's "MPS final" shape, larger batch, async mining).
+Example: vecrag train retriever banks/wiki-500 --config retriever-default train.epochs=5 --out runs/r1
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bank", metavar="BANK", nargs="?", help="bank directory (optional with --resume)")
+    p.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="config overrides, e.g. train.lr=1e-4")
+    p.add_argument("--config", default="retriever-default", help="YAML config file or shipped preset name")
+    p.add_argument("--out", metavar="RUN", help="run directory (new)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its newest good checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import logging
+    from pathlib import Path
+
+    from vecrag.bank import Bank
+    from vecrag.config import load_config
+    from vecrag.errors import VecragError
+    from vecrag.eval.retriever_eval import BANK_INFO
+    from vecrag.fsutil import atomic_write_json
+    from vecrag.train.loop import Trainer
+    from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
+
+    log = logging.getLogger("vecrag.train")
+    overrides = list(args.overrides)
+    if args.bank and "=" in args.bank:  # `--resume RUN key=value`: argparse took the first override as BANK
+        overrides.insert(0, args.bank)
+        args.bank = None
+    if bool(args.out) == bool(args.resume):
+        raise VecragError("give exactly one of --out RUN (a new run) or --resume RUN",
+                          hint="vecrag train retriever BANK --out runs/r1   or   --resume runs/r1")
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").exists():
+            raise VecragError("no config.yaml: not a run directory", path=run_dir,
+                              hint="start the run with --out first")
+        cfg = load_config(RetrieverConfig, run_dir / "config.yaml", overrides)
+        if overrides:
+            log.warning("resuming with overrides %s: the run will differ from an uninterrupted one", overrides)
+        if args.bank and Path(args.bank).resolve() != Path(cfg.bank).resolve():
+            raise VecragError(f"the run was trained on {cfg.bank}, not {args.bank}", path=run_dir / "config.yaml")
+    else:
+        if not args.bank:
+            raise VecragError("missing BANK", hint="vecrag train retriever BANK --out RUN")
+        run_dir = Path(args.out)
+        if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").glob("*.pt")):
+            raise VecragError("run directory already holds checkpoints", path=run_dir,
+                              hint=f"continue it with --resume {run_dir}, or choose another --out")
+        cfg = load_config(RetrieverConfig, args.config, overrides)
+        cfg.bank = str(Path(args.bank).resolve())
+    bank = Bank.open(cfg.bank)
+    resolve_config(cfg, bank)
+    task = RetrieverTask(bank, cfg)
+    try:
+        if args.resume:
+            trainer = Trainer.resume(run_dir, task, cfg.train, run_config=cfg, quiet=args.quiet)
+        else:
+            trainer = Trainer(task, cfg.train, run_dir, run_config=cfg, quiet=args.quiet)
+            atomic_write_json(run_dir / BANK_INFO, {"path": cfg.bank, "n": bank.n, "dim": bank.dim,
+                                                    "encoder": bank.encoder})
+        result = trainer.fit()
+    finally:
+        task.close()
+    key = cfg.train.early_stop_metric
+    first = result["history"][0] if result["history"] else {}
+    print(json.dumps({"run": str(run_dir), "steps": result["step"], "metric": key, "best": result["best"],
+                      "best_epoch": result["best_epoch"], "anchor": first.get(f"baseline_{key}"),
+                      "stats": task.stats()}, default=float))
+    return 0

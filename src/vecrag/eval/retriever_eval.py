@@ -1,0 +1,144 @@
+"""Evaluate a trained two-tower retriever next to every baseline, on the same samples, in the same run.
+
+The tower's queries and each baseline's are scored by :func:`vecrag.eval.baselines.retrieve_ranks` with
+the shared hit rules (context ids excluded from the results; a chunk with the target's text is a hit)
+against the FULL bank. With an ``mlp`` doc tower the bank is re-encoded first and searched exactly (see
+:mod:`vecrag.models.towers` for the cost); the baselines always search the raw bank.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vecrag.bank import Bank
+from vecrag.errors import VecragError
+from vecrag.eval.metrics import DEFAULT_KS, recall_table
+from vecrag.sequences import Samples, gather_context
+
+log = logging.getLogger(__name__)
+BANK_INFO = "bank.json"  # RUN/bank.json: path, n, dim and encoder of the training bank
+
+
+def load_retriever(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> tuple[Any, Any, dict]:
+    """(RetrieverConfig, RetrieverModel in eval mode, checkpoint summary) of a run directory."""
+    from vecrag.config import load_config
+    from vecrag.models.towers import RetrieverModel
+    from vecrag.train.checkpoint import CheckpointDir
+    from vecrag.train.retriever_task import RetrieverConfig
+
+    run = Path(run)
+    if not (run / "config.yaml").exists():
+        raise VecragError("not a retriever run directory (no config.yaml)", path=run,
+                          hint="train one with `vecrag train retriever BANK --out RUN`")
+    cfg = load_config(RetrieverConfig, run / "config.yaml")
+    ckpts = CheckpointDir(run / "checkpoints")
+    name = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
+    state = ckpts.load(name, map_location="cpu")
+    if state.get("task") != "retriever":
+        raise VecragError(f"checkpoint is for task {state.get('task')!r}, not 'retriever'", path=ckpts.path(name))
+    dim = int(state["model"]["query.head.weight"].shape[0])
+    model = RetrieverModel(dim, cfg.model)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return cfg, model, {"checkpoint": name, "step": int(state["step"]), "epoch": int(state["epoch"]),
+                        "best": state["trainer"].get("best"), "best_epoch": state["trainer"].get("best_epoch")}
+
+
+def check_bank(run: Path, bank: Bank, dim: int) -> None:
+    """Refuse a bank from another encoder than the one the run was trained on."""
+    import json
+
+    p = Path(run) / BANK_INFO
+    if p.exists():
+        info = json.loads(p.read_text(encoding="utf-8"))
+        bank.check_encoder(info["encoder"]["name"], int(info["encoder"]["dim"]), where=p)
+    if bank.dim != dim:
+        raise VecragError(f"the tower is {dim}-D but the bank is {bank.dim}-D", path=bank.path,
+                          hint="evaluate on a bank built with the run's encoder")
+
+
+@torch.no_grad()
+def tower_queries(model, bank: Bank, samples: Samples, L: int, *, device: str = "cpu",
+                  batch: int = 1024) -> np.ndarray:
+    """float32 [n, D] queries from the query tower over each sample's last-L context."""
+    out = []
+    for s in range(0, len(samples), batch):
+        ctx, mask = gather_context(bank.vectors, samples.context_ids(L, slice(s, s + batch)))
+        out.append(model.query(torch.from_numpy(ctx).to(device), torch.from_numpy(mask).to(device)).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, bank.dim), np.float32)
+
+
+def doc_index(model, bank: Bank, raw_index: Any, device: str = "cpu") -> Any:
+    """The raw bank's index for an identity doc tower; else an exact index over the re-encoded bank."""
+    from vecrag.index import ExactTorchIndex
+
+    if model.doc.is_identity:
+        return raw_index
+    t = time.perf_counter()
+    enc = model.doc.encode_bank(bank.vectors, device=device).cpu().numpy()
+    log.info("re-encoded %d bank vectors with the mlp doc tower in %.1f s", bank.n, time.perf_counter() - t)
+    return ExactTorchIndex(enc, device=device)
+
+
+def evaluate_retriever(run: str | Path, bank: Bank | None = None, *, split: str = "test",
+                       max_queries: int | None = None, checkpoint: str = "best", ks: tuple[int, ...] = DEFAULT_KS,
+                       backend: str = "auto", device: str = "cpu", baselines: bool = True,
+                       text_baselines: bool = False, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """The report dict (``methods``: tower first, then every baseline) of ``vecrag eval retriever``."""
+    from vecrag.eval.baselines import baselines_report, retrieve_ranks, run_baselines
+    from vecrag.index import open_index
+    from vecrag.sequences import make_samples
+
+    cfg, model, info = load_retriever(run, checkpoint, device)
+    bank = bank if bank is not None else Bank.open(cfg.bank)
+    dim = int(model.query.dim)
+    check_bank(Path(run), bank, dim)
+    L = cfg.train.context
+    samples = make_samples(bank, split, min_context=cfg.min_context, max_samples=max_queries, seed=seed)
+    if len(samples) == 0:
+        raise VecragError(f"no {split} samples with at least {cfg.min_context} context chunk(s)", path=bank.path,
+                          hint="use another --split or a bank with more articles")
+    ks = tuple(sorted(set(int(k) for k in ks)))
+    raw = open_index(bank, backend=backend, device=device)
+    t = time.perf_counter()
+    q = tower_queries(model, bank, samples, L, device=device)
+    ranks = retrieve_ranks(doc_index(model, bank, raw, device), q, samples, L, ks[-1], bank=bank)
+    name = f"tower-{cfg.model.kind}({info['checkpoint'].removesuffix('.pt')})"
+    elapsed = round(time.perf_counter() - t, 3)
+    rows: dict[str, dict[str, Any]] = {name: {**recall_table(ranks, ks), "elapsed_s": elapsed}}
+    if baselines:
+        rows.update(run_baselines(bank, samples, L, ks, index=raw, text_baselines=text_baselines, progress=progress))
+    report = baselines_report(bank, split, L, ks, rows, include_context=False, text_hits=True, index=raw,
+                              run=str(run), checkpoint=info, tower=name, anchor=cfg.model.anchor,
+                              created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    report["gap_closed"] = gap_closed(rows, name)
+    return report
+
+
+def gap_closed(rows: dict[str, dict[str, Any]], tower: str) -> dict[str, Any]:
+    """Per Recall@K: the best non-oracle baseline and the share of its gap to the oracle the tower closes."""
+    out: dict[str, Any] = {}
+    base = {n: r for n, r in rows.items() if n not in (tower, "oracle") and "skipped" not in r}
+    if not base or "oracle" not in rows:
+        return out
+    for key in (k for k in rows[tower] if k.startswith("R@") and not k.endswith("_ci")):
+        best = max(base, key=lambda n: base[n][key])
+        b, o, t = base[best][key], rows["oracle"][key], rows[tower][key]
+        out[key] = {"best_baseline": best, "baseline": b, "tower": t, "oracle": o,
+                    "share": (t - b) / (o - b) if o > b else float("nan")}
+    return out
+
+
+def format_gap(report: dict[str, Any]) -> str:
+    lines = []
+    for key, g in report.get("gap_closed", {}).items():
+        lines.append(f"{key}: tower {100 * g['tower']:.2f}% vs best baseline {g['best_baseline']} "
+                     f"{100 * g['baseline']:.2f}% (oracle {100 * g['oracle']:.2f}%): gap closed "
+                     f"{100 * g['share']:.1f}%")
+    return "\n".join(lines)

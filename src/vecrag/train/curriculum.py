@@ -1,0 +1,203 @@
+"""Curriculum schedules for mined hard negatives, positive-aware filters and per-round mining statistics.
+
+Schedule syntax (DESIGN.md 2): ``0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96``. Each ``;``-separated
+phase is ``FIRST-LAST:none`` or ``FIRST-LAST:N@LO-HI`` (or a single epoch ``E:...``). Ranges are
+inclusive. Epochs count from **0** by default, matching the Trainer's epoch numbering (recommended);
+``base=1`` reads the numbers as 1-based epochs (the string's epoch 1 is the Trainer's epoch 0). The
+phases must start at the first epoch (``base``), be in order, and leave no gaps or overlaps; epochs after
+the last phase keep the last phase. ``N`` mined negatives per sample are kept whose cosine to the QUERY
+lies in ``[LO, HI]`` (both in [-1, 1], LO <= HI).
+
+Positive-aware filters, applied after the masks (positive, duplicates, same-article window, context):
+- ``rel``: drop a candidate with cos(query, cand) > ``rel`` x cos(query, positive) (NV-Retriever, 0.95);
+- ``dup``: drop a candidate with cos(cand, positive) > ``dup`` (a near-duplicate of the positive, 0.98);
+- ``band``: drop a candidate with cos(query, cand) outside [LO, HI].
+Each removed candidate is counted under the first rule that removed it, in the order
+mask, dup, rel, band.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vecrag.errors import VecragError
+
+_PHASE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+))?\s*:\s*(.+?)\s*$")
+_SPEC = re.compile(r"^(\d+)\s*@\s*(-?[0-9.]+)\s*-\s*(-?[0-9.]+)$")
+
+
+@dataclass(frozen=True)
+class Phase:
+    first: int
+    last: int
+    n_neg: int
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    phases: tuple[Phase, ...]  # 0-based epochs; none-phases included with n_neg = 0
+    text: str = ""
+
+    @classmethod
+    def parse(cls, text: str, *, base: int = 0) -> Curriculum:
+        if base not in (0, 1):
+            raise VecragError(f"curriculum base must be 0 or 1, got {base}")
+        if text is None or not str(text).strip():
+            return cls((), "")
+        phases: list[Phase] = []
+        for part in str(text).split(";"):
+            if not part.strip():
+                raise VecragError(f"empty phase in curriculum {text!r}", hint="separate phases with single ';'")
+            m = _PHASE.match(part)
+            if not m:
+                raise VecragError(f"malformed phase {part.strip()!r} in curriculum {text!r}",
+                                  hint="write FIRST-LAST:none or FIRST-LAST:N@LO-HI, e.g. 6-10:8@0.82-0.92")
+            first = int(m.group(1))
+            last = int(m.group(2)) if m.group(2) is not None else first
+            spec = m.group(3)
+            if last < first:
+                raise VecragError(f"phase {part.strip()!r}: last epoch {last} is before first epoch {first}")
+            if first < base:
+                raise VecragError(f"phase {part.strip()!r}: epochs count from {base}")
+            if spec.lower() == "none":
+                n, lo, hi = 0, -1.0, 1.0
+            else:
+                s = _SPEC.match(spec)
+                if not s:
+                    raise VecragError(f"malformed negatives spec {spec!r} in phase {part.strip()!r}",
+                                      hint="write N@LO-HI, e.g. 8@0.82-0.92, or none")
+                n = int(s.group(1))
+                try:
+                    lo, hi = float(s.group(2)), float(s.group(3))
+                except ValueError as e:
+                    raise VecragError(f"bad band {spec!r} in phase {part.strip()!r}") from e
+                if not (-1.0 <= lo <= 1.0 and -1.0 <= hi <= 1.0):
+                    raise VecragError(f"band {lo}-{hi} in phase {part.strip()!r} is outside [-1, 1]",
+                                      hint="cosine bands lie in [-1, 1]")
+                if lo > hi:
+                    raise VecragError(f"band {lo}-{hi} in phase {part.strip()!r} has lo > hi")
+                if n < 1:
+                    raise VecragError(f"phase {part.strip()!r} asks for {n} negatives", hint="use none instead")
+            expected = base if not phases else phases[-1].last + 1 + base
+            if first != expected:
+                kind = "gap" if first > expected else "overlap"
+                raise VecragError(f"{kind} in curriculum before phase {part.strip()!r}: expected it to start at "
+                                  f"epoch {expected}", hint="phases must cover consecutive epochs with no gaps "
+                                                            "or overlaps, starting at " + str(base))
+            phases.append(Phase(first - base, last - base, n, lo, hi))
+        return cls(tuple(phases), str(text))
+
+    def phase_for(self, epoch: int) -> Phase | None:
+        """The mining phase of a 0-based Trainer epoch, or None when it mines nothing."""
+        if not self.phases:
+            return None
+        ph = next((p for p in self.phases if p.first <= epoch <= p.last), self.phases[-1])
+        return ph if ph.n_neg > 0 else None
+
+    @property
+    def max_neg(self) -> int:
+        return max((p.n_neg for p in self.phases), default=0)
+
+    @property
+    def mines(self) -> bool:
+        return self.max_neg > 0
+
+
+@dataclass
+class FilterConfig:
+    rel: float = 0.95  # drop cos(q, c) > rel * cos(q, pos); <= 0 disables
+    dup: float = 0.98  # drop cos(c, pos) > dup; >= 1 disables
+
+
+RULES = ("mask", "dup", "rel", "band")
+
+
+@dataclass
+class MiningStats:
+    """Accumulates one mining round (or several) and renders the table logged after it."""
+
+    n_samples: int = 0
+    n_short: int = 0
+    n_candidates: int = 0
+    removed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RULES, 0))
+    pos_sum: float = 0.0
+    pos_sq: float = 0.0
+    neg_n: int = 0
+    neg_sum: float = 0.0
+    neg_sq: float = 0.0
+
+    def merge(self, o: MiningStats) -> None:
+        self.n_samples += o.n_samples
+        self.n_short += o.n_short
+        self.n_candidates += o.n_candidates
+        for k in RULES:
+            self.removed[k] += o.removed[k]
+        self.pos_sum += o.pos_sum
+        self.pos_sq += o.pos_sq
+        self.neg_n += o.neg_n
+        self.neg_sum += o.neg_sum
+        self.neg_sq += o.neg_sq
+
+    def summary(self) -> dict[str, float]:
+        def ms(s: float, q: float, n: int) -> tuple[float, float]:
+            if n == 0:
+                return float("nan"), float("nan")
+            m = s / n
+            return m, float(np.sqrt(max(q / n - m * m, 0.0)))
+
+        pm, ps = ms(self.pos_sum, self.pos_sq, self.n_samples)
+        nm, ns = ms(self.neg_sum, self.neg_sq, self.neg_n)
+        out = {"samples": float(self.n_samples), "pos_mean": pm, "pos_std": ps, "neg_mean": nm, "neg_std": ns,
+               "pct_short": 100.0 * self.n_short / max(self.n_samples, 1)}
+        for k in RULES:
+            out[f"pct_removed_{k}"] = 100.0 * self.removed[k] / max(self.n_candidates, 1)
+        return out
+
+    def table(self) -> str:
+        s = self.summary()
+        rows = [("positive score (cos q,pos)", f"{s['pos_mean']:.4f} +- {s['pos_std']:.4f}"),
+                ("negative score (cos q,neg)", f"{s['neg_mean']:.4f} +- {s['neg_std']:.4f}")]
+        rows += [(f"% candidates removed by {k}", f"{s[f'pct_removed_{k}']:.2f}") for k in RULES]
+        rows.append(("% samples lacking negatives", f"{s['pct_short']:.2f}"))
+        w = max(len(r[0]) for r in rows)
+        return "\n".join(f"{a.ljust(w)}  {b}" for a, b in rows)
+
+
+def select_negatives(cand_ids: np.ndarray, cand_q: np.ndarray, cand_pos: np.ndarray, pos_q: np.ndarray,
+                     masked: np.ndarray, phase: Phase, filt: FilterConfig) -> tuple[np.ndarray, MiningStats]:
+    """Apply masks, filters and the band to [B, K] candidates (sorted by cos to the query, best first).
+
+    ``cand_q`` = cos(query, cand), ``cand_pos`` = cos(cand, positive), ``pos_q`` [B] = cos(query, positive),
+    ``masked`` [B, K] True for masked candidates (and padding). Returns int64 [B, n_neg] ids (-1 where a
+    sample lacks enough negatives, which is counted) and the round's statistics.
+    """
+    B, K = cand_ids.shape
+    st = MiningStats(n_samples=B, n_candidates=B * K)
+    gone = masked | (cand_ids < 0)
+    st.removed["mask"] = int(gone.sum())
+    rules = [("dup", cand_pos > filt.dup if filt.dup < 1.0 else np.zeros_like(gone)),
+             ("rel", cand_q > filt.rel * pos_q[:, None] if filt.rel > 0 else np.zeros_like(gone)),
+             ("band", (cand_q < phase.lo) | (cand_q > phase.hi))]
+    for name, hit in rules:
+        new = hit & ~gone
+        st.removed[name] = int(new.sum())
+        gone |= new
+    keep = ~gone
+    out = np.full((B, phase.n_neg), -1, dtype=np.int64)
+    for b in range(B):
+        sel = np.flatnonzero(keep[b])[: phase.n_neg]
+        out[b, : len(sel)] = cand_ids[b, sel]
+        if len(sel) < phase.n_neg:
+            st.n_short += 1
+        v = cand_q[b, sel].astype(np.float64)
+        st.neg_n += len(sel)
+        st.neg_sum += float(v.sum())
+        st.neg_sq += float((v * v).sum())
+    p = pos_q.astype(np.float64)
+    st.pos_sum, st.pos_sq = float(p.sum()), float((p * p).sum())
+    return out, st

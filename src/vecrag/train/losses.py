@@ -1,0 +1,156 @@
+"""InfoNCE over in-batch positives, a memory-bank queue and mined hard negatives, with masks.
+
+For query ``q_i`` (unit), positive ``p_i`` (unit) and candidate negatives ``n_ij`` (unit)::
+
+    s_pos = (cos(q_i, p_i) - margin) / tau          # margin in COSINE units, subtracted before / tau
+    s_ij  = cos(q_i, n_ij) / tau                      # masked candidates get -inf
+    loss  = mean_i [ -s_pos + logsumexp(s_pos, s_i1, s_i2, ...) ]
+
+A margin of 0.03 therefore asks the positive to beat every negative by 0.03 in cosine (the seed applied
+its 0.03 to logits at tau = 0.05, i.e. 0.0015 in cosine: it did nothing, DESIGN.md 4b).
+
+Negative sets: the other samples' positives in the batch (in-batch), the ``MemoryBankQueue`` of recent
+positives (chunk ids; their vectors are re-gathered and passed through the doc tower at use time) and the
+per-sample mined ids. From EVERY set the following are masked (``NegativeMasker``): the positive's own chunk
+id, chunks with the same text group as the positive (byte-identical text), candidates whose vector is
+identical to the positive's (cosine >= 1 - ``dup_eps``), and, when ``window >= 0``, chunks of the same
+article within +-``window`` positions of the positive. Padding ids (-1) are masked too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class ChunkMeta:
+    """Per-chunk metadata the masks need (int64 arrays of length N)."""
+
+    article: np.ndarray
+    position: np.ndarray
+    text_group: np.ndarray | None = None
+
+    @classmethod
+    def from_bank(cls, bank) -> ChunkMeta:
+        return cls(np.asarray(bank.article_of, np.int64), np.asarray(bank.position_of, np.int64),
+                   np.asarray(bank.text_group, np.int64))
+
+
+class NegativeMasker:
+    """Boolean masks (True = not a valid negative) for candidate ids against each sample's positive."""
+
+    def __init__(self, meta: ChunkMeta, *, window: int = 0, dup_eps: float = 1e-6):
+        self.meta = meta
+        self.window = int(window)
+        self.dup_eps = float(dup_eps)
+
+    def id_mask(self, pos_ids: np.ndarray, cand_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Masks from ids alone: ``pad``, ``self``, ``text``, ``window`` (each [B, K], disjoint not required)."""
+        pos = np.asarray(pos_ids, np.int64)[:, None]
+        cand = np.asarray(cand_ids, np.int64)
+        if cand.ndim == 1:
+            cand = np.broadcast_to(cand[None, :], (pos.shape[0], cand.shape[0]))
+        pad = cand < 0
+        c = np.where(pad, 0, cand)
+        out = {"pad": pad, "self": (cand == pos) & ~pad}
+        tg = self.meta.text_group
+        out["text"] = (tg[c] == tg[pos]) & ~pad if tg is not None else np.zeros_like(pad)
+        if self.window >= 0:
+            same = self.meta.article[c] == self.meta.article[pos]
+            near = np.abs(self.meta.position[c] - self.meta.position[pos]) <= self.window
+            out["window"] = same & near & ~pad
+        else:
+            out["window"] = np.zeros_like(pad)
+        return out
+
+    def vector_mask(self, pos_vecs: torch.Tensor, cand_vecs: torch.Tensor) -> torch.Tensor:
+        """[B, K] True where a candidate's vector is identical to the positive's (cos >= 1 - dup_eps)."""
+        if cand_vecs.dim() == 2:
+            cos = pos_vecs @ cand_vecs.T
+        else:
+            cos = torch.einsum("bd,bkd->bk", pos_vecs, cand_vecs)
+        return cos >= 1.0 - self.dup_eps
+
+    def mask(self, pos_ids: np.ndarray, cand_ids: np.ndarray, pos_vecs: torch.Tensor,
+             cand_vecs: torch.Tensor) -> tuple[torch.Tensor, dict[str, int]]:
+        parts = self.id_mask(pos_ids, cand_ids)
+        m = np.zeros(parts["pad"].shape, dtype=bool)
+        for v in parts.values():
+            m |= v
+        vec = self.vector_mask(pos_vecs.detach(), cand_vecs.detach()).cpu().numpy()
+        counts = {k: int(v.sum()) for k, v in parts.items() if k != "pad"}
+        counts["dupvec"] = int((vec & ~m).sum())
+        m |= vec
+        return torch.from_numpy(m).to(pos_vecs.device), counts
+
+
+class MemoryBankQueue:
+    """A FIFO ring of the chunk ids of recent positives (bounded by ``size``). State is plain ints.
+
+    Only ids are stored: vectors are re-read from the bank and passed through the current doc tower when
+    used, so the queue never holds stale doc-tower outputs and resume state stays tiny.
+    """
+
+    def __init__(self, size: int):
+        self.size = int(size)
+        self.ids = np.full(max(self.size, 0), -1, dtype=np.int64)
+        self.ptr = 0
+
+    def __len__(self) -> int:
+        return int((self.ids >= 0).sum())
+
+    def current(self) -> np.ndarray:
+        return self.ids[self.ids >= 0].copy()
+
+    def push(self, ids: np.ndarray) -> None:
+        if self.size <= 0:
+            return
+        for i in np.asarray(ids, np.int64)[-self.size:]:
+            self.ids[self.ptr] = i
+            self.ptr = (self.ptr + 1) % self.size
+
+    def state_dict(self) -> dict:
+        return {"ids": self.ids.tolist(), "ptr": int(self.ptr), "size": self.size}
+
+    def load_state_dict(self, d: dict) -> None:
+        if int(d["size"]) != self.size:
+            raise ValueError(f"memory bank size changed ({d['size']} -> {self.size})")
+        self.ids = np.asarray(d["ids"], dtype=np.int64)
+        self.ptr = int(d["ptr"])
+
+
+class InfoNCELoss(nn.Module):
+    """InfoNCE with temperature ``tau`` (default 0.05) and a cosine-unit ``margin`` on the positive."""
+
+    def __init__(self, tau: float = 0.05, margin: float = 0.0):
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        self.tau = float(tau)
+        self.margin = float(margin)
+
+    def forward(self, q: torch.Tensor, pos: torch.Tensor, neg_sets: list[tuple[torch.Tensor, torch.Tensor]]
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``q``, ``pos``: [B, D] unit. ``neg_sets``: (vectors [K, D] shared or [B, K, D] per sample,
+        mask [B, K] bool, True = excluded). Returns the mean loss and stats."""
+        pos_cos = (q * pos).sum(-1)
+        logits = [((pos_cos - self.margin) / self.tau)[:, None]]
+        n_valid = torch.zeros(q.shape[0], device=q.device)
+        neg_max = torch.full((q.shape[0],), -2.0, device=q.device)
+        for vecs, mask in neg_sets:
+            if vecs.numel() == 0:
+                continue
+            cos = q @ vecs.T if vecs.dim() == 2 else torch.einsum("bd,bkd->bk", q, vecs)
+            cos = cos.masked_fill(mask, float("-inf"))
+            logits.append(cos / self.tau)
+            n_valid += (~mask).sum(1)
+            neg_max = torch.maximum(neg_max, cos.detach().max(1).values)
+        z = torch.cat(logits, dim=1).float()
+        loss = (torch.logsumexp(z, dim=1) - z[:, 0]).mean()
+        stats = {"pos_cos": float(pos_cos.detach().mean()), "n_neg": float(n_valid.mean()),
+                 "acc": float((pos_cos.detach() > neg_max).float().mean())}
+        return loss, stats

@@ -1,0 +1,336 @@
+"""Hard-negative miners: synchronous (in the training step) and asynchronous (ONE background thread).
+
+Both search the FULL bank with the current query tower, take the top ``k`` candidates, remove masked ones
+(the positive, its text/vector duplicates, same-article chunks within +-window, the sample's own context
+chunks, which the evaluation's hit rules also exclude), apply the positive-aware filters and the phase's
+cosine band (:func:`vecrag.train.curriculum.select_negatives`) and return negative chunk ids **keyed by
+sample id** (the index of the training sample), never by batch position.
+
+``AsyncMiner`` owns its own search index handle and its own copy of the query tower, refreshed from the
+trainer every ``refresh_every`` optimizer steps (the state_dict is copied under a lock; the copy's
+version is the step of the weights). It mines the batches the trainer will reach next (the sampler is
+deterministic: ``batch_at(epoch, i)``) and keeps the results in a bounded dict keyed by sample id. The
+trainer takes a result only when it is at most ``ttl`` optimizer steps old and waits at most ``timeout``
+seconds for it; otherwise it falls back (sync mining or in-batch negatives only). A miner exception is
+logged and counted; a dead or stalled thread is replaced (at most ``max_restarts`` times, then the miner is
+disabled and every batch falls back). Nothing here can stop training.
+
+FAISS is never used inside DataLoader workers (there are none: data is in memory). Thread counts are set
+once per process by :func:`vecrag.runtime.set_threads` (they are process-global, so the miner thread
+does not change them).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vecrag.errors import VecragError
+from vecrag.sequences import Samples, gather_context
+from vecrag.train.curriculum import FilterConfig, MiningStats, Phase, select_negatives
+from vecrag.train.losses import NegativeMasker
+
+log = logging.getLogger(__name__)
+
+
+def make_searcher(bank, backend: str = "torch", device: str = "cpu"):
+    """A fresh search handle over the FULL bank: ``torch`` (exact matmul top-k), ``faiss`` (the bank's saved
+    index, else an exact in-memory IndexFlatIP) or ``auto`` (saved index if any, else torch)."""
+    from vecrag.index import ExactTorchIndex, FaissIndex, _manifest_index, load_index
+
+    if backend == "torch" or (backend == "auto" and _manifest_index(bank) is None):
+        return ExactTorchIndex(bank.vectors, device=device)
+    if backend not in ("faiss", "auto"):
+        raise VecragError(f"unknown mining backend {backend!r}", hint="mining.backend: torch, faiss or auto")
+    if _manifest_index(bank) is not None:
+        return load_index(bank, device="cpu")
+    import faiss
+
+    flat = faiss.IndexFlatIP(bank.dim)
+    for s in range(0, bank.n, 1 << 18):
+        flat.add(np.ascontiguousarray(bank.vectors[s:s + (1 << 18)], dtype=np.float32))
+    return FaissIndex(flat, "flat", device="cpu")
+
+
+@dataclass
+class MineResult:
+    negatives: dict[int, np.ndarray]  # sample id -> int64 [n_neg] (-1 padded)
+    stats: MiningStats
+    version: int                      # optimizer step of the tower weights used
+
+
+class MiningCore:
+    """Encode contexts with a tower, search, mask, filter. Stateless apart from its search handle."""
+
+    def __init__(self, vectors: np.ndarray, samples: Samples, context: int, masker: NegativeMasker,
+                 filters: FilterConfig, k: int, searcher, device: str | torch.device = "cpu"):
+        self.vectors = vectors
+        self.samples = samples
+        self.L = int(context)
+        self.masker = masker
+        self.filters = filters
+        self.k = int(k)
+        self.searcher = searcher
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int = 0) -> MineResult:
+        idx = np.asarray(idx, np.int64)
+        ctx_ids = self.samples.context_ids(self.L, idx)
+        ctx, mask = gather_context(self.vectors, ctx_ids)
+        was_training = tower.training
+        tower.eval()
+        try:
+            q = tower(torch.from_numpy(ctx).to(self.device), torch.from_numpy(mask).to(self.device))
+        finally:
+            tower.train(was_training)
+        q = q.float().cpu().numpy()
+        k = min(self.k + self.L, len(self.vectors))
+        _, cand = self.searcher.search(q, k)
+        pos_ids = self.samples.target[idx]
+        valid = cand >= 0
+        cvec = np.asarray(self.vectors[np.where(valid, cand, 0).reshape(-1)], np.float32).reshape(*cand.shape, -1)
+        pvec = np.asarray(self.vectors[pos_ids], np.float32)
+        cand_q = np.einsum("bd,bkd->bk", q, cvec)
+        cand_pos = np.einsum("bd,bkd->bk", pvec, cvec)
+        pos_q = np.einsum("bd,bd->b", q, pvec)
+        parts = self.masker.id_mask(pos_ids, cand)
+        masked = ~valid | parts["self"] | parts["text"] | parts["window"]
+        masked |= cand_pos >= 1.0 - self.masker.dup_eps
+        masked |= ((cand[:, :, None] == ctx_ids[:, None, :]) & (ctx_ids[:, None, :] >= 0)).any(2)
+        cand_q = np.where(valid, cand_q, -np.inf)
+        order = np.argsort(-cand_q, axis=1, kind="stable")
+        take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
+        neg, st = select_negatives(take(cand), take(cand_q), take(cand_pos), pos_q, take(masked), phase,
+                                   self.filters)
+        return MineResult({int(s): neg[j] for j, s in enumerate(idx)}, st, version)
+
+
+class SyncMiner:
+    """Mines a batch in the training process with the live tower (deterministic: exact resume holds)."""
+
+    def __init__(self, core: MiningCore):
+        self.core = core
+
+    def mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, step: int) -> MineResult:
+        return self.core.mine(tower, idx, phase, step)
+
+
+_FAULT = re.compile(r"^(raise|hang)@(\d+)(?::([0-9.]+))?$")
+
+
+def parse_faults(spec: str | None) -> dict[int, tuple[str, float]]:
+    """``"raise@3,hang@5:2.5"`` -> {3: ("raise", 0), 5: ("hang", 2.5)} (N counts mining jobs from 1)."""
+    out: dict[int, tuple[str, float]] = {}
+    for part in (spec or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        m = _FAULT.match(part)
+        if not m or (m.group(1) == "hang" and m.group(3) is None):
+            raise VecragError(f"malformed mining fault {part!r}", hint='write "raise@N" or "hang@N:SECONDS"')
+        out[int(m.group(2))] = (m.group(1), float(m.group(3) or 0.0))
+    return out
+
+
+@dataclass
+class AsyncConfig:
+    ttl: int = 5                # max age (optimizer steps) of the weights a used result was mined with
+    timeout: float = 2.0        # seconds the trainer waits for a result
+    refresh_every: int = 50     # optimizer steps between weight copies to the miner
+    lookahead: int = 4          # micro-batches mined ahead of the trainer (bounds the result store)
+    stall: float = 60.0         # a job running longer than this is abandoned and the thread replaced
+    max_restarts: int = 3       # then the miner is disabled (every batch falls back)
+
+
+class AsyncMiner:
+    """ONE background mining thread with its own index handle and tower copy; never fatal."""
+
+    def __init__(self, make_core: Callable[[], MiningCore], tower: torch.nn.Module,
+                 batch_at: Callable[[int, int], np.ndarray | None], phase_for: Callable[[int], Phase | None],
+                 cfg: AsyncConfig, *, fault: str | None = None, version: int = 0, n_batches: int = 0):
+        self.make_core = make_core
+        self.n_batches = int(n_batches)  # micro-batches per epoch (0 = do not look past the epoch's end)
+        self.batch_at = batch_at
+        self.phase_for = phase_for
+        self.cfg = cfg
+        self.faults = parse_faults(fault)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._tower = copy.deepcopy(tower).cpu().eval()
+        self._pending: tuple[dict[str, torch.Tensor], int] | None = None
+        self.version = version
+        self._results: OrderedDict[int, tuple[np.ndarray, int]] = OrderedDict()
+        self._done: set[tuple[int, int]] = set()
+        self._cursor = (0, 0)
+        self._jobs = 0
+        self._gen = 0
+        self._busy_since: float | None = None
+        self._stop = threading.Event()
+        self.disabled = False
+        self.round_stats = MiningStats()
+        self.counters = dict.fromkeys(("hits", "stale", "misses", "fallbacks", "errors", "restarts", "jobs"), 0)
+        self.wait_ms = 0.0
+        self._capacity = 0
+        self._thread: threading.Thread | None = None
+
+    # ---- trainer side ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._gen += 1
+        self._busy_since = None
+        self._thread = threading.Thread(target=self._run, args=(self._gen,), name=f"vecrag-miner-{self._gen}",
+                                        daemon=True)
+        self._thread.start()
+
+    def refresh(self, tower: torch.nn.Module, step: int) -> None:
+        """Copy the live tower's weights for the miner (cheap: a detached clone), tagged with ``step``."""
+        sd = {k: v.detach().to("cpu", copy=True) for k, v in tower.state_dict().items()}
+        with self._lock:
+            self._pending = (sd, int(step))
+
+    def advance(self, epoch: int, batch: int) -> None:
+        """The trainer is at micro-batch ``batch`` of ``epoch``; mine from here on."""
+        with self._cond:
+            self._cursor = (int(epoch), int(batch))
+            self._done = {d for d in self._done if d >= self._cursor}
+            self._cond.notify_all()
+        self._watchdog()
+
+    def get(self, idx: np.ndarray, step: int) -> dict[int, np.ndarray] | None:
+        """Negatives for every sample in ``idx`` if fresh (<= ttl steps) and ready within ``timeout``."""
+        if self.disabled:
+            self.counters["fallbacks"] += 1
+            return None
+        t0 = time.monotonic()
+        deadline = t0 + self.cfg.timeout
+        want = [int(i) for i in idx]
+        with self._cond:
+            while not all(i in self._results for i in want):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    break
+                self._cond.wait(timeout=min(left, 0.05))
+            got = {i: self._results.pop(i) for i in want if i in self._results}
+        self.wait_ms += 1000.0 * (time.monotonic() - t0)
+        if len(got) < len(want):
+            self.counters["misses"] += 1
+            self.counters["fallbacks"] += 1
+            self._watchdog()
+            return None
+        if any(step - v > self.cfg.ttl for _, v in got.values()):
+            self.counters["stale"] += 1
+            self.counters["fallbacks"] += 1
+            return None
+        self.counters["hits"] += 1
+        return {i: n for i, (n, _) in got.items()}
+
+    def stats(self) -> dict[str, float]:
+        with self._lock:
+            depth = len(self._results)
+        out = {f"miner_{k}": float(v) for k, v in self.counters.items()}
+        out["miner_queue_depth"] = float(depth)
+        out["miner_wait_ms"] = self.wait_ms
+        out["miner_disabled"] = float(self.disabled)
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    # ---- supervision -------------------------------------------------------------------------------
+    def _watchdog(self) -> None:
+        if self.disabled or self._stop.is_set() or self._thread is None:
+            return
+        stalled = self._busy_since is not None and time.monotonic() - self._busy_since > self.cfg.stall
+        if self._thread.is_alive() and not stalled:
+            return
+        if self.counters["restarts"] >= self.cfg.max_restarts:
+            log.error("async miner %s %d times; disabled, falling back for the rest of the run",
+                      "stalled" if stalled else "died", self.counters["restarts"] + 1)
+            self.disabled = True
+            return
+        self.counters["restarts"] += 1
+        log.warning("async miner thread %s; starting a fresh one (restart %d)",
+                    "stalled" if stalled else "died", self.counters["restarts"])
+        self.start()  # the old thread (if stuck) is abandoned: a daemon whose results are ignored
+
+    # ---- miner thread ------------------------------------------------------------------------------
+    def _next_job(self) -> tuple[int, int, np.ndarray, Phase] | None:
+        e, j = self._cursor
+        for _ in range(self.cfg.lookahead):
+            if self.n_batches and j >= self.n_batches:
+                e, j = e + 1, 0
+            pos = (e, j)
+            j += 1
+            if pos in self._done:
+                continue
+            self._done.add(pos)
+            phase = self.phase_for(pos[0])
+            if phase is None:
+                continue
+            idx = self.batch_at(*pos)
+            if idx is None or len(idx) == 0:
+                return None
+            return pos[0], pos[1], np.asarray(idx, np.int64), phase
+        return None
+
+    def _run(self, gen: int) -> None:
+        try:
+            core = self.make_core()  # its own index handle
+        except Exception:
+            log.exception("async miner could not open its index")
+            self.counters["errors"] += 1
+            return
+        while not self._stop.is_set() and gen == self._gen:
+            with self._cond:
+                job = self._next_job()
+                if job is None:
+                    self._cond.wait(timeout=0.05)
+                    continue
+                if self._pending is not None:
+                    sd, ver = self._pending
+                    self._pending = None
+                    self._tower.load_state_dict(sd)
+                    self.version = ver
+                version = self.version
+            e, j, idx, phase = job
+            self._busy_since = time.monotonic()
+            try:
+                self._jobs += 1
+                self.counters["jobs"] += 1
+                fault = self.faults.get(self._jobs)
+                if fault and fault[0] == "raise":
+                    raise RuntimeError(f"injected miner fault at job {self._jobs}")
+                if fault and fault[0] == "hang":
+                    self._stop.wait(fault[1])
+                res = core.mine(self._tower, idx, phase, version)
+            except Exception:
+                log.exception("async miner failed on epoch %d batch %d (counted; training continues)", e, j)
+                self.counters["errors"] += 1
+                continue
+            finally:
+                if gen == self._gen:
+                    self._busy_since = None
+            if gen != self._gen:
+                return
+            with self._cond:
+                self._capacity = max(self._capacity, len(idx) * (self.cfg.lookahead + 1))
+                for sid, neg in res.negatives.items():
+                    self._results[sid] = (neg, res.version)
+                    self._results.move_to_end(sid)
+                while len(self._results) > self._capacity:
+                    self._results.popitem(last=False)
+                self.round_stats.merge(res.stats)
+                self._cond.notify_all()

@@ -1,0 +1,325 @@
+"""The two-tower retriever as a Task of the shared training loop (docs/architecture.md, "Training contract").
+
+Samples are the bank's train split (contexts of up to ``train.context`` chunks inside one article, the
+target is the next chunk). The query tower maps a context to a unit query; the doc tower maps bank vectors
+(the positive = the target's stored vector, and every negative). Loss: :class:`InfoNCELoss` over in-batch
+positives, an optional :class:`MemoryBankQueue` and mined hard negatives from the curriculum schedule.
+
+Validation (every epoch and once before training) runs on the val split against the FULL bank with the
+shared hit rules (context ids excluded, same text = hit): ``R@{10,50,100,500,1000}``, ``MRR@10``,
+``median_rank``, plus the anchor heuristic's values as ``baseline_*``. The early-stopping metric
+``auto`` resolves to ``R@10`` for banks under 100k vectors and ``R@500`` above (:func:`resolve_config`).
+Because the trainer validates the untrained tower first (= the anchor, exactly) and keeps ``best.pt``
+by that metric, the best checkpoint is never worse than the anchor on val.
+
+Resume: the memory-bank queue, mining counters and the round's mining stats are in ``extra_state()``;
+sync mining is a pure function of the weights, so a resumed sync run is bit-exact. Async results depend on
+thread timing and are not reproducible by design.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vecrag.config import TrainConfig, check
+from vecrag.eval.heuristics import heuristic_query
+from vecrag.eval.metrics import recall_table
+from vecrag.models.towers import RetrieverModel, TowerConfig
+from vecrag.sequences import gather_context, make_samples
+from vecrag.train.curriculum import Curriculum, FilterConfig, MiningStats
+from vecrag.train.losses import ChunkMeta, InfoNCELoss, MemoryBankQueue, NegativeMasker
+from vecrag.train.miners import AsyncConfig, AsyncMiner, MiningCore, SyncMiner, make_searcher
+
+log = logging.getLogger(__name__)
+VAL_KS = (10, 50, 100, 500, 1000)
+BIG_BANK = 100_000
+
+
+@dataclass
+class LossConfig:
+    tau: float = 0.05          # InfoNCE temperature
+    margin: float = 0.0        # COSINE units, subtracted from the positive's cosine before / tau
+    inbatch: bool = True       # other samples' positives are negatives
+    queue: int = 0             # memory-bank size (recent positives' chunk ids; 0 = off)
+    window: int = 2            # mask same-article chunks within +-window positions of the positive (-1 = off)
+    dup_eps: float = 1e-6      # cos(cand, pos) >= 1 - dup_eps counts as an identical vector (masked)
+
+    def validate(self) -> None:
+        check(self.tau > 0, "loss.tau", self.tau, "must be > 0")
+        check(0 <= self.margin < 1, "loss.margin", self.margin, "must be in [0, 1) (cosine units)")
+        check(self.queue >= 0, "loss.queue", self.queue, "must be >= 0")
+        check(self.window >= -1, "loss.window", self.window, "must be >= -1 (-1 = off)")
+
+
+@dataclass
+class MiningConfig:
+    mode: str = field(default="sync", metadata={"choices": ("off", "sync", "async")})
+    schedule: str = "0-1:none;2-30:8@0.3-0.95"   # see vecrag.train.curriculum
+    schedule_base: int = 0     # epochs in the schedule count from 0 (the Trainer's numbering) or 1
+    k: int = 64                # candidates searched per query (plus the context length)
+    backend: str = field(default="torch", metadata={"choices": ("torch", "faiss", "auto")})
+    rel: float = 0.95          # drop cos(q, c) > rel * cos(q, pos) (NV-Retriever); 0 = off
+    dup: float = 0.98          # drop cos(c, pos) > dup (near-duplicate); 1 = off
+    ttl: int = 5               # async: max age in optimizer steps of the weights behind a result
+    timeout: float = 2.0       # async: seconds to wait for a result
+    refresh_every: int = 20    # async: optimizer steps between weight copies
+    lookahead: int = 4         # async: micro-batches mined ahead
+    fallback: str = field(default="sync", metadata={"choices": ("sync", "inbatch")})
+    stall: float = 60.0        # async: replace a thread whose job runs longer than this (s)
+    max_restarts: int = 3
+    fault: str = ""            # fault injection for tests: "raise@N", "hang@N:SECONDS" (comma-separated)
+
+    def validate(self) -> None:
+        Curriculum.parse(self.schedule, base=self.schedule_base)
+        check(self.k >= 1, "mining.k", self.k, "must be >= 1")
+        check(self.timeout > 0, "mining.timeout", self.timeout, "must be > 0 (every wait has a timeout)")
+        check(self.ttl >= 0, "mining.ttl", self.ttl, "must be >= 0")
+        check(self.refresh_every >= 1, "mining.refresh_every", self.refresh_every, "must be >= 1")
+        check(self.lookahead >= 1, "mining.lookahead", self.lookahead, "must be >= 1")
+        from vecrag.train.miners import parse_faults
+
+        parse_faults(self.fault)
+
+
+@dataclass
+class RetrieverTrainConfig(TrainConfig):
+    """The shared TrainConfig with retriever defaults (early stopping on recall, chosen by bank size)."""
+
+    epochs: int = 10
+    lr: float = 3e-4
+    lr_min: float = 1e-6
+    warmup_ratio: float = 0.05
+    early_stop_metric: str = "auto"   # auto = R@10 below 100k bank vectors, R@500 above
+    patience: int = 3
+
+
+@dataclass
+class RetrieverConfig:
+    bank: str = ""
+    min_context: int = 1
+    val_backend: str = field(default="auto", metadata={"choices": ("torch", "faiss", "auto")})
+    train: RetrieverTrainConfig = field(default_factory=RetrieverTrainConfig)
+    model: TowerConfig = field(default_factory=TowerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+
+    def validate(self) -> None:
+        check(self.min_context >= 1, "min_context", self.min_context, "must be >= 1")
+
+
+def resolve_config(cfg: RetrieverConfig, bank) -> RetrieverConfig:
+    """Fill bank-dependent values: ``early_stop_metric: auto`` -> R@10 (< 100k vectors) or R@500."""
+    if cfg.train.early_stop_metric == "auto":
+        cfg.train.early_stop_metric = "R@10" if bank.n < BIG_BANK else "R@500"
+        cfg.train.early_stop_mode = "max"
+    return cfg
+
+
+class RetrieverTask:
+    name = "retriever"
+
+    def __init__(self, bank, cfg: RetrieverConfig):
+        self.bank, self.cfg = bank, cfg
+        self.L = cfg.train.context
+        self.train = make_samples(bank, "train", min_context=cfg.min_context)
+        self.val = make_samples(bank, "val", min_context=cfg.min_context,
+                                max_samples=cfg.train.val_max_queries or None, seed=cfg.train.seed)
+        self.n_train = len(self.train)
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.train.seed)
+            self.model = RetrieverModel(bank.dim, cfg.model)
+        self.meta = ChunkMeta.from_bank(bank)
+        self.masker = NegativeMasker(self.meta, window=cfg.loss.window, dup_eps=cfg.loss.dup_eps)
+        self.loss_fn = InfoNCELoss(cfg.loss.tau, cfg.loss.margin)
+        self.queue = MemoryBankQueue(cfg.loss.queue)
+        self.curriculum = Curriculum.parse(cfg.mining.schedule, base=cfg.mining.schedule_base)
+        self.filters = FilterConfig(rel=cfg.mining.rel, dup=cfg.mining.dup)
+        self.round = MiningStats()
+        self.counters = {"mined_sync": 0, "mined_async": 0, "fallback_inbatch": 0}
+        self.trainer = None
+        self.device = torch.device("cpu")
+        self._sync: SyncMiner | None = None
+        self._async: AsyncMiner | None = None
+        self._refreshed = -1
+        self._val_cache: dict | None = None
+        self._val_index = None
+
+    # ---- Task protocol ---------------------------------------------------------------------------------
+    def attach(self, trainer) -> None:
+        self.trainer = trainer
+        self.device = trainer.device
+
+    def _vecs(self, ids: np.ndarray) -> torch.Tensor:
+        ids = np.asarray(ids, np.int64)
+        flat = np.asarray(self.bank.vectors[np.where(ids >= 0, ids, 0).reshape(-1)], np.float32)
+        return torch.from_numpy(flat.reshape(*ids.shape, self.bank.dim)).to(self.device)
+
+    def _core(self, searcher=None) -> MiningCore:
+        m = self.cfg.mining
+        return MiningCore(self.bank.vectors, self.train, self.L, self.masker, self.filters, m.k,
+                          searcher or make_searcher(self.bank, m.backend, "cpu"), self.device)
+
+    def _mined(self, idx: np.ndarray, step: int) -> dict[int, np.ndarray] | None:
+        epoch = self.trainer.epoch if self.trainer is not None else 0
+        phase = self.curriculum.phase_for(epoch)
+        m = self.cfg.mining
+        if phase is None or m.mode == "off":
+            return None
+        if m.mode == "async":
+            if self._async is None:
+                self._start_async(step)
+            assert self._async is not None
+            if step - self._refreshed >= m.refresh_every:
+                self._async.refresh(self.model.query, step)
+                self._refreshed = step
+            self._async.advance(epoch, self.trainer.batch if self.trainer is not None else 0)
+            got = self._async.get(idx, step)
+            if got is not None:
+                self.counters["mined_async"] += 1
+                return got
+            if m.fallback == "inbatch":
+                self.counters["fallback_inbatch"] += 1
+                return None
+        if self._sync is None:
+            self._sync = SyncMiner(self._core())
+        res = self._sync.mine(self.model.query, idx, phase, step)
+        self.round.merge(res.stats)
+        self.counters["mined_sync"] += 1
+        return res.negatives
+
+    def _start_async(self, step: int) -> None:
+        m, tr = self.cfg.mining, self.trainer
+        n_batches = tr.n_batches if tr is not None else 0
+        last_epoch = self.cfg.train.epochs - 1
+
+        def batch_at(e: int, i: int) -> np.ndarray | None:
+            if tr is None or e > last_epoch or i >= n_batches:
+                return None
+            return tr.batch_at(e, i)
+
+        acfg = AsyncConfig(ttl=m.ttl, timeout=m.timeout, refresh_every=m.refresh_every, lookahead=m.lookahead,
+                           stall=m.stall, max_restarts=m.max_restarts)
+        self._async = AsyncMiner(self._core, self.model.query, batch_at, self.curriculum.phase_for, acfg,
+                                 fault=m.fault or None, version=step, n_batches=n_batches)
+        self._refreshed = step
+        self._async.start()
+
+    def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = np.asarray(idx, np.int64)
+        ctx_ids = self.train.context_ids(self.L, idx)
+        ctx, mask = gather_context(self.bank.vectors, ctx_ids)
+        mined = self._mined(idx, step)  # before the forward pass: sync mining toggles eval mode
+        q = self.model.query(torch.from_numpy(ctx).to(self.device), torch.from_numpy(mask).to(self.device))
+        pos_ids = self.train.target[idx]
+        pos = self.model.doc(self._vecs(pos_ids))
+        neg_sets, masked = [], {}
+        if self.cfg.loss.inbatch:
+            m, c = self.masker.mask(pos_ids, pos_ids, pos, pos)
+            neg_sets.append((pos, m))
+            masked["inbatch"] = c
+        qids = self.queue.current()
+        if len(qids):
+            qv = self.model.doc(self._vecs(qids)).detach()
+            m, c = self.masker.mask(pos_ids, qids, pos, qv)
+            neg_sets.append((qv, m))
+            masked["queue"] = c
+        if mined is not None:
+            nid = np.stack([mined[int(i)] for i in idx])
+            nv = self.model.doc(self._vecs(nid))
+            m, c = self.masker.mask(pos_ids, nid, pos, nv)
+            neg_sets.append((nv, m))
+            masked["mined"] = c
+        loss, stats = self.loss_fn(q, pos, neg_sets)
+        self.queue.push(pos_ids)
+        for name, c in masked.items():
+            stats[f"masked_{name}"] = float(sum(c.values()))
+        return loss, stats
+
+    @torch.no_grad()
+    def _encode_val(self, queries: bool = True) -> tuple[np.ndarray, dict]:
+        if self._val_cache is None:
+            ctx_ids = self.val.context_ids(self.L)
+            ctx, mask = gather_context(self.bank.vectors, ctx_ids)
+            base = heuristic_query(ctx, mask, self.cfg.model.anchor, self.cfg.model.alpha)
+            self._val_cache = {"ctx_ids": ctx_ids, "ctx": ctx, "mask": mask, "baseline": None, "base_q": base}
+        vc = self._val_cache
+        self.model.eval()
+        out = []
+        for s in range(0, len(vc["ctx"]), 512):
+            out.append(self.model.query(torch.from_numpy(vc["ctx"][s:s + 512]).to(self.device),
+                                        torch.from_numpy(vc["mask"][s:s + 512]).to(self.device)).float().cpu())
+        q = torch.cat(out).numpy() if out else np.zeros((0, self.bank.dim), np.float32)
+        return q, vc
+
+    def _rank(self, index, q: np.ndarray, vc: dict) -> dict[str, float]:
+        from vecrag.eval.baselines import retrieve_ranks  # the shared hit rules
+
+        ranks = retrieve_ranks(index, q, self.val, self.L, min(max(VAL_KS), self.bank.n), bank=self.bank)
+        table = recall_table(ranks, VAL_KS)
+        return {k2: float(v) for k2, v in table.items() if not k2.endswith("_ci")}
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        from vecrag.index import ExactTorchIndex, open_index
+
+        self._flush_mining(epoch)
+        if len(self.val) == 0:
+            from vecrag.errors import VecragError
+
+            raise VecragError("the bank's val split has no samples", path=self.bank.path,
+                              hint="re-split the bank (`vecrag bank split`) or lower min_context")
+        q, vc = self._encode_val()
+        if self._val_index is None:
+            self._val_index = open_index(self.bank, backend=self.cfg.val_backend, device=str(self.device))
+        raw = self._val_index
+        if self.model.doc.is_identity:
+            index = raw
+        else:  # the doc side changed: re-encode the whole bank and search it exactly
+            enc = self.model.doc.encode_bank(self.bank.vectors, device=self.device).cpu().numpy()
+            index = ExactTorchIndex(enc, device=str(self.device))
+        out = self._rank(index, q, vc)
+        if vc["baseline"] is None:
+            vc["baseline"] = self._rank(raw, vc["base_q"], vc)
+        out.update({f"baseline_{k}": v for k, v in vc["baseline"].items() if k != "n_queries"})
+        return out
+
+    def _flush_mining(self, epoch: int) -> None:
+        st = MiningStats()
+        st.merge(self.round)
+        if self._async is not None:
+            with self._async._lock:
+                st.merge(self._async.round_stats)
+                self._async.round_stats = MiningStats()
+        self.round = MiningStats()
+        if st.n_samples == 0:
+            return
+        log.info("mining round (epoch %d):\n%s", epoch, st.table())
+        if self.trainer is not None:
+            self.trainer.log_record("mining", epoch=epoch, step=self.trainer.step, **st.summary(), **self.stats())
+
+    def extra_state(self) -> dict:
+        return {"queue": self.queue.state_dict(), "counters": dict(self.counters),
+                "round": dataclasses.asdict(self.round)}
+
+    def load_extra_state(self, d: dict) -> None:
+        if "queue" in d:
+            self.queue.load_state_dict(d["queue"])
+        self.counters.update({k: int(v) for k, v in d.get("counters", {}).items()})
+        if "round" in d:
+            self.round = MiningStats(**d["round"])
+
+    def stats(self) -> dict[str, float]:
+        out = {f"mining_{k}": float(v) for k, v in self.counters.items()}
+        out["queue_len"] = float(len(self.queue))
+        if self._async is not None:
+            out.update(self._async.stats())
+        return out
+
+    def close(self) -> None:
+        if self._async is not None:
+            self._async.close()
+            self._async = None
