@@ -109,10 +109,12 @@ class GuardedSearch:
 def fuse(tower_scores: np.ndarray, lvm_scores: np.ndarray, ids: np.ndarray, *, w_tower: float, w_lvm: float,
          lane_bonus: np.ndarray | None = None) -> np.ndarray:
     """Fused scores [n, K] (-inf where id < 0)."""
-    s = w_tower * tower_scores.astype(np.float64) + w_lvm * lvm_scores.astype(np.float64)
+    valid = ids >= 0
+    t = np.where(valid, tower_scores, 0.0).astype(np.float64)  # padding scores are -inf: 0 * -inf is NaN
+    s = w_tower * t + w_lvm * np.where(valid, lvm_scores, 0.0).astype(np.float64)
     if lane_bonus is not None:
         s = s + lane_bonus
-    return np.where(ids >= 0, s, -np.inf)
+    return np.where(valid, s, -np.inf)
 
 
 def lane_bonus(ids: np.ndarray, lane_codes: np.ndarray | None, ctx_lane: np.ndarray | None,

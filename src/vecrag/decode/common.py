@@ -112,3 +112,37 @@ def parse_ids(bank: Any, spec: str) -> list[int]:
     if not ids or bad:
         raise VecragError(f"--prompt-ids: ids must be in 0..{bank.n - 1}" + (f", got {bad[:5]}" if bad else ""))
     return ids
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="article split to evaluate")
+    p.add_argument("--max-samples", type=int, default=5000, metavar="N",
+                   help="evaluate a deterministic subset of N samples (0 = all)")
+    p.add_argument("--min-context", type=int, default=1, help="samples need at least this many context chunks")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample subset")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where to write the JSON (default: the LVM run's metrics/, else the retriever run's, "
+                        "else BANK/eval/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def out_dir(args: argparse.Namespace, bank: Any) -> Any:
+    from pathlib import Path
+
+    if args.out:
+        return Path(args.out)
+    for spec in (args.lvm, args.retriever):
+        if spec and not spec.startswith("heuristic:"):
+            return Path(spec) / "metrics"
+    return Path(bank.path) / "eval"
+
+
+def eval_samples(bank: Any, args: argparse.Namespace) -> Any:
+    from vecrag.sequences import make_samples
+
+    s = make_samples(bank, args.split, min_context=args.min_context, max_samples=args.max_samples or None,
+                     seed=args.seed)
+    if not len(s):
+        raise VecragError(f"the {args.split} split has no samples with >= {args.min_context} context chunks",
+                          path=bank.path, hint="use a bigger bank or another --split")
+    return s

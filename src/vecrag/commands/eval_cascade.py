@@ -1,0 +1,54 @@
+"""`vecrag eval cascade BANK --lvm RUN --retriever RUN --split test`: Hit@k / MRR@10 of every cascade stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+COMMAND = ("eval", "cascade")
+HELP = "Hit@{1,5,10} and MRR@10 of each cascade stage and the full cascade, beside the heuristic baselines"
+DESCRIPTION = """\
+On held-out articles, against the FULL bank, with the shared hit rules (context ids excluded, same text =
+hit), on the same queries: heuristic baselines (last, ewma), the query tower alone (and its R@K, the
+ceiling of any re-rank), the LVM prediction as the query, the tower top-K re-ranked by cos(LVM, candidate)
+alone, by the fusion w_tower * tower score + w_lvm * cos(LVM, candidate), by the lane bonus alone, and the
+full cascade (fusion + lane). Writes cascade_eval-SPLIT.json atomically.
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from vecrag.decode.common import add_eval_arguments, add_model_arguments
+
+    p.add_argument("bank", metavar="BANK", help="bank directory")
+    add_model_arguments(p, lvm_default=None, retriever_default=None)
+    add_eval_arguments(p)
+    p.add_argument("--K", dest="K", type=int, default=500, help="tower shortlist size")
+    p.add_argument("--k", dest="k", type=int, default=10, help="final shortlist size")
+    p.add_argument("--w-tower", type=float, default=1.0, help="fusion weight on the tower score")
+    p.add_argument("--w-lvm", type=float, default=1.0, help="fusion weight on cos(LVM prediction, candidate)")
+    p.add_argument("--lane-lambda", type=float, default=0.05, help="lane bonus")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vecrag.bank import Bank
+    from vecrag.decode import common
+    from vecrag.eval.cascade_eval import format_cascade, run_cascade_eval
+    from vecrag.fsutil import atomic_write_json
+
+    common.setup_runtime(args)
+    bank = Bank.open(args.bank)
+    lvm, tower = common.load_predictors(bank, args)
+    samples = common.eval_samples(bank, args)
+    index = common.open_search(bank, args)
+    rep = run_cascade_eval(bank, samples, lvm, tower, index, K=args.K, k=args.k, w_tower=args.w_tower,
+                           w_lvm=args.w_lvm, lane_lambda=args.lane_lambda,
+                           progress=not args.quiet and sys.stderr.isatty())
+    rep["index"] = index.describe() if hasattr(index, "describe") else repr(index)
+    path = common.out_dir(args, bank) / f"cascade_eval-{args.split}.json"
+    atomic_write_json(path, rep)
+    print(json.dumps(rep, indent=2, default=str) if args.json else format_cascade(rep))
+    if not args.json:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,119 @@
+"""Cascade evaluation: Hit@{1,5,10} and MRR@10 of every stage, on the same queries, against the FULL bank.
+
+Rows (all on the same samples, same hit rules: the context's own ids are excluded, a chunk with the
+target's text counts as a hit):
+
+- ``baseline:last`` / ``baseline:ewma``  heuristic query -> top-k
+- ``tower``            query tower -> top-k (also ``R@K``: the ceiling of every re-rank below)
+- ``lvm-query``        the LVM prediction used as the query -> top-k
+- ``tower>lvm-rerank`` tower top-K re-ranked by cos(v_hat, cand) alone (the seed's cascade)
+- ``tower>fused``      tower top-K re-ranked by w_tower * tower score + w_lvm * cos(v_hat, cand)
+- ``tower>lane``       tower top-K with only the lane bonus (+lambda in the context's lane)
+- ``cascade``          fused + lane: the full cascade used by ``vecrag generate``
+
+The context lane is the lane of the sample's last context chunk (its article's lane).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vecrag.bank import Bank
+from vecrag.decode.cascade import fuse, lane_bonus, lane_codes_of, top_by
+from vecrag.decode.predictors import HeuristicPredictor, Predictor
+from vecrag.eval.metrics import first_hit_rank, format_table, recall_table
+from vecrag.sequences import Samples, gather_context
+
+HIT_KS = (1, 5, 10)
+HIT_RULES = "context ids excluded; a retrieved chunk with the target's text counts as a hit"
+
+
+def hit_table(ranks: np.ndarray, K: int | None = None) -> dict[str, Any]:
+    t = recall_table(ranks, HIT_KS + ((K,) if K else ()), mrr_k=10)
+    out: dict[str, Any] = {"n_queries": t["n_queries"], "MRR@10": t["MRR@10"], "median_rank": t["median_rank"]}
+    for k in HIT_KS:
+        out[f"Hit@{k}"], out[f"Hit@{k}_ci"] = t[f"R@{k}"], t[f"R@{k}_ci"]
+    if K:
+        out[f"R@{K}"] = t[f"R@{K}"]
+    return out
+
+
+def predict(pred: Predictor, ctx: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Run a predictor on the last ``pred.context_len`` columns of a right-aligned context."""
+    Lp = min(int(pred.context_len), ctx.shape[1])
+    return np.asarray(pred(ctx[:, -Lp:], mask[:, -Lp:]), np.float32)
+
+
+def context_len(*preds: Predictor) -> int:
+    return max(int(p.context_len) for p in preds)
+
+
+def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, index: Any, *, K: int = 500,
+                     k: int = 10, w_tower: float = 1.0, w_lvm: float = 1.0, lane_lambda: float = 0.05,
+                     baselines: tuple[Predictor, ...] | None = None, batch: int = 64,
+                     progress: bool = False) -> dict[str, Any]:
+    """Ranks for every stage; returns the report dict (rows of Hit@k / MRR@10 with CIs)."""
+    L = context_len(lvm, tower)
+    if baselines is None:
+        baselines = (HeuristicPredictor("last", context_len=L), HeuristicPredictor("ewma", 0.5, context_len=L))
+    tg = bank.text_group
+    codes, _ = lane_codes_of(bank.lanes)
+    n = len(samples)
+    names = [f"baseline:{b.name.removeprefix('heuristic:')}" for b in baselines] + [
+        "tower", "lvm-query", "tower>lvm-rerank", "tower>fused", "tower>lane", "cascade"]
+    ranks = {m: np.full(n, -1, np.int64) for m in names}
+    tower_rank_K = np.full(n, -1, np.int64)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc="eval cascade", unit="q")
+    for s in range(0, n, batch):
+        sl = slice(s, min(n, s + batch))
+        ctx_ids = samples.context_ids(L, sl)
+        tgt = samples.target[sl]
+        ctx, mask = gather_context(bank.vectors, ctx_ids)
+        for b, name in zip(baselines, names, strict=False):
+            _, ids = index.search(predict(b, ctx, mask), k + L)
+            ranks[name][sl] = first_hit_rank(ids, tgt, ctx_ids=ctx_ids, text_group=tg)
+        v_hat = predict(lvm, ctx, mask)
+        _, ids = index.search(v_hat, k + L)
+        ranks["lvm-query"][sl] = first_hit_rank(ids, tgt, ctx_ids=ctx_ids, text_group=tg)
+        t_scores, ids = index.search(predict(tower, ctx, mask), K + L)
+        t_scores = np.asarray(t_scores, np.float32)
+        r = first_hit_rank(ids, tgt, ctx_ids=ctx_ids, text_group=tg)
+        ranks["tower"][sl] = r
+        tower_rank_K[sl] = r
+        cand = np.asarray(bank.vectors[np.maximum(ids, 0).reshape(-1)], np.float32).reshape(*ids.shape, -1)
+        lvm_s = np.einsum("nkd,nd->nk", cand, v_hat)
+        bonus = lane_bonus(ids, codes, codes[np.maximum(ctx_ids[:, -1], 0)], lane_lambda)
+        variants = {"tower>lvm-rerank": fuse(t_scores, lvm_s, ids, w_tower=0.0, w_lvm=1.0),
+                    "tower>fused": fuse(t_scores, lvm_s, ids, w_tower=w_tower, w_lvm=w_lvm),
+                    "tower>lane": fuse(t_scores, lvm_s, ids, w_tower=1.0, w_lvm=0.0, lane_bonus=bonus),
+                    "cascade": fuse(t_scores, lvm_s, ids, w_tower=w_tower, w_lvm=w_lvm, lane_bonus=bonus)}
+        for name, sc in variants.items():
+            order = top_by(sc, ids.shape[1])
+            ranks[name][sl] = first_hit_rank(np.take_along_axis(ids, order, 1), tgt, ctx_ids=ctx_ids,
+                                             text_group=tg)
+        if bar is not None:
+            bar.update(len(tgt))
+    if bar is not None:
+        bar.close()
+    rows = {m: hit_table(ranks[m]) for m in names}
+    rows["tower"] = hit_table(tower_rank_K, K)
+    return {"bank": str(bank.path), "split": samples.split, "n_queries": n, "context_len": L, "K": K, "k": k,
+            "fusion": {"w_tower": w_tower, "w_lvm": w_lvm, "lane_lambda": lane_lambda},
+            "lvm": lvm.name, "retriever": tower.name, "hit_rules": HIT_RULES, "rows": rows,
+            "lanes": bool((codes >= 0).any())}
+
+
+def format_cascade(report: dict[str, Any]) -> str:
+    head = (f"cascade eval: {report['bank']} split={report['split']} queries={report['n_queries']} "
+            f"L={report['context_len']} K={report['K']} k={report['k']} lvm={report['lvm']} "
+            f"retriever={report['retriever']}\nfusion {report['fusion']}; hit rules: {report['hit_rules']}"
+            + ("" if report["lanes"] else "\n(the bank has no lanes: the lane stages equal their lane-less twins)"))
+    K = report["K"]
+    tail = f"\ntower R@{K} (ceiling of every re-rank of its top-K): {100 * report['rows']['tower'][f'R@{K}']:.2f}%"
+    return head + "\n" + format_table(report["rows"], ("Hit@1", "Hit@5", "Hit@10", "MRR@10")) + tail
