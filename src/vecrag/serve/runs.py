@@ -29,6 +29,7 @@ METRICS = "metrics"
 # keys of train records that are bookkeeping, not series
 TRAIN_BOOK = {"kind", "step", "epoch", "time", "t", "wall", "batch", "micro", "elapsed_s"}
 TRAIN_CORE = ("loss", "lr", "samples_per_s", "rss_mb", "cuda_mem_mb")
+VAL_BOOK = {"best", "best_epoch", "val_s", "improved", "n_queries"}
 DECISIONS = ("SNAP", "BLEND", "NOVEL")
 MAX_LOG_BYTES = 256 * 2**20
 
@@ -51,7 +52,8 @@ class RunInfo:
             "has_log": log.is_file(),
             "log_bytes": log.stat().st_size if log.is_file() else 0,
             "modified": max((p.stat().st_mtime for p in (log, mdir) if p.exists()), default=0.0),
-            "metrics": sorted(p.name for p in mdir.glob("*.json") if FILE_RE.match(p.name)) if mdir.is_dir() else [],
+            "metrics": sorted(p.name for p in mdir.glob("*.json") if FILE_RE.match(p.name)
+                              and _inside(p, self.base)) if mdir.is_dir() else [],
         }
 
 
@@ -161,7 +163,8 @@ def _series(recs: list[dict[str, Any]], xkey: str, keys: list[str]) -> dict[str,
 
 
 def is_recall_key(k: str) -> bool:
-    return not k.endswith("_ci") and re.search(r"(R|Hit|recall)@\d+", k) is not None
+    """R@k / Hit@k / recall@k, also with a prefix such as ``baseline_`` (not MRR@k, not the ``_ci`` pairs)."""
+    return re.search(r"(^|_)(R|Hit|recall)@\d+$", k) is not None
 
 
 def training_views(recs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -172,7 +175,8 @@ def training_views(recs: list[dict[str, Any]]) -> dict[str, Any]:
     extra_keys = sorted({k for r in train for k, v in r.items()
                          if k not in TRAIN_BOOK and k not in TRAIN_CORE and _num(v) is not None})
     mine_keys = sorted({k for r in mining for k, v in r.items() if k not in TRAIN_BOOK and _num(v) is not None})
-    val_keys = sorted({k for r in val for k, v in r.items() if k not in TRAIN_BOOK and _num(v) is not None})
+    val_keys = sorted({k for r in val for k, v in r.items()
+                       if k not in TRAIN_BOOK and k not in VAL_BOOK and _num(v) is not None})
     metric_keys = [k for k in val_keys if not k.startswith("baseline_")]
     base_keys = [k for k in val_keys if k.startswith("baseline_")]
     xval = "epoch" if any(_num(r.get("epoch")) is not None for r in val) else "step"
