@@ -1,0 +1,201 @@
+"""The LVM training task for the shared loop: next-chunk-vector regression (+ optional in-batch InfoNCE).
+
+Samples are every position of every TRAIN article (``make_samples(bank, "train", min_context=1)``); contexts
+shorter than L are padded on the left and masked. The bank is loaded once as a float32 tensor on the device.
+
+Loss on unit vectors ``p`` (prediction) and ``t`` (true next chunk), averaged over the micro-batch::
+
+    w_cos * (1 - cos(p, t)) + w_mse * mean((p - t) ** 2) + w_nce * InfoNCE(p, in-batch targets, tau)
+
+``mean((p - t) ** 2)`` is the element-wise MSE; on unit vectors it equals ``2 (1 - cos) / D``. InfoNCE
+scores ``p . t_j / tau`` against every target of the micro-batch; targets whose vector is exactly equal to
+the positive's (same text encoded twice, boilerplate) are masked out as negatives.
+
+Validation (each epoch, on the val split, against the FULL bank): mean cosine to the true next vector,
+Recall@{1,10,100} and MRR@10 with the prediction as query (exact search by matmul, context ids excluded,
+same-text hits; ``vecrag.eval.metrics.first_hit_rank``), plus the same numbers for the anchor heuristic,
+copy-last and mean of context as ``baseline_*`` keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vecrag.bank import Bank
+from vecrag.config import TrainConfig
+from vecrag.errors import VecragError
+from vecrag.eval.heuristics import heuristic_query_torch
+from vecrag.eval.metrics import first_hit_rank
+from vecrag.models.lvm import LVM, LVMModelConfig
+from vecrag.sequences import Samples, make_samples
+
+log = logging.getLogger(__name__)
+VAL_KS = (1, 10, 100)
+
+
+@dataclass
+class LVMLossConfig:
+    w_cos: float = 1.0
+    w_mse: float = 0.0
+    w_nce: float = 0.0
+    tau: float = 0.05          # InfoNCE temperature (logits = cosine / tau)
+
+    def validate(self) -> None:
+        if min(self.w_cos, self.w_mse, self.w_nce) < 0 or self.w_cos + self.w_mse + self.w_nce <= 0:
+            raise VecragError("loss weights must be >= 0 and not all zero",
+                              hint="e.g. loss.w_cos=1 loss.w_nce=0.1")
+        if self.tau <= 0:
+            raise VecragError(f"loss.tau must be > 0, got {self.tau}")
+
+
+@dataclass
+class LVMConfig:
+    bank: str = ""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(early_stop_metric="cos"))
+    model: LVMModelConfig = field(default_factory=LVMModelConfig)
+    loss: LVMLossConfig = field(default_factory=LVMLossConfig)
+
+
+def vector_groups(vectors: np.ndarray) -> np.ndarray:
+    """Group id per row; rows with byte-identical vectors share a group (int64, length N)."""
+    v = np.ascontiguousarray(np.asarray(vectors))
+    rows = v.view(np.dtype((np.void, v.dtype.itemsize * v.shape[1]))).ravel()
+    _, inverse = np.unique(rows, return_inverse=True)
+    return inverse.astype(np.int64).ravel()
+
+
+def lvm_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LVMLossConfig,
+             groups: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The weighted loss on unit vectors and its parts; ``groups`` (exact-duplicate id per target) masks
+    duplicates of the positive out of the InfoNCE negatives."""
+    pred, target = pred.float(), target.float()
+    cos = (pred * target).sum(-1)
+    l_cos = (1.0 - cos).mean()
+    l_mse = ((pred - target) ** 2).mean()
+    loss = cfg.w_cos * l_cos + cfg.w_mse * l_mse
+    stats = {"cos": float(cos.detach().mean()), "loss_cos": float(l_cos.detach()), "loss_mse": float(l_mse.detach())}
+    if cfg.w_nce > 0:
+        logits = pred @ target.T / cfg.tau
+        n = logits.shape[0]
+        eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+        if groups is not None:
+            dup = (groups[:, None] == groups[None, :]) & ~eye
+            logits = logits.masked_fill(dup, float("-inf"))
+        labels = torch.arange(n, device=logits.device)
+        l_nce = F.cross_entropy(logits, labels)
+        loss = loss + cfg.w_nce * l_nce
+        stats["loss_nce"] = float(l_nce.detach())
+        stats["nce_acc"] = float((logits.detach().argmax(1) == labels).float().mean())
+    return loss, stats
+
+
+def exact_topk(bank_t: torch.Tensor, queries: torch.Tensor, k: int, chunk: int = 1024) -> np.ndarray:
+    """Top-k bank ids by inner product (exact; torch matmul in query chunks)."""
+    out = []
+    for s in range(0, queries.shape[0], chunk):
+        out.append(torch.topk(queries[s:s + chunk] @ bank_t.T, min(k, bank_t.shape[0]), dim=1).indices.cpu())
+    return torch.cat(out).numpy().astype(np.int64) if out else np.zeros((0, k), np.int64)
+
+
+class LVMTask:
+    name = "lvm"
+
+    def __init__(self, bank: Bank, cfg: LVMConfig):
+        self.bank, self.cfg = bank, cfg
+        self.L = cfg.train.context
+        self.model = LVM(bank.dim, cfg.model, self.L)
+        self.train = make_samples(bank, "train", min_context=1)
+        if len(self.train) == 0:
+            raise VecragError("the bank's train split has no article with 2 or more chunks", path=bank.path,
+                              hint="ingest more articles or re-split the bank")
+        self.val = make_samples(bank, "val", min_context=1, max_samples=cfg.train.val_max_queries or None, seed=0)
+        self.n_train = len(self.train)
+        self.train_ctx = torch.from_numpy(self.train.context_ids(self.L))
+        self.train_tgt = torch.from_numpy(self.train.target)
+        self.groups_np = vector_groups(bank.vectors)
+        self.device = torch.device("cpu")
+        self.bank_t: torch.Tensor | None = None
+        self._baselines: dict[str, float] | None = None
+        self._seen = 0
+
+    # ---- Task protocol -------------------------------------------------------------------------------
+    def attach(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.device = trainer.device
+        self.bank_t = torch.from_numpy(np.array(self.bank.vectors, dtype=np.float32)).to(self.device)
+        self.groups = torch.from_numpy(self.groups_np).to(self.device)
+        trainer.log_record("event", event="lvm_task", n_train=self.n_train, n_val=len(self.val), dim=self.bank.dim,
+                           context=self.L, bank=str(self.bank.path), n_bank=self.bank.n,
+                           encoder=self.bank.encoder.get("name"))
+
+    def context(self, ctx_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context vectors [n, L, D] (zeros where padded) and the mask, gathered from the device bank."""
+        ids = ctx_ids.to(self.device)
+        mask = ids >= 0
+        ctx = self.bank_t[ids.clamp(min=0)] * mask[:, :, None].float()
+        return ctx, mask
+
+    def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        i = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+        ctx, mask = self.context(self.train_ctx[i])
+        tgt_ids = self.train_tgt[i].to(self.device)
+        pred = self.model(ctx, mask)
+        self._seen += len(idx)
+        return lvm_loss(pred, self.bank_t[tgt_ids], self.cfg.loss, self.groups[tgt_ids])
+
+    def predict(self, samples: Samples, fn: Any = None, batch: int = 1024) -> torch.Tensor:
+        """Predictions [n, D] for ``samples`` (by the model, or by ``fn(ctx, mask)``)."""
+        fn = fn or self.model
+        out = []
+        for s in range(0, len(samples), batch):
+            ctx, mask = self.context(torch.from_numpy(samples.context_ids(self.L, slice(s, s + batch))))
+            out.append(fn(ctx, mask).float())
+        return torch.cat(out) if out else torch.zeros(0, self.bank.dim, device=self.device)
+
+    def score(self, pred: torch.Tensor, samples: Samples) -> dict[str, float]:
+        tgt = self.bank_t[torch.from_numpy(samples.target).to(self.device)]
+        cos = (pred * tgt).sum(-1)
+        ids = exact_topk(self.bank_t, pred, max(VAL_KS) + self.L)
+        ranks = first_hit_rank(ids, samples.target, ctx_ids=samples.context_ids(self.L),
+                               text_group=self.bank.text_group)
+        out = {"cos": float(cos.mean())}
+        for k in VAL_KS:
+            out[f"R@{k}"] = float(np.mean((ranks >= 0) & (ranks < k)))
+        hit10 = (ranks >= 0) & (ranks < 10)
+        out["MRR@10"] = float(np.mean(np.where(hit10, 1.0 / np.maximum(ranks + 1.0, 1.0), 0.0)))
+        return out
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        if len(self.val) == 0:
+            raise VecragError("the bank's val split has no article with 2 or more chunks", path=self.bank.path,
+                              hint="re-split the bank with a larger val share")
+        metrics = self.score(self.predict(self.val), self.val)
+        if self._baselines is None:  # the heuristics do not change during training: measure once
+            self._baselines = {}
+            m = self.cfg.model
+            for name, kind in ((f"anchor_{m.anchor}", m.anchor), ("last", "last"), ("mean", "mean")):
+                def fn(c: torch.Tensor, mk: torch.Tensor, kind: str = kind) -> torch.Tensor:
+                    return heuristic_query_torch(c, mk, kind, m.alpha)
+                for k, v in self.score(self.predict(self.val, fn), self.val).items():
+                    self._baselines[f"baseline_{name}_{k}"] = v
+        return {**metrics, **self._baselines, "n_val": float(len(self.val))}
+
+    def extra_state(self) -> dict:
+        return {"seen": self._seen, "encoder": dict(self.bank.encoder), "dim": self.bank.dim,
+                "model_config": dataclasses.asdict(self.cfg.model), "context": self.L}
+
+    def load_extra_state(self, d: dict) -> None:
+        self._seen = int(d.get("seen", 0))
+
+    def stats(self) -> dict[str, float]:
+        return {"samples_seen": float(self._seen)}
+
+    def close(self) -> None:
+        self.bank_t = None
