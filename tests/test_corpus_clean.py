@@ -70,7 +70,7 @@ def test_placeholders_tags_and_control_characters():
 
 def test_real_articles_are_clean(shared_corpus):
     with lzma.open(shared_corpus, "rt", encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in itertools.islice(f, 300)]
+        texts = [json.loads(line)["text"] for line in itertools.islice(f, 150)]
     n_removed_heads = 0
     for raw in texts:
         out = clean_text(raw)
@@ -82,4 +82,4 @@ def test_real_articles_are_clean(shared_corpus):
         paras = out.split("\n")
         assert not {"History.", "References.", "External links.", "See also.", "Further reading."} & set(paras)
         n_removed_heads += len(raw.split("\n")) - len(paras)
-    assert n_removed_heads > 1000  # headings and debris really were removed
+    assert n_removed_heads > 500  # headings and debris really were removed
