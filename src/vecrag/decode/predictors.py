@@ -7,7 +7,8 @@
 Implementations: :class:`HeuristicPredictor` (``last`` / ``mean`` / ``ewma``, the anchors of
 :mod:`vecrag.eval.heuristics`) and :class:`TorchPredictor` (a trained ``torch.nn.Module``: an LVM from
 ``vecrag train lvm`` or a query tower from ``vecrag train retriever``, loaded by
-:func:`load_lvm_predictor` / :func:`load_tower_predictor`, which call the other modules' loaders).
+:func:`load_lvm_predictor` / :func:`load_tower_predictor`, which call ``vecrag.eval.lvm_eval.load_lvm``
+and ``vecrag.eval.retriever_eval.load_retriever``).
 :func:`parse_predictor` turns a CLI spec (``heuristic:ewma``, ``heuristic:ewma:0.3``, ``RUN_DIR``) into one.
 """
 
@@ -88,53 +89,43 @@ def _run_dir(run: str | Path, what: str) -> Path:
     return p
 
 
-def load_lvm_predictor(run: str | Path, *, device: str = "cpu", bank: Any = None) -> Predictor:
-    """The LVM of a `vecrag train lvm` run (its ``checkpoints/best.pt``) as a Predictor."""
+def load_lvm_predictor(run: str | Path, *, device: str = "cpu", bank: Any = None,
+                       checkpoint: str = "best") -> Predictor:
+    """The LVM of a `vecrag train lvm` run (``checkpoints/best.pt``, sha256-verified) as a Predictor.
+
+    Thin glue over :func:`vecrag.eval.lvm_eval.load_lvm`; the context length is the run's ``train.context``.
+    """
+    from vecrag.eval.lvm_eval import load_lvm
+
     p = _run_dir(run, "lvm")
-    try:
-        from vecrag.models import lvm as lvm_mod
-    except ImportError as e:
-        raise VecragError(f"cannot load LVM runs: vecrag.models.lvm is unavailable ({e})", path=p,
-                          hint="use --lvm heuristic:ewma until LVM support is installed") from e
-    loader = getattr(lvm_mod, "load_lvm", None)
-    if loader is None:
-        raise VecragError("vecrag.models.lvm has no load_lvm(run) yet", path=p, hint="use --lvm heuristic:ewma")
-    model, info = _call_loader(loader, p, device)
-    if bank is not None and info.get("encoder"):
-        bank.check_encoder(info["encoder"]["name"], int(info["encoder"]["dim"]), where=p)
-    return TorchPredictor(model, f"lvm:{p.name}", int(info.get("context_len") or DEFAULT_CONTEXT_LEN), device)
+    model, cfg = load_lvm(p, checkpoint, device)
+    enc = getattr(model, "encoder", None)
+    if bank is not None:
+        if isinstance(enc, dict) and enc.get("name"):
+            bank.check_encoder(enc["name"], int(enc.get("dim") or model.dim), where=p)
+        elif int(model.dim) != bank.dim:
+            raise VecragError(f"the LVM is {model.dim}-D but the bank is {bank.dim}-D", path=p,
+                              hint="use the bank the LVM was trained on")
+    return TorchPredictor(model, f"lvm:{p.name}", int(cfg.train.context), device)
 
 
-def load_tower_predictor(run: str | Path, *, device: str = "cpu", bank: Any = None) -> Predictor:
-    """The query tower of a `vecrag train retriever` run (its ``checkpoints/best.pt``) as a Predictor."""
+def load_tower_predictor(run: str | Path, *, device: str = "cpu", bank: Any = None,
+                         checkpoint: str = "best") -> Predictor:
+    """The query tower of a `vecrag train retriever` run (``checkpoints/best.pt``) as a Predictor.
+
+    Thin glue over :func:`vecrag.eval.retriever_eval.load_retriever`. The cascade searches the bank's own
+    index, so a run with a learned (non-identity) doc tower is refused.
+    """
+    from vecrag.eval.retriever_eval import check_bank, load_retriever
+
     p = _run_dir(run, "retriever")
-    try:
-        from vecrag.models import towers
-    except ImportError as e:
-        raise VecragError(f"cannot load retriever runs: vecrag.models.towers is unavailable ({e})", path=p,
-                          hint="use --retriever heuristic:last") from e
-    loader = getattr(towers, "load_query_tower", None) or getattr(towers, "load_retriever", None)
-    if loader is None:
-        raise VecragError("vecrag.models.towers has no loader for runs yet", path=p,
-                          hint="use --retriever heuristic:last")
-    model, info = _call_loader(loader, p, device)
-    if hasattr(model, "query"):  # a RetrieverModel: the query tower is what searches
-        if hasattr(model, "doc") and not getattr(model.doc, "is_identity", True):
-            raise VecragError("this retriever has a learned doc tower; the cascade searches the raw bank index",
-                              path=p, hint="train with the identity doc tower for cascade use")
-        model = model.query
-    if bank is not None and info.get("encoder"):
-        bank.check_encoder(info["encoder"]["name"], int(info["encoder"]["dim"]), where=p)
-    return TorchPredictor(model, f"tower:{p.name}", int(info.get("context_len") or DEFAULT_CONTEXT_LEN), device)
-
-
-def _call_loader(loader: Any, run: Path, device: str) -> tuple[Any, dict[str, Any]]:
-    out = loader(run, device=device)
-    if isinstance(out, tuple):
-        model, info = out[0], (out[1] if len(out) > 1 and isinstance(out[1], dict) else {})
-    else:
-        model, info = out, {}
-    return model, dict(info)
+    cfg, model, _ = load_retriever(p, checkpoint, device)
+    if not model.doc.is_identity:
+        raise VecragError("this retriever has a learned doc tower; the cascade searches the raw bank index",
+                          path=p, hint="use a run trained with model.doc=identity")
+    if bank is not None:
+        check_bank(p, bank, int(model.query.dim))
+    return TorchPredictor(model.query, f"tower:{p.name}", int(cfg.train.context), device)
 
 
 def parse_predictor(spec: str, role: str, *, device: str = "cpu", bank: Any = None,
