@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                 groups[key] = gp.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
                 gp.set_defaults(_group_parser=gp)
             parent = groups[key]
-        p = parent.add_parser(path[-1], help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+        # argparse %-formats help strings: escape literal percent signs such as "%SNAP"
+        help_text = mod.HELP.replace("%", "%%")
+        desc = getattr(mod, "DESCRIPTION", mod.HELP).replace("%", "%%")
+        p = parent.add_parser(path[-1], help=help_text, description=desc,
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
