@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
             parent = groups[key]
         # argparse %-formats help strings: escape literal percent signs such as "%SNAP"
         help_text = mod.HELP.replace("%", "%%")
-        desc = getattr(mod, "DESCRIPTION", mod.HELP).replace("%", "%%")
+        desc = getattr(mod, "DESCRIPTION", mod.HELP)  # descriptions are not %-formatted
         p = parent.add_parser(path[-1], help=help_text, description=desc,
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         mod.add_arguments(p)
