@@ -70,6 +70,7 @@ class Progress:
     seconds: float = 0.0
     finished: bool = False
     assembled: bool = False
+    bad_lines: int = 0
 
     @classmethod
     def load(cls, path: Path) -> Progress:
@@ -295,7 +296,8 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
            dtype: str = "float16", chunker_cfg: Any = None, lanes: str | None = None, split_seed: int = 0,
            split_ratios: tuple[float, float, float] = (0.9, 0.05, 0.05), max_articles: int | None = None,
            batch_chunks: int = DEFAULT_BATCH_CHUNKS, batch_size: int | None = None, device: str = "auto",
-           progress: bool = True, restart: bool = False, overwrite: bool = False) -> Bank:
+           progress: bool = True, restart: bool = False, overwrite: bool = False,
+           skip_bad_lines: bool = False) -> Bank:
     """Build (or finish building) the bank at ``out`` from ``sources``; see the module docstring."""
     from vecrag.corpus import iter_articles
     from vecrag.encode import DEFAULT_BATCH_SIZE, DEFAULT_ENCODER, Encoder, load_encoder
@@ -319,7 +321,9 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
         prepare_out(out, overwrite=overwrite)
 
     # read the first article before anything heavy: bad input fails fast and leaves OUT alone
-    it = iter(iter_articles(sources, fmt=fmt))
+    stats: dict[str, int] = {}
+    it = iter(iter_articles(sources, fmt=fmt, on_error="skip" if skip_bad_lines else "raise", stats=stats,
+                            skip_empty=False))
     first = next(it, None)
     if first is None:
         raise VecragError("no articles found in the sources", path=sources[0],
@@ -331,7 +335,8 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
     dev = encoder.device if isinstance(encoder, Encoder) else pick_device(device)
     params = {"stage_version": STAGE_VERSION, "sources": source_fingerprint(sources), "format": fmt,
               "encoder": enc_name, "device": dev, "dtype": dtype, "chunker": chunker.config_dict(),
-              "max_articles": max_articles, "batch_chunks": int(batch_chunks), "batch_size": batch_size}
+              "max_articles": max_articles, "batch_chunks": int(batch_chunks), "batch_size": batch_size,
+              "skip_bad_lines": bool(skip_bad_lines)}
     created = False
     if stage.exists() and (stage / PARAMS).exists():
         import json
@@ -363,6 +368,7 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
                 if bar is not None:
                     bar.close()
             prog.finished = True
+            prog.bad_lines = int(stats.get("bad_lines", 0))
             prog.save(stage / PROGRESS)
         if prog.chunks == 0:
             raise VecragError(f"no chunks: {prog.articles_read} articles read, all empty", path=sources[0],
@@ -399,6 +405,7 @@ def _assemble(stage: Path, prog: Progress, enc: Any, lane_spec: Any, *, split_se
         "lanes": res.meta,
         "ingest": {"sources": sources, "format": fmt, "articles_read": prog.articles_read,
                    "articles_kept": prog.articles_kept, "empty_skipped": prog.empty_skipped,
+                   "bad_lines_skipped": prog.bad_lines,
                    "chunks": prog.chunks, "seconds": round(prog.seconds, 2),
                    "chunks_per_s": round(prog.chunks / secs, 1), "batches": len(prog.batches),
                    "article_ids": id_rule, "device": enc.device},

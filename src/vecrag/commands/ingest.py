@@ -62,6 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="chunks per committed batch (the unit of resume)")
     p.add_argument("--max-sentences", type=int, default=None, help="chunker: most sentences per chunk")
     p.add_argument("--max-chars", type=int, default=None, help="chunker: character budget per chunk")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip (and count) malformed records such as a JSONL line that is not JSON, instead of stopping")
     p.add_argument("--restart", action="store_true", help="discard an interrupted ingest staged in BANK/.ingest")
     p.add_argument("--overwrite", action="store_true", help="replace a complete bank already at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                   chunker_cfg=chunker_overrides(args), lanes=args.lanes, split_seed=args.split_seed,
                   split_ratios=args.split, max_articles=args.max_articles, batch_chunks=args.batch_chunks,
                   batch_size=args.batch_size, device=args.device, progress=not args.quiet,
-                  restart=args.restart, overwrite=args.overwrite)
+                  restart=args.restart, overwrite=args.overwrite, skip_bad_lines=args.skip_bad_lines)
     st = bank.manifest.get("ingest", {})
     logging.getLogger("vecrag.ingest").info(
         "bank %s: %d chunks, %d articles (%d empty skipped), %.1f chunks/s", bank.path, bank.n,
