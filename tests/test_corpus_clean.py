@@ -56,6 +56,8 @@ def test_placeholders_tags_and_control_characters():
     assert clean_text("The values of codice_1 were codice_2 on the keyboard.", cfg) == \
         "The values of [code] were [code] on the keyboard."
     assert clean_text("The mean formula_2 is defined.", CleanConfig(formula="")) == "The mean is defined."
+    assert clean_text("Expressed by pformula_22, the formula_5th unit, likecodice_89.", cfg) == \
+        "Expressed by p[formula], the [formula] unit, like[code]."
     assert clean_text("formula_1\ncodice_3\nReal text stays here.", cfg) == "Real text stays here."
     assert clean_text("Line one ends here.<br>Line two<BR/> too.\n<onlyinclude>Kept text.</onlyinclude>", cfg) \
         == "Line one ends here. Line two too.\nKept text."
