@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     index = common.open_search(bank, args)
     cfg = common.cascade_config(args, policies.default.K)
     dec = Decoder(bank.vectors, bank.texts, bank.lanes, index, lvm, tower, policies, cfg, lane=args.lane,
-                  inverter=inverter)
+                  inverter=inverter, K=args.K)
     tele = Path(args.telemetry) if args.telemetry else None
     if tele:
         tele.parent.mkdir(parents=True, exist_ok=True)

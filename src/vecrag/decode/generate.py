@@ -64,7 +64,8 @@ class Decoder:
 
     def __init__(self, vectors: np.ndarray, texts: list[str], lanes: np.ndarray | None, index: Any,
                  lvm: Predictor, tower: Predictor, policies: PolicySet, cfg: CascadeConfig | None = None,
-                 *, lane: str | None = None, inverter: Any = None):
+                 *, lane: str | None = None, inverter: Any = None, K: int | None = None):
+        """``K`` fixes the tower shortlist size; by default each step uses its lane policy's K."""
         self.vectors, self.texts = vectors, texts
         self.lvm, self.tower, self.policies = lvm, tower, policies
         self.lanes = lanes if lanes is not None else np.full(len(texts), "", dtype=object)
@@ -74,6 +75,7 @@ class Decoder:
         self.fixed_lane = lane
         self.inverter = inverter
         self.recent: list[int] = []
+        self.K = K
 
     @property
     def fallbacks(self) -> dict[str, int]:
@@ -107,7 +109,7 @@ class Decoder:
         t2 = time.perf_counter()
         policy = self.policies.for_lane(lane)
         code = np.array([self.lane_lut.get(lane, -1)], np.int64)
-        res = self.cascade.run(q, v_hat, code, K=policy.K)
+        res = self.cascade.run(q, v_hat, code, K=self.K or policy.K)
         t3 = time.perf_counter()
         if res.reasons[0]:
             dec = novel(v_hat[0], reason=res.reasons[0])

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -135,7 +135,6 @@ class Decision:
     c_max: float = float("nan")
     skipped_ids: tuple[int, ...] = ()
     fallback: str = ""  # "" or the retrieval failure that forced NOVEL: "error" | "timeout" | "empty"
-    extra: dict[str, object] = field(default_factory=dict, compare=False)
 
     @property
     def used_id(self) -> int:
