@@ -22,12 +22,26 @@ Example: vecrag train retriever banks/wiki-500 --config retriever-default train.
 """
 
 
+class _FirstPlusOverrides(argparse.Action):
+    """``--config C.yaml k=v k=v``: the first value is the option's, the rest are config overrides (argparse
+    cannot otherwise take positional KEY=VALUE items after an option)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        first, *rest = values
+        setattr(namespace, self.dest, first)
+        namespace.extra_overrides = [*getattr(namespace, "extra_overrides", []), *rest]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bank", metavar="BANK", nargs="?", help="bank directory (optional with --resume)")
     p.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="config overrides, e.g. train.lr=1e-4")
-    p.add_argument("--config", default="retriever-default", help="YAML config file or shipped preset name")
+    p.add_argument("--config", default="retriever-default", nargs="+", action=_FirstPlusOverrides,
+                   metavar="CONFIG [KEY=VALUE ...]", help="YAML config file or shipped preset name (overrides may "
+                   "follow)")
     p.add_argument("--out", metavar="RUN", help="run directory (new)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its newest good checkpoint")
+    p.add_argument("--resume", metavar="RUN [KEY=VALUE ...]", nargs="+", action=_FirstPlusOverrides,
+                   help="continue the run in RUN from its newest good checkpoint")
+    p.set_defaults(extra_overrides=[])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -45,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
 
     log = logging.getLogger("vecrag.train")
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + list(args.extra_overrides)
     if args.bank and "=" in args.bank:  # `--resume RUN key=value`: argparse took the first override as BANK
         overrides.insert(0, args.bank)
         args.bank = None

@@ -156,7 +156,7 @@ class DocTower(nn.Module):
 
         out = torch.empty(vectors.shape[0], vectors.shape[1], dtype=torch.float32, device=device)
         for s in range(0, vectors.shape[0], chunk):
-            x = torch.from_numpy(np.asarray(vectors[s:s + chunk], dtype=np.float32)).to(device)
+            x = torch.from_numpy(np.array(vectors[s:s + chunk], dtype=np.float32)).to(device)
             out[s:s + len(x)] = self(x)
         return out
 

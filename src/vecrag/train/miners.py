@@ -9,7 +9,7 @@ sample id** (the index of the training sample), never by batch position.
 ``AsyncMiner`` owns its own search index handle and its own copy of the query tower, refreshed from the
 trainer every ``refresh_every`` optimizer steps (the state_dict is copied under a lock; the copy's
 version is the step of the weights). It mines the batches the trainer will reach next (the sampler is
-deterministic: ``batch_at(epoch, i)``) and keeps the results in a bounded dict keyed by sample id. The
+deterministic: ``batch_at(epoch, i)``) and keeps the results in a bounded dict keyed by (epoch, sample id). The
 trainer takes a result only when it is at most ``ttl`` optimizer steps old and waits at most ``timeout``
 seconds for it; otherwise it falls back (sync mining or in-batch negatives only). A miner exception is
 logged and counted; a dead or stalled thread is replaced (at most ``max_restarts`` times, then the miner is
@@ -169,7 +169,7 @@ class AsyncMiner:
         self._tower = copy.deepcopy(tower).cpu().eval()
         self._pending: tuple[dict[str, torch.Tensor], int] | None = None
         self.version = version
-        self._results: OrderedDict[int, tuple[np.ndarray, int]] = OrderedDict()
+        self._results: OrderedDict[tuple[int, int], tuple[np.ndarray, int]] = OrderedDict()  # (epoch, sample id)
         self._done: set[tuple[int, int]] = set()
         self._cursor = (0, 0)
         self._jobs = 0
@@ -205,14 +205,15 @@ class AsyncMiner:
             self._cond.notify_all()
         self._watchdog()
 
-    def get(self, idx: np.ndarray, step: int) -> dict[int, np.ndarray] | None:
-        """Negatives for every sample in ``idx`` if fresh (<= ttl steps) and ready within ``timeout``."""
+    def get(self, idx: np.ndarray, step: int, epoch: int) -> dict[int, np.ndarray] | None:
+        """Negatives for every sample in ``idx`` (of ``epoch``: a sample recurs once per epoch) if fresh
+        (mined with weights at most ``ttl`` steps old) and ready within ``timeout`` seconds; else None."""
         if self.disabled:
             self.counters["fallbacks"] += 1
             return None
         t0 = time.monotonic()
         deadline = t0 + self.cfg.timeout
-        want = [int(i) for i in idx]
+        want = [(int(epoch), int(i)) for i in idx]
         with self._cond:
             while not all(i in self._results for i in want):
                 left = deadline - time.monotonic()
@@ -231,7 +232,7 @@ class AsyncMiner:
             self.counters["fallbacks"] += 1
             return None
         self.counters["hits"] += 1
-        return {i: n for i, (n, _) in got.items()}
+        return {i[1]: n for i, (n, _) in got.items()}
 
     def stats(self) -> dict[str, float]:
         with self._lock:
@@ -328,8 +329,8 @@ class AsyncMiner:
             with self._cond:
                 self._capacity = max(self._capacity, len(idx) * (self.cfg.lookahead + 1))
                 for sid, neg in res.negatives.items():
-                    self._results[sid] = (neg, res.version)
-                    self._results.move_to_end(sid)
+                    self._results[(e, sid)] = (neg, res.version)
+                    self._results.move_to_end((e, sid))
                 while len(self._results) > self._capacity:
                     self._results.popitem(last=False)
                 self.round_stats.merge(res.stats)

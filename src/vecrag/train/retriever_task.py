@@ -58,7 +58,7 @@ class LossConfig:
 
 @dataclass
 class MiningConfig:
-    mode: str = field(default="sync", metadata={"choices": ("off", "sync", "async")})
+    mode: str = field(default="sync", metadata={"choices": ("none", "sync", "async")})
     schedule: str = "0-1:none;2-30:8@0.3-0.95"   # see vecrag.train.curriculum
     schedule_base: int = 0     # epochs in the schedule count from 0 (the Trainer's numbering) or 1
     k: int = 64                # candidates searched per query (plus the context length)
@@ -168,7 +168,7 @@ class RetrieverTask:
         epoch = self.trainer.epoch if self.trainer is not None else 0
         phase = self.curriculum.phase_for(epoch)
         m = self.cfg.mining
-        if phase is None or m.mode == "off":
+        if phase is None or m.mode == "none":
             return None
         if m.mode == "async":
             if self._async is None:
@@ -178,7 +178,7 @@ class RetrieverTask:
                 self._async.refresh(self.model.query, step)
                 self._refreshed = step
             self._async.advance(epoch, self.trainer.batch if self.trainer is not None else 0)
-            got = self._async.get(idx, step)
+            got = self._async.get(idx, step, epoch)
             if got is not None:
                 self.counters["mined_async"] += 1
                 return got
@@ -321,5 +321,4 @@ class RetrieverTask:
 
     def close(self) -> None:
         if self._async is not None:
-            self._async.close()
-            self._async = None
+            self._async.close()  # kept (stopped) so that stats() still reports its counters

@@ -1,0 +1,80 @@
+"""Curriculum schedule parser (0-based epochs by default), every rejection, and the mining filters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vecrag.errors import VecragError
+from vecrag.train.curriculum import Curriculum, FilterConfig, Phase, select_negatives
+
+SEED = "0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96"
+
+
+def test_parse_seed_schedule_zero_based():
+    c = Curriculum.parse(SEED)
+    assert [p.first for p in c.phases] == [0, 6, 11] and c.max_neg == 16 and c.mines
+    assert c.phase_for(0) is None and c.phase_for(5) is None
+    assert c.phase_for(6) == Phase(6, 10, 8, 0.82, 0.92)
+    assert c.phase_for(10).n_neg == 8 and c.phase_for(11).n_neg == 16 and c.phase_for(30).n_neg == 16
+    assert c.phase_for(99).n_neg == 16  # after the last phase: keep the last phase
+
+
+def test_parse_one_based_shifts_to_trainer_epochs():
+    c = Curriculum.parse("1-2:none;3-4:4@0.8-0.9", base=1)
+    assert c.phase_for(1) is None and c.phase_for(2).n_neg == 4  # string epoch 3 = Trainer epoch 2
+    with pytest.raises(VecragError, match="epochs count from 1"):
+        Curriculum.parse("0-2:none;3-4:4@0.8-0.9", base=1)
+    with pytest.raises(VecragError, match="gap"):
+        Curriculum.parse("2-4:none", base=1)
+
+
+def test_single_epoch_phase_spaces_and_empty():
+    c = Curriculum.parse(" 0 : none ; 1-3 : 4@-0.5-0.9 ")
+    assert c.phase_for(2) == Phase(1, 3, 4, -0.5, 0.9)
+    assert Curriculum.parse("").phase_for(3) is None and not Curriculum.parse("").mines
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("0-5", "malformed phase '0-5'"),
+    ("0-5:nine", "malformed negatives spec 'nine'"),
+    ("0-5:8@0.8", "malformed negatives spec '8@0.8'"),
+    ("0-5:8@0.8-0.9;;6-7:none", "empty phase"),
+    ("1-5:none", "gap"),                               # must start at epoch 0
+    ("0-5:none;7-9:8@0.8-0.9", "gap in curriculum before phase '7-9:8@0.8-0.9'"),
+    ("0-5:none;5-9:8@0.8-0.9", "overlap in curriculum before phase '5-9:8@0.8-0.9'"),
+    ("0-5:none;3-9:8@0.8-0.9", "overlap"),
+    ("0-5:8@0.9-0.8", "lo > hi"),
+    ("0-5:8@0.8-1.2", "outside \\[-1, 1\\]"),
+    ("0-5:8@-1.5-0.2", "outside \\[-1, 1\\]"),
+    ("0-5:0@0.1-0.2", "asks for 0 negatives"),
+    ("5-2:none", "before first epoch"),
+    ("0-5:8@0.8.1-0.9", "bad band"),
+    ("a-b:none", "malformed phase 'a-b:none'"),
+])
+def test_rejects_bad_schedules_naming_the_bad_part(text, fragment):
+    with pytest.raises(VecragError, match=fragment):
+        Curriculum.parse(text)
+
+
+def test_select_negatives_filters_band_and_stats():
+    # one sample, cos(q, pos) = 0.8; candidates sorted by cos to the query
+    ids = np.array([[10, 11, 12, 13, 14, 15, -1]])
+    cand_q = np.array([[0.90, 0.85, 0.70, 0.60, 0.50, 0.10, -np.inf]])
+    cand_pos = np.array([[0.50, 0.20, 0.99, 0.30, 0.30, 0.10, 0.0]])
+    masked = np.array([[False, False, False, False, True, False, True]])
+    neg, st = select_negatives(ids, cand_q, cand_pos, np.array([0.8]), masked, Phase(0, 0, 3, 0.2, 0.95),
+                               FilterConfig(rel=0.95, dup=0.98))
+    # 10, 11: cos_q > 0.95 * 0.8 = 0.76 (rel); 12: near-duplicate of the positive (dup); 14 masked;
+    # 15: below the band; -1 padding (mask). Only 13 survives: the sample lacks negatives.
+    np.testing.assert_array_equal(neg, [[13, -1, -1]])
+    s = st.summary()
+    assert st.removed == {"mask": 2, "dup": 1, "rel": 2, "band": 1}
+    assert s["pct_short"] == 100.0 and s["pos_mean"] == pytest.approx(0.8) and s["neg_mean"] == pytest.approx(0.6)
+    assert s["pct_removed_rel"] == pytest.approx(100 * 2 / 7)
+    table = st.table()
+    assert "% candidates removed by rel" in table and "% samples lacking negatives" in table
+    # filters off: the two top candidates come back
+    neg2, _ = select_negatives(ids, cand_q, cand_pos, np.array([0.8]), masked, Phase(0, 0, 3, -1, 1),
+                               FilterConfig(rel=0.0, dup=1.0))
+    np.testing.assert_array_equal(neg2, [[10, 11, 12]])
