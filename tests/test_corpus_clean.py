@@ -64,7 +64,8 @@ def test_placeholders_tags_and_control_characters():
     assert clean_text('Fact.<ref name="a">Smith 2001, p. 4.</ref> More<ref name="b" /> text.\n</dl>', cfg) == \
         "Fact. More text."
     assert clean_text("Bad\x00 bytes\x07 and\u200b zero\xa0width\tspace.", cfg) == "Bad bytes and zero width space."
-    assert clean_text('class="wikitable sortable"\n{| border=1\nProse remains.', cfg) == "Prose remains."
+    assert clean_text('class="wikitable sortable"\n{| border=1\n! Year !! Title\ntitle="ctx_ver=Z39.88-2004&rft"\n'
+                      "Prose remains.", cfg) == "Prose remains."
     assert clean_text("A <unk> word and <Name> element survive.", cfg) == "A <unk> word and <Name> element survive."
     assert clean_text("Windows\r\nLines\rend.", cfg) == "Windows\nLines\nend."
     assert clean_text("", cfg) == "" and clean_text("\n\n", cfg) == ""

@@ -41,8 +41,8 @@ _PAREN_TRAIL = re.compile(r"(?:\s*[;,:])+\s*\)")
 _PAREN_EMPTY = re.compile(r"\s*\(\s*\)|\s*\[\s*\]")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:])(?=\s|$)")
 _DOUBLE_PUNCT = re.compile(r"([,;])\s*(?=[,;.])")
-_DEBRIS = re.compile(r"^\s*(?:\{\||\|\}|\|-|\|\+|!|(?:class|style|align|width|border|cellpadding|cellspacing|"
-                     r"bgcolor|rowspan|colspan|valign)\s*=)", re.IGNORECASE)
+_DEBRIS = re.compile(r"^\s*(?:\{\||\|\}|\|-|\|\+|!\s|(?:class|style|align|width|border|cellpadding|cellspacing|"
+                     r"bgcolor|rowspan|colspan|valign|title|id|name)\s*=\s*[\"']?\S)", re.IGNORECASE)
 _LEADING_PUNCT = re.compile(r"^[,;:.]+\s*")
 _ALNUM = re.compile(r"[^\W_]")
 _WORD = re.compile(r"[\w'’-]+")
