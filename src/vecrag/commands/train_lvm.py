@@ -63,9 +63,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.insert(0, bank_arg)
         bank_arg = None
 
-    from vecrag.train.lvm_task import LVMConfig
-
-    if args.resume:
+    if args.resume:  # user errors first, before torch loads
         run_dir = Path(args.resume)
         if overrides or bank_arg:
             raise VecragError("--resume continues a run exactly as configured; it takes no BANK or overrides",
@@ -73,11 +71,15 @@ def run(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").exists():
             raise VecragError("not a run directory (no config.yaml)", path=run_dir,
                               hint="give the --out directory of an earlier `vecrag train lvm`")
+    elif not bank_arg or not args.out:
+        raise VecragError("give a BANK and --out RUN (or --resume RUN)",
+                          hint="vecrag train lvm BANK --config lvm-default --out runs/lvm")
+
+    from vecrag.train.lvm_task import LVMConfig
+
+    if args.resume:
         cfg = load_config(LVMConfig, run_dir / "config.yaml")
     else:
-        if not bank_arg or not args.out:
-            raise VecragError("give a BANK and --out RUN (or --resume RUN)",
-                              hint="vecrag train lvm BANK --config lvm-default --out runs/lvm")
         run_dir = Path(args.out)
         if (run_dir / "checkpoints" / "index.json").exists():
             raise VecragError("run directory already holds a run", path=run_dir,
