@@ -336,7 +336,7 @@ def test_run_log_views(vec_app):
     assert len(v["loss"]["loss"]) == 15 and v["loss"]["loss"][0] == [1, 2.0]
     assert set(v["recall"]) == {"R@10", "R@100"} and len(v["recall"]["R@10"]) == 4
     assert set(v["recall_baselines"]) == {"baseline_R@10", "baseline_R@100"}
-    assert "MRR@10" in v["val_other"] and "pos_cos" in v["miner"]
+    assert "MRR@10" in v["val_other"] and "pos_cos" in v["task"] and v["miner"] == {}
     assert c.get("/api/runs/group/nested/log").json()["views"]["counts"]["val"] == 2
     thin = c.get("/api/runs/good/log", params={"max_points": 4}).json()
     assert thin["views"]["counts"]["train"] == 4

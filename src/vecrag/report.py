@@ -110,7 +110,8 @@ def build_plots(recs: list[dict[str, Any]], decode: dict[str, Any]) -> dict[str,
         "lr": line_plot("learning rate", v["lr"], "step"),
         "throughput": line_plot("samples/s", v["throughput"], "step"),
         "memory": line_plot("memory (MB): RSS and CUDA", v["memory"], "step", ylabel="MB"),
-        "miner": line_plot("miner and task statistics", v["miner"], "step"),
+        "miner": line_plot("miner statistics", v["miner"], "step"),
+        "task": line_plot("task statistics", v["task"], "step"),
         "recall": line_plot("Recall@K per epoch (dashed: baselines)", v["recall"], v["val_x"],
                             baselines=v["recall_baselines"], scale=scale, ylabel="%" if scale == 100 else ""),
         "val_other": line_plot("other validation metrics (dashed: baselines)", v["val_other"], v["val_x"],
@@ -135,7 +136,7 @@ def _table(rows: list[dict[str, Any]], keys: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-SECTIONS = (("Training", ("loss", "lr", "throughput", "memory", "miner")),
+SECTIONS = (("Training", ("loss", "lr", "throughput", "memory", "miner", "task")),
             ("Validation", ("recall", "val_other")), ("Decoding", ("decisions", "c_hist")))
 CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;color:#222}"
        "img{max-width:100%;border:1px solid #ddd;margin:.3em}.grid{display:flex;flex-wrap:wrap}"

@@ -167,6 +167,10 @@ def is_recall_key(k: str) -> bool:
     return re.search(r"(^|_)(R|Hit|recall)@\d+$", k) is not None
 
 
+def _is_miner_key(k: str) -> bool:
+    return k.startswith("mining") or any(w in k for w in ("mined", "miner", "neg", "removed", "fallback"))
+
+
 def training_views(recs: list[dict[str, Any]]) -> dict[str, Any]:
     """Chart-ready series: {group: {series: [[x, y], ...]}} for the training and validation views."""
     train = [r for r in recs if r.get("kind") == "train"]
@@ -180,14 +184,17 @@ def training_views(recs: list[dict[str, Any]]) -> dict[str, Any]:
     metric_keys = [k for k in val_keys if not k.startswith("baseline_")]
     base_keys = [k for k in val_keys if k.startswith("baseline_")]
     xval = "epoch" if any(_num(r.get("epoch")) is not None for r in val) else "step"
-    miner = _series(train, "step", extra_keys)
+    mine_like = [k for k in extra_keys if _is_miner_key(k)]
+    miner = _series(train, "step", mine_like)
     miner.update({f"mining.{k}": v for k, v in _series(mining, "step", mine_keys).items()})
+    task = _series(train, "step", [k for k in extra_keys if k not in mine_like])
     return {
         "loss": _series(train, "step", ["loss"]),
         "lr": _series(train, "step", ["lr"]),
         "throughput": _series(train, "step", ["samples_per_s"]),
         "memory": _series(train, "step", ["rss_mb", "cuda_mem_mb"]),
         "miner": miner,
+        "task": task,
         "val_x": xval,
         "recall": _series(val, xval, [k for k in metric_keys if is_recall_key(k)]),
         "recall_baselines": _series(val, xval, [k for k in base_keys if is_recall_key(k)]),
@@ -200,11 +207,14 @@ def training_views(recs: list[dict[str, Any]]) -> dict[str, Any]:
 
 # ---- decoding views ----------------------------------------------------------------------------------
 
-def _hist(values: list[float], bins: int = 40, lo: float = -1.0, hi: float = 1.0) -> dict[str, Any]:
+def _hist(values: list[float], bins: int = 30) -> dict[str, Any]:
+    """Histogram over the range of the values (cosines: within [-1, 1])."""
     vals = [v for v in values if v is not None and math.isfinite(v)]
-    if vals:
-        lo = min(lo, min(vals))
-        hi = max(hi, max(vals))
+    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+    pad = max(0.01, 0.02 * (hi - lo))
+    lo, hi = max(-1.0, lo - pad), min(1.0, hi + pad)
+    if hi <= lo:
+        lo, hi = lo - 0.01, hi + 0.01
     width = (hi - lo) / bins
     counts = [0] * bins
     for v in vals:
@@ -220,10 +230,11 @@ def _decision(rec: dict[str, Any]) -> str | None:
 def decode_views(run: RunInfo) -> dict[str, Any]:
     """%SNAP/%BLEND/%NOVEL per lane and the distribution of c, from decode telemetry or eval JSON.
 
-    Telemetry: any ``*.jsonl`` in the run directory or ``metrics/`` (other than log.jsonl) whose records
-    carry ``decision`` (SNAP/BLEND/NOVEL), ``c`` and optionally ``lane``. Eval JSON: a ``metrics/*.json``
-    with a ``by_lane`` mapping lane -> {SNAP, BLEND, NOVEL} (counts or fractions) and optionally
-    ``c_hist`` ({edges, counts}) or ``c_values``.
+    Telemetry (``vecrag generate --telemetry``): any ``*.jsonl`` in the run directory or ``metrics/`` (other
+    than log.jsonl) whose records carry ``decision`` (SNAP/BLEND/NOVEL), ``c`` and optionally ``lane``.
+    Eval JSON (``vecrag eval decode``: ``decode_eval-*.json``), used when there is no telemetry: a
+    ``metrics/*.json`` with ``by_lane`` mapping lane -> {n, pct_SNAP, pct_BLEND, pct_NOVEL} (fractions) or
+    -> {SNAP, BLEND, NOVEL} (counts), optionally ``c_hist`` ({edges, counts}) or ``c_values``.
     """
     by_lane: dict[str, dict[str, float]] = {}
     cs: list[float] = []
@@ -258,8 +269,12 @@ def decode_views(run: RunInfo) -> dict[str, Any]:
             lanes, hist, values = found
             for lane, d in lanes.items():
                 row = by_lane.setdefault(str(lane or "(none)"), dict.fromkeys(DECISIONS, 0.0))
+                n = _num(d.get("n"))
                 for k in DECISIONS:
-                    row[k] += float(_num(d.get(k, d.get(k.lower(), d.get(f"pct_{k.lower()}")))) or 0.0)
+                    if _num(d.get(k)) is not None:  # counts
+                        row[k] += float(d[k])
+                    elif _num(d.get(f"pct_{k}")) is not None:  # vecrag eval decode: fractions of n samples
+                        row[k] += float(d[f"pct_{k}"]) * (n if n is not None else 1.0)
             cs.extend(values)
             c_hist = c_hist or hist
             sources.append(f"{METRICS}/{p.name}")
@@ -274,7 +289,7 @@ def _find_decode(obj: Any, depth: int = 0) -> tuple[dict, dict | None, list[floa
         return None
     lanes = obj.get("by_lane") or obj.get("per_lane") or obj.get("lanes")
     if isinstance(lanes, dict) and lanes and all(isinstance(v, dict) for v in lanes.values()) and any(
-            any(k in v or k.lower() in v or f"pct_{k.lower()}" in v for k in DECISIONS) for v in lanes.values()):
+            any(k in v or f"pct_{k}" in v for k in DECISIONS) for v in lanes.values()):
         hist = obj.get("c_hist") if isinstance(obj.get("c_hist"), dict) else None
         values = [x for x in (obj.get("c_values") or []) if _num(x) is not None]
         return lanes, hist, values

@@ -77,7 +77,9 @@ function isFraction(...groups) {
 }
 
 function lineConfig(datasets, xTitle, extra) {
-  const scales = { x: { type: "linear", title: { display: true, text: xTitle } }, y: { type: "linear" } };
+  const scales = { x: { type: "linear", title: { display: true, text: xTitle },
+                        ticks: xTitle === "epoch" ? { stepSize: 1, precision: 0 } : {} },
+                   y: { type: "linear" } };
   Object.assign(scales, (extra && extra.scales) || {});
   return { type: "line", data: { datasets }, options: { scales, plugins: { legend: { labels: { boxWidth: 12 } } } } };
 }
@@ -88,6 +90,7 @@ function drawTraining(v) {
   draw("chart-throughput", lineConfig(lineDatasets(v.throughput), "step"));
   draw("chart-memory", lineConfig(lineDatasets(v.memory), "step"));
   draw("chart-miner", lineConfig(lineDatasets(v.miner), "step"));
+  draw("chart-task", lineConfig(lineDatasets(v.task), "step"));
   const [r0, r1] = xRange(v.recall, v.recall_baselines);
   const scale = isFraction(v.recall, v.recall_baselines) ? 100 : 1;
   draw("chart-recall", lineConfig(
