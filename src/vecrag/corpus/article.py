@@ -33,7 +33,7 @@ class ReadContext:
 
     ``on_error="raise"`` (default): a bad record (a JSONL line that is not JSON or lacks ``text``) stops the
     read with a VecragError naming the file and line. ``on_error="skip"``: the record is skipped and counted
-    in ``stats["bad_lines"]`` (the first few reasons are kept in ``stats_errors``).
+    in ``stats["bad_lines"]`` (the first 20 reasons are kept in ``errors``).
     """
 
     on_error: str = "raise"
