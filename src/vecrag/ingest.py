@@ -159,6 +159,12 @@ def prepare_out(out: Path, *, overwrite: bool) -> None:
                           path=out, hint="choose a new or empty directory for the bank")
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())  # CPU results can change in the last bits with the thread count
+
+
 def _skip(it: Iterator[Any], n: int, sources: list[str]) -> None:
     got = sum(1 for _ in itertools.islice(it, n))
     if got != n:
@@ -336,7 +342,7 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
     params = {"stage_version": STAGE_VERSION, "sources": source_fingerprint(sources), "format": fmt,
               "encoder": enc_name, "device": dev, "dtype": dtype, "chunker": chunker.config_dict(),
               "max_articles": max_articles, "batch_chunks": int(batch_chunks), "batch_size": batch_size,
-              "skip_bad_lines": bool(skip_bad_lines)}
+              "skip_bad_lines": bool(skip_bad_lines), "torch_threads": _torch_threads()}
     created = False
     if stage.exists() and (stage / PARAMS).exists():
         import json
