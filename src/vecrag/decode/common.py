@@ -79,11 +79,21 @@ def load_predictors(bank: Any, args: argparse.Namespace) -> tuple[Any, Any]:
 
 def split_prompt(bank: Any, text: str) -> tuple[list[str], str]:
     """Chunks of ``text`` with the bank's chunker settings; (chunks, how they were made)."""
-    settings = bank.manifest.get("chunker")
+    settings = dict(bank.manifest.get("chunker") or {})
     try:
-        from vecrag.ingest import make_chunker
+        import dataclasses
 
-        chunker = make_chunker(settings)
+        from vecrag.corpus import Chunker, ChunkerConfig
+
+        known = {f.name for f in dataclasses.fields(ChunkerConfig)}
+        dropped = sorted(set(settings) - known)  # descriptive keys (e.g. "kind") are not constructor args
+        if dropped:
+            log.debug("chunker settings not passed to ChunkerConfig: %s", dropped)
+        try:
+            chunker = Chunker(ChunkerConfig(**{k: v for k, v in settings.items() if k in known}))
+        except (TypeError, ValueError) as e:
+            raise VecragError(f"the bank's chunker settings {settings} are not usable ({e})", path=bank.path,
+                              hint="rebuild the bank, or pass --prompt-ids") from e
         chunks = [c for c in chunker.chunk(text) if c.strip()]
         how = "bank chunker" if settings else "default chunker (the bank records no chunker settings)"
     except ImportError:
