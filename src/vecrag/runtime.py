@@ -10,13 +10,17 @@ log = logging.getLogger(__name__)
 
 
 def set_threads(torch_threads: int | None = None, faiss_threads: int | None = None) -> dict[str, int]:
-    """Set torch and faiss thread counts explicitly (default: all cores for torch, 1 less for faiss)."""
+    """Set torch and faiss thread counts explicitly (default: all cores for both).
+
+    Oversubscription (torch threads + a faiss search thread's OpenMP team > cores) is safe only because
+    OMP_WAIT_POLICY=PASSIVE is set by ``import vecrag``: idle OpenMP workers sleep instead of spinning.
+    """
     import torch
 
     cores = os.cpu_count() or 1
     tt = torch_threads or cores
     torch.set_num_threads(tt)
-    ft = faiss_threads if faiss_threads is not None else max(1, cores - 1)
+    ft = faiss_threads if faiss_threads is not None else cores
     try:
         import faiss
 
