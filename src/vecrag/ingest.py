@@ -343,7 +343,6 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
               "encoder": enc_name, "device": dev, "dtype": dtype, "chunker": chunker.config_dict(),
               "max_articles": max_articles, "batch_chunks": int(batch_chunks), "batch_size": batch_size,
               "skip_bad_lines": bool(skip_bad_lines), "torch_threads": _torch_threads()}
-    created = False
     if stage.exists() and (stage / PARAMS).exists():
         import json
 
@@ -356,7 +355,6 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
     else:
         stage.mkdir(parents=True, exist_ok=True)
         atomic_write_json(stage / PARAMS, params)
-        created = True
     prog = Progress.load(stage / PROGRESS)
     try:
         enc = encoder if isinstance(encoder, Encoder) else load_encoder(enc_name, device=dev)
@@ -384,8 +382,8 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
                       dtype=dtype, sources=sources, fmt=fmt, chunker=chunker)
         install_bank(stage / ASSEMBLED, out)
     except BaseException:
-        if created and not prog.batches:
-            shutil.rmtree(stage, ignore_errors=True)  # nothing committed: leave OUT as it was
+        if prog.chunks == 0:
+            shutil.rmtree(stage, ignore_errors=True)  # no chunk committed, nothing to keep: leave OUT as it was
         raise
     shutil.rmtree(stage)
     return Bank.open(out)
