@@ -320,6 +320,38 @@ def test_busy_compute_queue_answers_503(vec_app, tmp_path):
         st.close()
 
 
+def test_concurrent_searches_are_batched_and_each_gets_its_own_answer(vec_app):
+    bank, _ = vec_app
+    app = create_app(bank.path, load_text_encoder=False, device="cpu", timeout_ms=None)
+    st = app.state.vecrag
+    gate = threading.Event()
+    st.compute.executor.submit(gate.wait, 30)  # hold the compute thread so requests pile up
+    ids = list(range(0, 100, 10))
+
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as ac:
+            tasks = [asyncio.create_task(ac.post("/search", json={"vectors": bank.vectors_f32([i]).tolist(),
+                                                                  "k": 1 + j % 4}))
+                     for j, i in enumerate(ids)]
+            for _ in range(300):
+                if st.batcher.in_flight + len(st.batcher._waiting) == len(ids):
+                    break
+                await asyncio.sleep(0.01)
+            gate.set()
+            return list(await asyncio.gather(*tasks))
+
+    try:
+        responses = asyncio.run(scenario())
+    finally:
+        gate.set()
+        st.close()
+    for j, (i, r) in enumerate(zip(ids, responses, strict=True)):
+        assert r.status_code == 200
+        row = r.json()["results"][0]
+        assert len(row) == 1 + j % 4 and row[0]["id"] == i
+    assert st.batcher.queries == len(ids) and st.batcher.batches <= 2  # at most: the first alone, then the rest
+
+
 # ---- dashboard API and traversal --------------------------------------------------------------------------
 def test_runs_listing_excludes_symlinks_out_of_root(vec_app):
     _, c = vec_app

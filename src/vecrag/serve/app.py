@@ -105,17 +105,11 @@ def create_app(bank_path: str | Path, lvm: str | Path | None = None, retriever: 
             _dim_errors(check_dim(req.vectors, st.bank.dim))
             q = np.asarray(req.vectors, dtype=np.float32)
             q /= np.linalg.norm(q, axis=1, keepdims=True)
-
-            def work() -> list:
-                return st.hits(*st.search(q, req.k))
+            results = await st.batcher.search(vectors=q, k=req.k)
         else:
             if st.encoder is None:
                 raise HTTPException(422, f"this server cannot encode text: {st.encoder_error}; send 'vectors'")
-            texts = list(req.texts or [])
-
-            def work() -> list:
-                return st.hits(*st.search(st.encode(texts), req.k))
-        results = await st.compute.run(work)
+            results = await st.batcher.search(texts=list(req.texts or []), k=req.k)
         return {"k": req.k, "results": results, "took_ms": 1000 * (time.perf_counter() - t0)}
 
     def _decoder() -> Any:

@@ -9,7 +9,9 @@ the event loop and ``await`` the compute call on that thread. Why not a lock aro
   concurrently only oversubscribes the cores (DESIGN.md section 4), so serial compute gives the same or
   better throughput and far steadier tail latency;
 - the queue in front of the thread is bounded (``max_pending``): beyond it the server answers 503 with
-  ``Retry-After`` instead of growing memory and latency without bound.
+  ``Retry-After`` instead of growing memory and latency without bound;
+- serial compute makes batching free: concurrent /search requests are coalesced (:class:`SearchBatcher`)
+  into one encoder call and one index search per batch.
 Lazy per-bank tables (texts, lanes, titles) are materialised at startup so no request races to build them.
 """
 
@@ -67,6 +69,89 @@ class Compute:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+class SearchBatcher:
+    """Coalesces concurrent /search requests into one encoder call and one index search per batch.
+
+    While a batch runs on the compute thread, new requests wait in a list; when it finishes, everything
+    waiting goes as the next batch (up to ``max_batch`` queries). A lone request therefore runs at once,
+    and under load one BLAS-backed search of B queries replaces B single-query searches. Each request gets
+    its own top-k (the batch searches the largest k and cuts). Admission is bounded like the compute queue.
+    """
+
+    def __init__(self, state: ServeState, max_batch: int = 64):
+        self.state = state
+        self.max_batch = max_batch
+        self._waiting: list[tuple[list[str] | None, np.ndarray | None, int, asyncio.Future]] = []
+        self._running = False
+        self.batches = 0
+        self.queries = 0
+        self.in_flight = 0  # requests in the batch now on the compute thread
+
+    async def search(self, *, texts: list[str] | None = None, vectors: np.ndarray | None = None,
+                     k: int) -> list[list[dict[str, Any]]]:
+        compute = self.state.compute
+        if len(self._waiting) + compute.pending >= compute.max_pending:
+            raise Busy()
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiting.append((texts, vectors, k, fut))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch, n = [], 0
+                while self._waiting and (not batch or n + self._size(self._waiting[0]) <= self.max_batch):
+                    item = self._waiting.pop(0)
+                    batch.append(item)
+                    n += self._size(item)
+                self.in_flight = len(batch)
+                try:
+                    results = await self.state.compute.run(self._run_batch, batch)
+                except Exception as e:  # noqa: BLE001 - handed to every request of the batch
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+                finally:
+                    self.in_flight = 0
+                for (*_, fut), res in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(res)
+        finally:
+            self._running = False
+
+    @staticmethod
+    def _size(item: tuple) -> int:
+        texts, vectors, _, _ = item
+        return len(texts) if texts is not None else int(vectors.shape[0])
+
+    def _run_batch(self, batch: list[tuple]) -> list[list[list[dict[str, Any]]]]:
+        """Compute thread: one encode for all texts, one search for all queries, then split per request."""
+        st = self.state
+        texts = [t for tx, _, _, _ in batch if tx is not None for t in tx]
+        encoded = st.encode(texts) if texts else np.zeros((0, st.bank.dim), np.float32)
+        parts, ti = [], 0
+        for tx, vec, _, _ in batch:
+            if tx is not None:
+                parts.append(encoded[ti:ti + len(tx)])
+                ti += len(tx)
+            else:
+                parts.append(vec)
+        kmax = max(k for _, _, k, _ in batch)
+        scores, ids = st.search(np.concatenate(parts), kmax)
+        self.batches += 1
+        self.queries += len(scores)
+        out, qi = [], 0
+        for part, (_, _, k, _) in zip(parts, batch, strict=True):
+            m = len(part)
+            out.append(st.hits(scores[qi:qi + m, :k], ids[qi:qi + m, :k]))
+            qi += m
+        return out
+
+
 @dataclass
 class ServeState:
     bank: Bank
@@ -79,6 +164,10 @@ class ServeState:
     runs: RunRegistry = field(default_factory=RunRegistry)
     compute: Compute = field(default_factory=Compute)
     started: float = field(default_factory=time.time)
+    batcher: SearchBatcher | None = None
+
+    def __post_init__(self) -> None:
+        self.batcher = SearchBatcher(self)
 
     def close(self) -> None:
         self.compute.close()
@@ -123,6 +212,7 @@ class ServeState:
             "runs_root": str(self.runs.root) if self.runs.root else None,
             "uptime_s": round(time.time() - self.started, 1),
             "pending": self.compute.pending,
+            "search_batches": {"batches": self.batcher.batches, "queries": self.batcher.queries},
         }
 
 
