@@ -62,7 +62,7 @@ def test_doc_tower_mlp_starts_as_identity_and_reencodes_bank(bank):
     torch.testing.assert_close(doc(v), v, atol=1e-6, rtol=0)
     enc = doc.encode_bank(bank.vectors, chunk=64)
     assert enc.shape == (bank.n, bank.dim)
-    torch.testing.assert_close(enc, torch.from_numpy(bank.vectors_f32()), atol=1e-6, rtol=0)
+    torch.testing.assert_close(enc, torch.from_numpy(np.array(bank.vectors_f32())), atol=1e-6, rtol=0)
     assert DocTower(bank.dim).is_identity and not doc.is_identity
     m = RetrieverModel(bank.dim, TowerConfig(doc="mlp", doc_hidden=8))
     assert any(n.startswith("doc.") for n, _ in m.named_parameters())

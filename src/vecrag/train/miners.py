@@ -182,6 +182,9 @@ class AsyncMiner:
         self.wait_ms = 0.0
         self._capacity = 0
         self._thread: threading.Thread | None = None
+        self._last_advance: float | None = None
+        self._step_s: float | None = None  # EMA of the trainer's time per position change
+        self._job_s: float | None = None   # EMA of one mining job's time
 
     # ---- trainer side ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -199,7 +202,13 @@ class AsyncMiner:
 
     def advance(self, epoch: int, batch: int) -> None:
         """The trainer is at micro-batch ``batch`` of ``epoch``; mine from here on."""
+        now = time.monotonic()
         with self._cond:
+            if (int(epoch), int(batch)) != self._cursor:
+                if self._last_advance is not None:
+                    dt = now - self._last_advance
+                    self._step_s = dt if self._step_s is None else 0.8 * self._step_s + 0.2 * dt
+                self._last_advance = now
             self._cursor = (int(epoch), int(batch))
             self._done = {d for d in self._done if d >= self._cursor}
             self._cond.notify_all()
@@ -270,6 +279,9 @@ class AsyncMiner:
     # ---- miner thread ------------------------------------------------------------------------------
     def _next_job(self) -> tuple[int, int, np.ndarray, Phase] | None:
         e, j = self._cursor
+        # a miner slower than training skips ahead to where the trainer will be when the job finishes
+        if self._job_s is not None and self._step_s:
+            j += min(self.cfg.lookahead - 1, int(self._job_s / max(self._step_s, 1e-6)))
         for _ in range(self.cfg.lookahead):
             if self.n_batches and j >= self.n_batches:
                 e, j = e + 1, 0
@@ -316,7 +328,10 @@ class AsyncMiner:
                     raise RuntimeError(f"injected miner fault at job {self._jobs}")
                 if fault and fault[0] == "hang":
                     self._stop.wait(fault[1])
+                t_job = time.monotonic()
                 res = core.mine(self._tower, idx, phase, version)
+                dt = time.monotonic() - t_job
+                self._job_s = dt if self._job_s is None else 0.8 * self._job_s + 0.2 * dt
             except Exception:
                 log.exception("async miner failed on epoch %d batch %d (counted; training continues)", e, j)
                 self.counters["errors"] += 1

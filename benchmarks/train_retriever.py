@@ -1,0 +1,119 @@
+"""Retriever training throughput: samples/s with no mining, sync mining and async mining (not a test).
+
+Banks of random unit vectors (throughput only; 20 chunks per article) at the sizes given, e.g.::
+
+    python benchmarks/train_retriever.py --sizes 100000,1000000 --device cpu
+    python benchmarks/train_retriever.py --sizes 100000 --batch 8 --accum 2      # the seed's CPU-test shape
+
+Each cell runs the real Trainer + RetrieverTask for ``--steps`` optimizer steps and reports the median
+``samples_per_s`` of the train records (the first record, warm-up, is dropped), plus the async miner's
+hits / fallbacks. Mining searches the FULL bank (``--backend faiss``: exact IndexFlatIP; ``torch``: matmul
+top-k) for ``--k`` candidates and keeps ``--neg`` negatives per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+import vecrag  # noqa: E402,F401
+from vecrag.bank import EncoderInfo, write_bank  # noqa: E402
+
+
+def random_bank(path: Path, n: int, dim: int, per_article: int = 20, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    vecs = np.empty((n, dim), np.float16)
+    for s in range(0, n, 65536):
+        v = rng.standard_normal((min(65536, n - s), dim)).astype(np.float32)
+        vecs[s:s + len(v)] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    arts = np.arange(n, dtype=np.int64) // per_article
+    pos = (np.arange(n) % per_article).astype(np.int32)
+    texts = [f"c{i}" for i in range(n)]
+    titles = [f"a{a}" for a in range(int(arts[-1]) + 1)]
+    return write_bank(path, vecs, article_ids=arts, positions=pos, texts=texts, titles=titles,
+                      encoder=EncoderInfo("random", dim), dtype="float16")
+
+
+def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
+    from vecrag.config import load_config
+    from vecrag.fsutil import read_jsonl
+    from vecrag.train.loop import Trainer
+    from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
+
+    over = [f"train.batch_size={args.batch}", f"train.grad_accum={args.accum}", f"train.max_steps={args.steps}",
+            f"train.log_every={args.log_every}", f"train.device={args.device}", f"train.context={args.context}",
+            "train.val_max_queries=20", "train.epochs=1", "train.tensorboard=false", "train.patience=0",
+            f"mining.mode={mode}", f"mining.schedule=0:{args.neg}@-1.0-1.0", f"mining.k={args.k}",
+            f"mining.backend={args.backend}", "mining.fallback=inbatch", "mining.ttl=1000",
+            f"mining.timeout={args.timeout}", "mining.refresh_every=10", "mining.lookahead=8",
+            f"model.hidden={args.hidden}", "val_backend=torch"]
+    cfg = load_config(RetrieverConfig, "retriever-default", over)
+    resolve_config(cfg, bank)
+    task = RetrieverTask(bank, cfg)
+    try:
+        Trainer(task, cfg.train, run_dir, run_config=cfg, quiet=True).fit()
+    finally:
+        task.close()
+    recs = [r for r in read_jsonl(run_dir / "log.jsonl") if r["kind"] == "train"]
+    sps = [r["samples_per_s"] for r in recs[1:]] or [r["samples_per_s"] for r in recs]
+    st = task.stats()
+    return {"samples_per_s": float(np.median(sps)), "hits": st.get("miner_hits", 0.0),
+            "fallbacks": st.get("miner_fallbacks", 0.0), "rss_mb": recs[-1]["rss_mb"] if recs else float("nan")}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="100000,1000000", help="bank sizes (comma-separated)")
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--modes", default="none,sync,async")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--accum", type=int, default=1)
+    p.add_argument("--context", type=int, default=10)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps per cell")
+    p.add_argument("--log-every", type=int, default=5)
+    p.add_argument("--k", type=int, default=64)
+    p.add_argument("--neg", type=int, default=8)
+    p.add_argument("--backend", default="faiss", choices=["faiss", "torch"])
+    p.add_argument("--timeout", type=float, default=0.05, help="async wait before falling back (s)")
+    p.add_argument("--workdir", default=None, help="where to write the random banks (default: a temp dir)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    from vecrag.runtime import set_threads
+
+    threads = set_threads()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="vecrag-bench-"))
+    rows = []
+    for n in (int(x) for x in args.sizes.split(",")):
+        t = time.perf_counter()
+        bank = random_bank(work / f"bank-{n}", n, args.dim)
+        print(f"bank {n} x {args.dim} written in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        for mode in args.modes.split(","):
+            r = measure(bank, work / f"run-{n}-{mode}-{time.time_ns()}", mode, args)
+            rows.append((n, mode, r))
+            print(f"  {n:>9} {mode:>6}: {r['samples_per_s']:.0f} samples/s", file=sys.stderr)
+    base = {n: r["samples_per_s"] for n, m, r in rows if m == "none"}
+    print(f"\nretriever training throughput: device {args.device}, threads {threads}, batch {args.batch} x accum "
+          f"{args.accum}, context {args.context}, GRU hidden {args.hidden}, dim {args.dim}, k {args.k}, "
+          f"{args.neg} negatives, mining backend {args.backend}")
+    print(f"{'bank':>9} {'mining':>7} {'samples/s':>10} {'vs none':>8} {'async hits':>10} {'fallbacks':>9} "
+          f"{'rss MB':>8}")
+    for n, mode, r in rows:
+        rel = r["samples_per_s"] / base[n] if n in base else float("nan")
+        print(f"{n:>9} {mode:>7} {r['samples_per_s']:>10.0f} {100 * rel:>7.0f}% {r['hits']:>10.0f} "
+              f"{r['fallbacks']:>9.0f} {r['rss_mb']:>8.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
