@@ -25,6 +25,8 @@ venv: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
+	@# the dashboard's browser test drives Debian's chromium (never a downloaded browser); it skips when absent
+	test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "note: /usr/bin/chromium missing; browser tests will skip (install: sudo apt-get install -y chromium)"
 	$(PY) -m pytest -q --durations=15
 
 demo: $(VENV)/.installed
