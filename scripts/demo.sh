@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The whole vecrag pipeline on a small slice of the default corpus, on a CPU, in a few minutes.
+# Called by `make demo` (which creates .venv and installs first). Environment:
+#   CORPUS    corpus file(s) or glob (default ../shared/data/enwiki2015/part-01.jsonl.xz)
+#   ARTICLES  how many articles to ingest (default 300)
+#   DEMO_OUT  where everything goes (default demo_out)
+#   VECRAG    the vecrag command (default: vecrag on PATH)
+set -euo pipefail
+CORPUS="${CORPUS:-../shared/data/enwiki2015/part-01.jsonl.xz}"
+ARTICLES="${ARTICLES:-300}"
+OUT="${DEMO_OUT:-demo_out}"
+VECRAG="${VECRAG:-vecrag}"
+BANK="$OUT/bank"
+export OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+# shellcheck disable=SC2086
+if ! compgen -G "$CORPUS" > /dev/null && [ ! -e "$CORPUS" ]; then
+  if [ -z "${HF_DATASET:-}" ] && python3 -c "import datasets" 2>/dev/null; then
+    echo "note: $CORPUS not found; using a Hugging Face Wikipedia sample (needs a network)"
+    CORPUS="hf:wikimedia/wikipedia:20231101.en:train"
+  else
+    cat >&2 <<EOF
+vecrag demo: the corpus '$CORPUS' was not found.
+  This demo's default corpus ships beside the repository in ../shared/data/. On your own machine, point
+  CORPUS at any supported source, for example:
+    make demo CORPUS=/data/enwiki/part-01.jsonl.xz          # JSONL with title/text (optionally .xz/.gz/.bz2)
+    make demo CORPUS='/data/wikitext/*.tokens'              # WikiText-103 token files
+    make demo CORPUS=/data/enwiki-latest-pages-articles.xml.bz2  # MediaWiki XML dump
+    make demo CORPUS=/data/my_docs/                         # a folder of .txt/.md files
+  or install 'datasets' (pip install datasets) with a network to use a Hugging Face Wikipedia sample.
+EOF
+    exit 2
+  fi
+fi
+
+mkdir -p "$OUT"
+start=$(date +%s)
+
+step "1. ingest the first $ARTICLES articles of $CORPUS (resumable: rerun after a kill continues)"
+if [ -f "$BANK/manifest.json" ]; then
+  echo "bank already built at $BANK (delete it to rebuild)"
+else
+  $VECRAG ingest $CORPUS --out "$BANK" --max-articles "$ARTICLES" --lanes default
+fi
+$VECRAG bank info "$BANK"
+
+step "2. FAISS index (auto: flat below 200k vectors)"
+$VECRAG index "$BANK" --type auto
+
+step "3. the baselines every model must beat (test split, full bank)"
+$VECRAG eval baselines "$BANK" --split test --context 10 --out "$OUT/baselines-test.json"
+
+step "4. search the bank with a text"
+$VECRAG search "$BANK" "the history of the Roman Empire" -k 5
+
+step "5. train a small LVM (next-chunk-vector model) and evaluate it against copy-last / mean / ewma / ridge"
+$VECRAG train lvm "$BANK" --config lvm-default --out "$OUT/runs/lvm" train.epochs=3 --quiet
+$VECRAG eval lvm "$OUT/runs/lvm" --split test --horizon 3
+
+step "6. train a small two-tower retriever (sync mining, curriculum) and evaluate it against the baselines"
+$VECRAG train retriever "$BANK" --config retriever-default --out "$OUT/runs/retriever" train.epochs=3 --quiet
+$VECRAG eval retriever "$OUT/runs/retriever" --split test
+
+step "7. cascade and dual-path decoding on held-out articles"
+$VECRAG eval cascade "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --split test \
+  --out "$OUT/eval"
+$VECRAG eval decode "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --split test \
+  --profile neutral --out "$OUT/eval"
+
+step "8. generate 5 steps from a prompt"
+$VECRAG generate "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --steps 5 --profile neutral \
+  --prompt "Alabama is a state in the southeastern region of the United States. It became a state in 1819." \
+  --telemetry "$OUT/generate-telemetry.jsonl"
+
+step "9. static reports"
+$VECRAG report "$OUT/runs/retriever" --out "$OUT/report-retriever"
+$VECRAG report "$OUT/runs/lvm" --out "$OUT/report-lvm"
+
+took=$(( $(date +%s) - start ))
+cat <<EOF
+
+vecrag demo finished in ${took}s. Results:
+  bank               $BANK               (vecrag bank info $BANK)
+  baselines          $OUT/baselines-test.json
+  LVM run            $OUT/runs/lvm        (metrics in $OUT/runs/lvm/metrics/)
+  retriever run      $OUT/runs/retriever  (metrics in $OUT/runs/retriever/metrics/)
+  cascade / decode   $OUT/eval/
+  telemetry          $OUT/generate-telemetry.jsonl
+  reports            $OUT/report-retriever/index.html  $OUT/report-lvm/index.html
+  dashboard          $VECRAG serve $BANK --lvm $OUT/runs/lvm --retriever $OUT/runs/retriever --runs $OUT/runs
+                     then open http://127.0.0.1:8080/
+EOF
