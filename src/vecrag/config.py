@@ -19,6 +19,7 @@ after every load. Unknown keys and ill-typed values raise ``VecragError`` listin
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -298,3 +299,52 @@ def dump_yaml(cfg: Any) -> str:
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config atomically as YAML."""
     atomic_write_text(path, dump_yaml(cfg))
+
+
+# ---- command-line KEY=VALUE overrides ----------------------------------------------------------------------
+class OptionWithOverrides(argparse.Action):
+    """An option whose first value is its own and whose further values are ``KEY=VALUE`` config overrides.
+
+    argparse takes positionals only in their first run, so with ``BANK --config X --out RUN train.epochs=3``
+    the trailing override would be rejected as unrecognized. Options using this action (``nargs="+"``)
+    collect what follows them: ``KEY=VALUE`` items go to ``namespace.extra_overrides``, any other item (a
+    BANK given after the options) to ``namespace.extra_positionals``. :func:`command_overrides` merges
+    them with the positional ones. Shared by ``vecrag train lvm`` and ``vecrag train retriever``.
+    """
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        kwargs.setdefault("nargs", "+")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        first, *rest = values if isinstance(values, list) else [values]
+        setattr(namespace, self.dest, first)
+        over = [v for v in rest if is_override(v)]
+        namespace.extra_overrides = [*(getattr(namespace, "extra_overrides", None) or []), *over]
+        namespace.extra_positionals = [*(getattr(namespace, "extra_positionals", None) or []),
+                                       *(v for v in rest if not is_override(v))]
+
+
+def is_override(item: str) -> bool:
+    """``KEY=VALUE`` with a plausible dotted key (not an option, not a path that merely contains '=')."""
+    key = item.split("=", 1)[0]
+    return "=" in item and not item.startswith("-") and bool(key) and "/" not in key
+
+
+def command_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """``(BANK or None, overrides)`` from a parser built with :class:`OptionWithOverrides` options, a
+    ``bank`` positional (``nargs="?"``) and an ``overrides`` positional (``nargs="*"``), wherever the user
+    put the ``KEY=VALUE`` items."""
+    bank = getattr(args, "bank", None)
+    overrides = list(getattr(args, "overrides", None) or []) + list(getattr(args, "extra_overrides", None) or [])
+    if bank is not None and is_override(bank) and not Path(bank).exists():  # `--resume RUN k=v` or `k=v ...`
+        overrides.insert(0, bank)
+        bank = None
+    loose = list(getattr(args, "extra_positionals", None) or [])
+    if loose and bank is None:
+        bank = loose.pop(0)
+    if loose:
+        raise VecragError(f"unexpected argument(s) {' '.join(loose)}",
+                          hint="give BANK once; config overrides are KEY=VALUE (e.g. train.lr=1e-3)")
+    return bank, overrides

@@ -30,38 +30,25 @@ Examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from vecrag.config import OptionWithOverrides
+
     p.add_argument("bank", metavar="BANK", nargs="?", help="bank directory (not needed with --resume)")
     p.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="config overrides, e.g. train.lr=1e-3")
-    p.add_argument("--config", default="lvm-default", help="YAML config or shipped preset name")
-    p.add_argument("--out", default=None, help="run directory (required unless --resume)")
-    p.add_argument("--resume", metavar="RUN", default=None, help="continue a run from its newest good checkpoint")
+    p.add_argument("--config", default="lvm-default", action=OptionWithOverrides, metavar="CONFIG [KEY=VALUE ...]",
+                   help="YAML config or shipped preset name (overrides may follow)")
+    p.add_argument("--out", default=None, action=OptionWithOverrides, metavar="RUN [KEY=VALUE ...]",
+                   help="run directory (required unless --resume)")
+    p.add_argument("--resume", metavar="RUN", default=None, action=OptionWithOverrides,
+                   help="continue a run from its newest good checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    collect_overrides(p)
-
-
-def collect_overrides(p: argparse.ArgumentParser) -> None:
-    """Let KEY=VALUE overrides appear anywhere (argparse takes positionals only in their first run: with
-    `BANK --config X k=v --out RUN`, `k=v` would be rejected as unrecognized)."""
-    inner = p.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):  # type: ignore[no-untyped-def]
-        ns, extras = inner(args, namespace)
-        keep = [a for a in extras if "=" in a and not a.startswith("-")]
-        ns.overrides = list(getattr(ns, "overrides", None) or []) + keep
-        return ns, [a for a in extras if a not in keep]
-
-    p.parse_known_args = parse_known_args  # type: ignore[method-assign]
+    p.set_defaults(extra_overrides=[], extra_positionals=[])
 
 
 def run(args: argparse.Namespace) -> int:
-    from vecrag.config import load_config
+    from vecrag.config import command_overrides, load_config
     from vecrag.runtime import set_threads
 
-    overrides = list(args.overrides)
-    bank_arg = args.bank
-    if bank_arg is not None and "=" in bank_arg and not Path(bank_arg).exists():
-        overrides.insert(0, bank_arg)
-        bank_arg = None
+    bank_arg, overrides = command_overrides(args)
 
     if args.resume:  # user errors first, before torch loads
         run_dir = Path(args.resume)

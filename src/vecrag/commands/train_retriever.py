@@ -22,26 +22,18 @@ Example: vecrag train retriever banks/wiki-500 --config retriever-default train.
 """
 
 
-class _FirstPlusOverrides(argparse.Action):
-    """``--config C.yaml k=v k=v``: the first value is the option's, the rest are config overrides (argparse
-    cannot otherwise take positional KEY=VALUE items after an option)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
-        first, *rest = values
-        setattr(namespace, self.dest, first)
-        namespace.extra_overrides = [*getattr(namespace, "extra_overrides", []), *rest]
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from vecrag.config import OptionWithOverrides
+
     p.add_argument("bank", metavar="BANK", nargs="?", help="bank directory (optional with --resume)")
     p.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="config overrides, e.g. train.lr=1e-4")
-    p.add_argument("--config", default="retriever-default", nargs="+", action=_FirstPlusOverrides,
+    p.add_argument("--config", default="retriever-default", action=OptionWithOverrides,
                    metavar="CONFIG [KEY=VALUE ...]", help="YAML config file or shipped preset name (overrides may "
                    "follow)")
-    p.add_argument("--out", metavar="RUN", help="run directory (new)")
-    p.add_argument("--resume", metavar="RUN [KEY=VALUE ...]", nargs="+", action=_FirstPlusOverrides,
+    p.add_argument("--out", metavar="RUN [KEY=VALUE ...]", action=OptionWithOverrides, help="run directory (new)")
+    p.add_argument("--resume", metavar="RUN [KEY=VALUE ...]", action=OptionWithOverrides,
                    help="continue the run in RUN from its newest good checkpoint")
-    p.set_defaults(extra_overrides=[])
+    p.set_defaults(extra_overrides=[], extra_positionals=[])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -51,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vecrag.bank import Bank
-    from vecrag.config import load_config
+    from vecrag.config import command_overrides, load_config
     from vecrag.errors import VecragError
     from vecrag.eval.retriever_eval import BANK_INFO
     from vecrag.fsutil import atomic_write_json
@@ -59,10 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
 
     log = logging.getLogger("vecrag.train")
-    overrides = list(args.overrides) + list(args.extra_overrides)
-    if args.bank and "=" in args.bank:  # `--resume RUN key=value`: argparse took the first override as BANK
-        overrides.insert(0, args.bank)
-        args.bank = None
+    args.bank, overrides = command_overrides(args)
     if bool(args.out) == bool(args.resume):
         raise VecragError("give exactly one of --out RUN (a new run) or --resume RUN",
                           hint="vecrag train retriever BANK --out runs/r1   or   --resume runs/r1")
