@@ -187,3 +187,58 @@ def test_manifest_index_record_is_json(bank3k: Bank, tmp_path: Path) -> None:
     rec = json.loads((bank.path / "manifest.json").read_text())["index"]
     assert rec["params"] == {"m": 32, "ef_construction": 80, "ef_search": 40} and rec["metric"] == "inner_product"
     assert load_index(Bank.open(bank.path)).params["ef_search"] == 40
+
+
+def test_search_route_sends_k_above_the_gpu_limit_to_the_cpu(bank3k: Bank) -> None:
+    from vecrag.index_gpu import GPU_MAX_K, search_route
+
+    assert GPU_MAX_K == 2048
+    assert search_route(2048, has_gpu=True) == "gpu" and search_route(2049, has_gpu=True) == "cpu"
+    assert search_route(10, has_gpu=True, nprobe=2048) == "gpu"
+    assert search_route(10, has_gpu=True, nprobe=4096) == "cpu"  # GPUs would clamp nprobe silently
+    assert search_route(10, has_gpu=False) == "cpu"
+    assert search_route(600, has_gpu=True, max_k=500) == "cpu"  # a simulated lower limit
+    # FaissIndex asks with k x refine: 600 results re-ranked 4x = 2400 candidates > 2048 -> CPU
+    pq = build_from_vectors(bank3k.vectors, "ivfpq", device="cpu", progress=False, nlist=16, m=8, nbits=6)
+    assert pq.refine == 4 and pq.route(600) == "cpu" and pq.device == "cpu"
+    s, i = pq.search(bank3k.vectors_f32([0, 1]), 600)  # the CPU route answers a k no GPU would take
+    assert i.shape == (2, 600) and (i >= 0).all() and (np.diff(s, axis=1) <= 1e-6).all()
+
+
+def test_exact_torch_chunks_queries_and_blocks_with_bounded_memory() -> None:
+    import torch
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = rng.standard_normal((300, 32)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    ref_s, ref_i = ExactTorchIndex(x).search(q, 64)
+    # 7 bank blocks of 700 rows, k (50) > the last block's 100 rows; score blocks of <= 7,000 values -> 10 queries
+    small = ExactTorchIndex(x, block_rows=700, max_elems=7000, query_chunk=64)
+    assert small.query_chunk_size() == 10 and len(small._blocks) == 8
+    s, i = small.search(q, 50)
+    assert np.array_equal(i, ref_i[:, :50]) and np.allclose(s, ref_s[:, :50], atol=1e-6)
+    # k (64) above the block size (30 rows): the running top-k grows across blocks
+    s, i = ExactTorchIndex(x, block_rows=30, max_elems=30 * 7).search(q[:20], 64)
+    assert np.array_equal(i, ref_i[:20]) and np.allclose(s, ref_s[:20], atol=1e-6)
+    # fp16 bank: scores within 2e-3 and the same top-10 for >= 95 % of the ids (near-ties may swap)
+    h = ExactTorchIndex(x, dtype=torch.float16)
+    hs, hi = h.search(q, 10)
+    assert h.params["dtype"] == "float16" and np.abs(hs - ref_s[:, :10]).max() < 2e-3
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(hi, ref_i[:, :10], strict=True)]) > 0.95
+
+
+def test_index_command_measures_and_records_recall(bank3k: Bank, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    from vecrag.cli import main
+
+    bank = _copy_bank(bank3k, tmp_path / "b")
+    recs = {}
+    for nprobe in (16, 1):  # every list searched = exact; one list of 16 misses neighbours
+        assert main(["index", str(bank.path), "--type", "ivf", "--nlist", "16", "--nprobe", str(nprobe),
+                     "--quiet"]) == 0
+        assert "Recall@10 vs exact" in capsys.readouterr().out
+        recs[nprobe] = Bank.open(bank.path).manifest["index"]
+    assert recs[16]["recall_at_10"] == 1.0 and recs[16]["recall_queries"] == 1000
+    assert 0.2 < recs[1]["recall_at_10"] < 0.9 and recs[1]["queries_per_s"] > 0

@@ -11,9 +11,15 @@ with the parameters in ``manifest["index"]`` (type, file, params, ntotal, dim, b
 :func:`open_index` to get the saved index or, when none is saved, an :class:`ExactTorchIndex`.
 
 Threading: CPU FAISS indexes may be searched from several threads; a GPU FAISS index may not (see
-``vecrag.index_gpu``), so :class:`FaissIndex` serialises GPU calls with a lock. Thread counts are set with
-``faiss.omp_set_num_threads`` by ``build_index``/``load_index`` when ``threads`` is given (and by
-``vecrag.runtime.set_threads`` at command start).
+``vecrag.index_gpu``), so :class:`FaissIndex` serialises GPU calls (search and parameter changes) with a
+lock: the index is owned by whichever thread holds it, one at a time.
+
+GPUs: FAISS GPU indexes need a faiss build with GPU support; our GPU machine has only faiss-cpu, so the
+GPU path we measure (benchmarks/scaling.py, docs/scaling.md) is :class:`ExactTorchIndex` on CUDA (fp16
+bank resident on the GPU, matmul + top-k in query chunks); FAISS indexes run on the CPU cores beside it.
+
+Thread counts are set with ``faiss.omp_set_num_threads`` by ``build_index``/``load_index`` when
+``threads`` is given (and by ``vecrag.runtime.set_threads`` at command start).
 """
 
 from __future__ import annotations
@@ -87,16 +93,21 @@ def _finish(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
 class ExactTorchIndex(SearchIndex):
     """Exact inner-product top-k by matmul, in query chunks and bank blocks (no FAISS needed).
 
-    ``vectors`` may be a memory-mapped fp16/fp32 bank. On CUDA the bank is copied to the GPU once (fp16 by
-    default: half the memory, scores within ~1e-3); on CPU it is held as fp32, or, with
-    ``resident=False``, converted block by block at search time (memory-light, slower).
-    ``max_elems`` bounds the size of one score block (query chunk x bank block).
+    This is vecrag's measured GPU search and mining path (faiss-gpu is not installable on our GPU machine).
+    ``vectors`` may be a memory-mapped fp16/fp32 bank. On CUDA the bank is copied to the GPU once, in blocks
+    of ``block_rows`` (fp16 by default: 2 bytes a value, 7.7 GB for 10M x 384; scores within ~1e-3, so
+    near-ties may swap order); on CPU it is held as fp32, or, with ``resident=False``, converted block by
+    block at search time (memory-light, slower). ``dtype=torch.float32`` on CUDA gives exact fp32 scores.
+
+    Memory beyond the bank is bounded: queries are searched ``chunk`` at a time, with ``chunk`` chosen so
+    that one score block (``chunk x block_rows``) holds at most ``max_elems`` values (default 2**26 on CPU,
+    2**28 = 512 MB of fp16 on CUDA); per block only the running top-k (``chunk x 2k``) is kept.
     """
 
     kind = "exact"
 
     def __init__(self, vectors: np.ndarray, device: str = "cpu", dtype: Any = None, *, resident: bool = True,
-                 query_chunk: int = 1024, max_elems: int = 1 << 26, block_rows: int = 1 << 20):
+                 query_chunk: int = 4096, max_elems: int | None = None, block_rows: int = 1 << 20):
         import torch
 
         from vecrag.runtime import pick_device
@@ -104,7 +115,8 @@ class ExactTorchIndex(SearchIndex):
         self.device = pick_device(device)
         self.dtype = dtype or (torch.float16 if self.device == "cuda" else torch.float32)
         self.ntotal, self.dim = int(vectors.shape[0]), int(vectors.shape[1])
-        self.query_chunk, self.max_elems, self.block_rows = query_chunk, max_elems, block_rows
+        self.max_elems = int(max_elems or (1 << 28 if self.device != "cpu" else 1 << 26))
+        self.query_chunk, self.block_rows = query_chunk, block_rows
         self.params = {"dtype": str(self.dtype).replace("torch.", ""), "resident": resident}
         self._source = vectors
         self._blocks: list[Any] | None = None
@@ -119,6 +131,11 @@ class ExactTorchIndex(SearchIndex):
                 raise VecragError(f"the bank ({self.ntotal} x {self.dim}) does not fit in {self.device} memory",
                                   hint="use a FAISS index sharded over GPUs (`vecrag index BANK --device cuda`) "
                                        "or search on the CPU") from e
+
+    def query_chunk_size(self) -> int:
+        """Queries per matmul: at most ``query_chunk``, and ``chunk x block rows <= max_elems``."""
+        rows = max(1, min(self.block_rows, self.ntotal))
+        return max(1, min(self.query_chunk, self.max_elems // rows))
 
     def _iter_blocks(self) -> Any:
         import torch
@@ -143,23 +160,25 @@ class ExactTorchIndex(SearchIndex):
         ids = np.full((n, k), -1, dtype=np.int64)
         if n == 0 or kk == 0:
             return scores, ids
-        rows = min(self.block_rows, self.ntotal)
-        chunk = max(1, min(self.query_chunk, self.max_elems // max(rows, 1)))
+        chunk = self.query_chunk_size()
         with torch.inference_mode():
             for qs in range(0, n, chunk):
                 qt = torch.from_numpy(q[qs:qs + chunk]).to(self.device, self.dtype)
                 best_s = best_i = None
                 for start, blk in self._iter_blocks():
-                    s = (qt @ blk.T).float()
+                    s = qt @ blk.T  # fp16 on CUDA: top-k on the half scores, no fp32 copy of the block
+                    if s.device.type == "cpu" and s.dtype != torch.float32:
+                        s = s.float()
                     top_s, top_i = torch.topk(s, min(kk, blk.shape[0]), dim=1)
                     top_i = top_i + start
+                    del s
                     if best_s is not None:
                         top_s = torch.cat([best_s, top_s], 1)
                         top_i = torch.cat([best_i, top_i], 1)
-                        top_s, j = torch.topk(top_s, kk, dim=1)
+                        top_s, j = torch.topk(top_s, min(kk, top_s.shape[1]), dim=1)
                         top_i = torch.gather(top_i, 1, j)
                     best_s, best_i = top_s, top_i
-                scores[qs:qs + chunk, :kk] = best_s.cpu().numpy()
+                scores[qs:qs + chunk, :kk] = best_s.float().cpu().numpy()
                 ids[qs:qs + chunk, :kk] = best_i.cpu().numpy()
         return scores, ids
 
@@ -201,20 +220,26 @@ class FaissIndex(SearchIndex):
         if nprobe is not None and self.kind in ("ivf", "ivfpq"):
             faiss.extract_index_ivf(self.cpu_index).nprobe = int(nprobe)
             if self.gpu_index is not None:
-                set_gpu_param(self.gpu_index, "nprobe", int(nprobe))
+                with self._lock:
+                    set_gpu_param(self.gpu_index, "nprobe", int(nprobe))
             self.params["nprobe"] = int(nprobe)
         if ef_search is not None and self.kind == "hnsw":
             self.cpu_index.hnsw.efSearch = int(ef_search)
             self.params["ef_search"] = int(ef_search)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        from vecrag.index_gpu import GPU_MAX_K
+    def route(self, k: int) -> str:
+        """``"gpu"`` or ``"cpu"`` for a search of ``k`` results (see :func:`vecrag.index_gpu.search_route`)."""
+        from vecrag.index_gpu import search_route
 
+        kk = k * self.refine if self.refine else k
+        return search_route(kk, has_gpu=self.gpu_index is not None, nprobe=self.params.get("nprobe"))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = check_search_args(queries, k, self.dim)
         import faiss
 
         kk = k * self.refine if self.refine else k
-        if self.gpu_index is not None and kk <= GPU_MAX_K:
+        if self.route(k) == "gpu":
             with self._lock:
                 scores, ids = self.gpu_index.search(q, kk)
         elif self.kind == "hnsw":  # HNSW returns at most efSearch results: per-call params (thread-safe)

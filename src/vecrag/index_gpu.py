@@ -12,6 +12,13 @@ Rules (DESIGN.md section 4, and FAISS's own documentation):
 - Several GPUs: ``GpuMultipleClonerOptions(shard=True)`` splits the vectors over the GPUs (an
   ``IndexShards`` whose results are merged), so the bank may be ``n_gpus`` times larger than one GPU;
   ``useFloat16`` halves GPU memory (flat/IVF-Flat store fp16; IVF-PQ uses fp16 lookup tables).
+- Which device answers a search is decided by :func:`search_route` (pure, tested on the CPU).
+
+Status: this GPU path needs a faiss build with GPU support (conda ``faiss-gpu``, or ``faiss-gpu-cu12``
+wheels). Our H200 machine cannot install one (only faiss-cpu wheels travel there), so this module is
+exercised only where such a build exists; on that machine faiss runs on the CPU cores and the *measured*
+GPU search path is :class:`vecrag.index.ExactTorchIndex` (torch matmul + top-k, fp16, in query chunks),
+see ``benchmarks/scaling.py`` and ``docs/scaling.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +32,16 @@ log = logging.getLogger(__name__)
 
 GPU_MAX_K = 2048
 GPU_MAX_NPROBE = 2048
+
+
+def search_route(k: int, *, has_gpu: bool, nprobe: int | None = None, max_k: int = GPU_MAX_K,
+                 max_nprobe: int = GPU_MAX_NPROBE) -> str:
+    """``"gpu"`` or ``"cpu"``: which copy of a FAISS index answers a search for ``k`` results (``k`` already
+    multiplied by any re-ranking factor). FAISS GPU indexes refuse ``k > 2048`` and clamp ``nprobe`` to 2048,
+    so those searches go to the CPU copy (exact parameters, slower)."""
+    if not has_gpu or k > max_k or (nprobe is not None and nprobe > max_nprobe):
+        return "cpu"
+    return "gpu"
 
 
 def faiss_gpu_count() -> int:
