@@ -320,10 +320,28 @@ class OptionWithOverrides(argparse.Action):
                  option_string: str | None = None) -> None:
         first, *rest = values if isinstance(values, list) else [values]
         setattr(namespace, self.dest, first)
-        over = [v for v in rest if is_override(v)]
-        namespace.extra_overrides = [*(getattr(namespace, "extra_overrides", None) or []), *over]
-        namespace.extra_positionals = [*(getattr(namespace, "extra_positionals", None) or []),
-                                       *(v for v in rest if not is_override(v))]
+        _collect(namespace, rest)
+
+
+class FlagWithOverrides(OptionWithOverrides):
+    """A store-true flag (``--quiet``) that, like :class:`OptionWithOverrides`, collects what follows it."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        kwargs.setdefault("nargs", "*")
+        kwargs.setdefault("default", False)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, True)
+        _collect(namespace, list(values or []))
+
+
+def _collect(namespace: argparse.Namespace, rest: list[str]) -> None:
+    over = [v for v in rest if is_override(v)]
+    namespace.extra_overrides = [*(getattr(namespace, "extra_overrides", None) or []), *over]
+    namespace.extra_positionals = [*(getattr(namespace, "extra_positionals", None) or []),
+                                   *(v for v in rest if not is_override(v))]
 
 
 def is_override(item: str) -> bool:

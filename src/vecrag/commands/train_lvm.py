@@ -26,11 +26,13 @@ Examples:
   vecrag train lvm banks/wiki-3k --config lvm-default --out runs/lvm-gru
   vecrag train lvm banks/wiki-3k --config lvm-default model.kind=transformer loss.w_nce=0.1 --out runs/lvm-tf
   vecrag train lvm --resume runs/lvm-gru
+  torchrun --nproc_per_node 4 -m vecrag.cli train lvm banks/wiki-3k --config lvm-gpu --out runs/lvm-ddp
+    (DDP, docs/distributed.md: train.batch_size is the batch of EACH process; rank 0 writes the run)
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from vecrag.config import OptionWithOverrides
+    from vecrag.config import FlagWithOverrides, OptionWithOverrides
 
     p.add_argument("bank", metavar="BANK", nargs="?", help="bank directory (not needed with --resume)")
     p.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="config overrides, e.g. train.lr=1e-3")
@@ -40,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run directory (required unless --resume)")
     p.add_argument("--resume", metavar="RUN", default=None, action=OptionWithOverrides,
                    help="continue a run from its newest good checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action=FlagWithOverrides, metavar="KEY=VALUE", help="no progress bars")
     p.set_defaults(extra_overrides=[], extra_positionals=[])
 
 
@@ -74,11 +76,17 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(LVMConfig, args.config, overrides)
         cfg.bank = str(Path(bank_arg).resolve())
 
-    set_threads(cfg.train.torch_threads or None)
+    import torch
+
     import vecrag.bank
+    from vecrag.runtime import pick_device
+    from vecrag.train import distributed as dd
     from vecrag.train.loop import Trainer, seed_everything
     from vecrag.train.lvm_task import LVMTask
 
+    dd.init_from_env(torch.device(pick_device(cfg.train.device)).type)  # torchrun; a no-op for plain runs
+    dd.barrier()  # every rank has checked the run directory before rank 0 writes into it
+    set_threads(cfg.train.torch_threads or dd.default_threads())
     bank = vecrag.bank.Bank.open(cfg.bank)
     seed_everything(cfg.train.seed)  # model initialisation is a function of the seed
     task = LVMTask(bank, cfg)
@@ -90,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         result = trainer.fit()
     finally:
         task.close()
+        dd.cleanup()
+    if not dd.is_main():
+        return 0
     hist = result["history"]
     first = hist[0] if hist else {}
     best = next((h for h in hist if h["epoch"] == result["best_epoch"]), first)

@@ -19,11 +19,14 @@ checkpoints are in RUN/checkpoints/. A killed run continues with `vecrag train r
 Presets: retriever-tiny (tests), retriever-cpu-test (the seed's CPU-test shape), retriever-default (CPU),
 retriever-gpu (the seed's "MPS final" shape, larger batch, async mining).
 Example: vecrag train retriever banks/wiki-500 --config retriever-default train.epochs=5 --out runs/r1
+
+Several processes (DDP, docs/distributed.md): torchrun --nproc_per_node N -m vecrag.cli train retriever ...
+(train.batch_size is then the batch of EACH process; rank 0 writes the run directory).
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from vecrag.config import OptionWithOverrides
+    from vecrag.config import FlagWithOverrides, OptionWithOverrides
 
     p.add_argument("bank", metavar="BANK", nargs="?", help="bank directory (optional with --resume)")
     p.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="config overrides, e.g. train.lr=1e-4")
@@ -34,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN [KEY=VALUE ...]", action=OptionWithOverrides,
                    help="continue the run in RUN from its newest good checkpoint")
     p.set_defaults(extra_overrides=[], extra_positionals=[])
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action=FlagWithOverrides, metavar="KEY=VALUE", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from vecrag.errors import VecragError
     from vecrag.eval.retriever_eval import BANK_INFO
     from vecrag.fsutil import atomic_write_json
+    from vecrag.runtime import pick_device
+    from vecrag.train import distributed as dd
     from vecrag.train.loop import Trainer
     from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
 
@@ -74,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
                               hint=f"continue it with --resume {run_dir}, or choose another --out")
         cfg = load_config(RetrieverConfig, args.config, overrides)
         cfg.bank = str(Path(args.bank).resolve())
+    import torch
+
+    dd.init_from_env(torch.device(pick_device(cfg.train.device)).type)  # torchrun; a no-op for plain runs
+    dd.barrier()  # every rank has checked the run directory before rank 0 writes into it
     bank = Bank.open(cfg.bank)
     resolve_config(cfg, bank)
     task = RetrieverTask(bank, cfg)
@@ -82,11 +91,15 @@ def run(args: argparse.Namespace) -> int:
             trainer = Trainer.resume(run_dir, task, cfg.train, run_config=cfg, quiet=args.quiet)
         else:
             trainer = Trainer(task, cfg.train, run_dir, run_config=cfg, quiet=args.quiet)
-            atomic_write_json(run_dir / BANK_INFO, {"path": cfg.bank, "n": bank.n, "dim": bank.dim,
-                                                    "encoder": bank.encoder})
+            if dd.is_main():
+                atomic_write_json(run_dir / BANK_INFO, {"path": cfg.bank, "n": bank.n, "dim": bank.dim,
+                                                        "encoder": bank.encoder})
         result = trainer.fit()
     finally:
         task.close()
+        dd.cleanup()
+    if not dd.is_main():
+        return 0
     key = cfg.train.early_stop_metric
     first = result["history"][0] if result["history"] else {}
     print(json.dumps({"run": str(run_dir), "steps": result["step"], "metric": key, "best": result["best"],

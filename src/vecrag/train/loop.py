@@ -10,6 +10,14 @@ Exact resume: a checkpoint holds the whole trainer state at an optimizer-step bo
 step, epoch, batch position, every RNG state, the task's extra state, best score); the sampler is a pure
 function of ``(seed, epoch)`` and the learning rate a pure function of the step, so a killed run resumed from
 any of its checkpoints reaches bit-identical weights on CPU with a deterministic task.
+
+Distributed (``torchrun --nproc_per_node N``, docs/distributed.md): ``train.batch_size`` is the PER-RANK
+micro-batch; a global micro-batch of ``batch_size x world_size`` samples is cut from the same permutation and
+each rank takes its disjoint slice (:func:`vecrag.train.distributed.shard`). The model is wrapped in DDP
+(gradients all-reduced); each rank scales its loss by ``world x local / global`` samples so that the
+all-reduced gradient is the gradient of the global batch's mean loss. Rank 0 alone validates (the others
+wait for its metrics, bounded by the process-group timeout), writes checkpoints, logs, TensorBoard and the
+progress bar. A plain run (no torchrun) takes none of these paths and is unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -29,9 +36,12 @@ import torch
 
 from vecrag.config import TrainConfig, save_config, to_dict
 from vecrag.errors import VecragError
-from vecrag.fsutil import append_jsonl
 from vecrag.runtime import pick_device, report_openmp, set_threads
+from vecrag.train import distributed as dd
 from vecrag.train.checkpoint import CheckpointDir, rng_state, set_rng_state
+from vecrag.train.loop_logging import TrainerLogging, progress_bar, rss_mb
+
+__all__ = ["Task", "Trainer", "lr_at", "rss_mb", "seed_everything"]
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -68,16 +78,7 @@ def lr_at(step: int, *, lr: float, lr_min: float, warmup: int, total: int) -> fl
     return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * progress))
 
 
-def rss_mb() -> float:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        return float("nan")
-
-
-class Trainer:
+class Trainer(TrainerLogging):
     def __init__(self, task: Task, cfg: TrainConfig, run_dir: str | Path, *, run_config: Any = None,
                  quiet: bool = False):
         self.task, self.cfg, self.quiet = task, cfg, quiet
@@ -85,20 +86,31 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_config = run_config if run_config is not None else cfg
         self.log_path = self.run_dir / "log.jsonl"
-        self.threads = set_threads(cfg.torch_threads or None)
+        dev = pick_device(cfg.device)
+        dd.init_from_env(torch.device(dev).type)           # torchrun: join the process group (else no-op)
+        self.world, self.rank = dd.world_size(), dd.rank()
+        self.is_main = self.rank == 0
+        self.threads = set_threads(cfg.torch_threads or dd.default_threads())
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.device = torch.device(pick_device(cfg.device))
+        if self.world > 1 and dev == "cuda":
+            dev = f"cuda:{dd.local_rank()}"
+        self.device = torch.device(dev)
         self.use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
         if task.n_train < 1:
             raise VecragError(f"task {task.name!r} has no training samples", hint="check the bank's train split")
-        self.n_batches = math.ceil(task.n_train / cfg.batch_size)          # micro-batches per epoch
+        self.global_batch = cfg.batch_size * self.world                     # samples per global micro-batch
+        full, rest = divmod(task.n_train, self.global_batch)
+        self.n_batches = full + (1 if rest >= self.world else 0)           # micro-batches per epoch
+        if self.n_batches < 1:
+            raise VecragError(f"{task.n_train} training samples cannot feed {self.world} processes")
         self.steps_per_epoch = math.ceil(self.n_batches / cfg.grad_accum)  # optimizer steps per epoch
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.warmup = max(cfg.warmup_steps, int(cfg.warmup_ratio * self.total_steps))
         task.model.to(self.device)
+        self.ddp = dd.wrap_ddp(task.model, self.device) if self.world > 1 else None
         decay = [p for p in task.model.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in task.model.parameters() if p.requires_grad and p.dim() < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -132,11 +144,15 @@ class Trainer:
             return self._perms[epoch]
 
     def batch_at(self, epoch: int, i: int) -> np.ndarray:
-        """Sample indices of micro-batch ``i`` of ``epoch`` (deterministic: a miner may look ahead)."""
+        """This rank's sample indices of micro-batch ``i`` of ``epoch`` (deterministic: a miner may look ahead)."""
         if not 0 <= i < self.n_batches:
             raise IndexError(f"batch {i} outside 0..{self.n_batches - 1}")
-        bs = self.cfg.batch_size
-        return self.permutation(epoch)[i * bs:(i + 1) * bs]
+        g = self.global_batch
+        return dd.shard(self.permutation(epoch)[i * g:(i + 1) * g], self.rank, self.world)
+
+    def global_size(self, i: int) -> int:
+        """Samples in global micro-batch ``i`` (all ranks together)."""
+        return min(self.global_batch, self.task.n_train - i * self.global_batch)
 
     @property
     def position(self) -> tuple[int, int]:
@@ -149,38 +165,40 @@ class Trainer:
             self._validate_and_checkpoint(0)            # the anchor / baseline is the first best
         while not self.finished and self.epoch < self.cfg.epochs:
             self._train_epoch()
-            self.ckpts.save(f"epoch-{self.epoch + 1}-preval.pt", self.state_dict())
+            self._save(f"epoch-{self.epoch + 1}-preval.pt")
             self.epoch, self.batch = self.epoch + 1, 0
             if self.cfg.max_steps and self.step >= self.cfg.max_steps:
                 self.finished = True
             self._validate_and_checkpoint(self.epoch)
         self.finished = True
         self._swa()
-        self.ckpts.save("last.pt", self.state_dict())
+        self._save("last.pt")
         self.log_record("event", event="done", step=self.step, best=self.best, best_epoch=self.best_epoch)
         if self._tb is not None:
             self._tb.close()
+        dd.barrier()
         return {"step": self.step, "best": self.best, "best_epoch": self.best_epoch, "history": self.history}
 
     def _train_epoch(self) -> None:
         cfg, model = self.cfg, self.task.model
         model.train()
-        bar = _bar(self.steps_per_epoch, self.batch // cfg.grad_accum, f"epoch {self.epoch + 1}/{cfg.epochs}",
-                   self.quiet)
+        bar = progress_bar(self.steps_per_epoch, self.batch // cfg.grad_accum, f"epoch {self.epoch + 1}/{cfg.epochs}",
+                           self.quiet or not self.is_main)
         window: dict[str, float] = {"loss": 0.0, "n": 0, "samples": 0}
         t0 = time.perf_counter()
         while self.batch < self.n_batches and not (cfg.max_steps and self.step >= cfg.max_steps):
             group = range(self.batch, min(self.batch + cfg.grad_accum, self.n_batches))
             idxs = [self.batch_at(self.epoch, i) for i in group]
-            total = sum(len(i) for i in idxs)
+            total = sum(len(i) for i in idxs) if self.world == 1 else sum(self.global_size(i) for i in group)
             lr = lr_at(self.step, lr=cfg.lr, lr_min=cfg.lr_min, warmup=self.warmup, total=self.total_steps)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             step_loss = 0.0
-            for idx in idxs:                              # gradient accumulation: mean over the whole group
-                with self._autocast():
-                    loss, stats = self.task.loss(idx, self.step)
-                (loss * (len(idx) / total)).backward()
+            for j, idx in enumerate(idxs):                # gradient accumulation: mean over the whole group
+                with self._no_sync(j < len(idxs) - 1):
+                    with self._autocast():
+                        loss, stats = self._loss(idx)
+                    (loss * (self.world * len(idx) / total)).backward()  # world = 1: len(idx) / total
                 step_loss += float(loss.detach()) * len(idx) / total
                 for k, v in stats.items():
                     window[k] = window.get(k, 0.0) + float(v) / len(idxs)
@@ -192,23 +210,57 @@ class Trainer:
             self.batch = group.stop
             window["loss"] += step_loss
             window["n"] += 1
-            window["samples"] += total
+            window["samples"] += sum(len(i) for i in idxs)   # this rank's (summed over ranks when logged)
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{step_loss * self.world:.4f}", lr=f"{lr:.2e}")  # rank 0's rows, rescaled
             if self.step % cfg.log_every == 0:
                 self._log_train(window, lr, grad_norm, time.perf_counter() - t0)
                 window, t0 = {"loss": 0.0, "n": 0, "samples": 0}, time.perf_counter()
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
-                self.ckpts.save(f"step-{self.step}.pt", self.state_dict())
+                self._save(f"step-{self.step}.pt")
         bar.close()
 
-    def _validate_and_checkpoint(self, epoch: int) -> None:
+    def _loss(self, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.ddp is None:
+            return self.task.loss(idx, self.step)
+        return self.ddp(self.task.loss, idx, self.step)  # inside DDP's forward (see distributed.StepModule)
+
+    def _no_sync(self, skip: bool) -> Any:
+        """DDP: no gradient all-reduce for the micro-batches before the last of an accumulation group."""
+        return self.ddp.no_sync() if skip and self.ddp is not None else nullcontext()
+
+    def _save(self, name: str) -> None:
+        if self.is_main:
+            self.ckpts.save(name, self.state_dict())
+
+    def _run_validation(self, epoch: int) -> dict[str, float]:
+        """``task.validate`` on rank 0; under torchrun every rank receives rank 0's metrics (or its error), so
+        early stopping, ``best`` and ``history`` stay identical on all ranks."""
         model = self.task.model
-        model.eval()
+        metrics: dict[str, float] | None = None
+        failure: str | None = None
+        if self.is_main:
+            model.eval()
+            try:
+                with torch.no_grad():
+                    metrics = {k: float(v) for k, v in self.task.validate(epoch).items()}
+            except Exception as e:
+                if self.world == 1:
+                    raise
+                failure = f"{type(e).__name__}: {e}"
+                dd.broadcast_object((None, failure))
+                raise
+            model.train()
+        if self.world > 1:
+            metrics, failure = dd.broadcast_object((metrics, failure))
+            if failure is not None:
+                raise VecragError(f"validation failed on rank 0 ({failure})")
+        assert metrics is not None
+        return metrics
+
+    def _validate_and_checkpoint(self, epoch: int) -> None:
         t0 = time.perf_counter()
-        with torch.no_grad():
-            metrics = {k: float(v) for k, v in self.task.validate(epoch).items()}
-        model.train()
+        metrics = self._run_validation(epoch)
         key = self.cfg.early_stop_metric
         if key not in metrics:
             raise VecragError(f"early_stop_metric {key!r} is not among the validation metrics",
@@ -224,22 +276,26 @@ class Trainer:
         self.log_record("val", epoch=epoch, step=self.step, **metrics, best=self.best, best_epoch=self.best_epoch,
                         improved=better, val_s=round(time.perf_counter() - t0, 3))
         self._tb_scalars("val", metrics)
-        log.info("val epoch %d step %d: %s=%.4f (best %.4f at epoch %d)%s", epoch, self.step, key, score,
-                 self.best, self.best_epoch, "  *" if better else "")
+        if self.is_main:
+            log.info("val epoch %d step %d: %s=%.4f (best %.4f at epoch %d)%s", epoch, self.step, key, score,
+                     self.best, self.best_epoch, "  *" if better else "")
         if self.cfg.patience and self.bad_epochs >= self.cfg.patience and not self.finished:
             self.finished = True
             self.log_record("event", event="early_stop", epoch=epoch, step=self.step, best_epoch=self.best_epoch)
             log.info("early stop: %d epochs without improvement of %s", self.bad_epochs, key)
         # best first, then last: a kill between the two leaves the newest file a complete post-val state
         if better:
-            self.ckpts.save("best.pt", self.state_dict())
-            self.ckpts.copy("best.pt", "last.pt")
+            self._save("best.pt")
+            if self.is_main:
+                self.ckpts.copy("best.pt", "last.pt")
         else:
-            self.ckpts.save("last.pt", self.state_dict())
+            self._save("last.pt")
 
     def _swa(self) -> None:
         """Average the weights of the last ``swa_last`` epoch checkpoints; keep them if they validate better."""
         k = self.cfg.swa_last
+        if not self.is_main:  # rank 0 alone reads its checkpoints, validates and writes swa.pt / best.pt
+            return
         files = self.ckpts.preval_files()[-k:] if k else []
         if len(files) < 2 or (self.run_dir / "checkpoints" / "swa.pt").exists():
             return
@@ -266,7 +322,7 @@ class Trainer:
 
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "format": FORMAT, "task": self.task.name,
             "model": self.task.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": {"kind": "warmup_cosine", "lr": self.cfg.lr, "lr_min": self.cfg.lr_min,
@@ -276,10 +332,19 @@ class Trainer:
             "trainer": {"validated": self.validated, "best": self.best, "best_epoch": self.best_epoch,
                         "bad_epochs": self.bad_epochs, "finished": self.finished, "history": self.history},
         }
+        if self.world > 1:  # torchrun: "rng" is rank 0's; the other ranks re-seed from (seed, rank, step)
+            state["world_size"] = self.world
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("task") != self.task.name:
             raise VecragError(f"checkpoint is for task {state.get('task')!r}, not {self.task.name!r}")
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world:
+            raise VecragError(f"checkpoint was written by a run of {saved_world} process(es), this one has "
+                              f"{self.world}: the sampler position counts global batches of batch_size x processes",
+                              hint=f"resume with {saved_world} process(es) in total (torchrun --nnodes x "
+                                   "--nproc_per_node)")
         self.task.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
@@ -287,7 +352,10 @@ class Trainer:
         self.validated, self.best, self.best_epoch = int(tr["validated"]), tr["best"], int(tr["best_epoch"])
         self.bad_epochs, self.finished, self.history = int(tr["bad_epochs"]), bool(tr["finished"]), list(tr["history"])
         self.task.load_extra_state(state.get("extra") or {})
-        set_rng_state(state["rng"])
+        if self.rank == 0:
+            set_rng_state(state["rng"])
+        else:
+            seed_everything(dd.rank_seed(self.cfg.seed, self.rank, self.step))
         if state.get("config") != to_dict(self.run_config):
             log.warning("the run's config differs from the checkpoint's; resuming with the run's config "
                         "(results will not match an uninterrupted run)")
@@ -298,68 +366,33 @@ class Trainer:
                quiet: bool = False) -> Trainer:
         """A trainer restored from the newest good checkpoint of ``run_dir`` (fresh if there is none)."""
         t = cls(task, cfg, run_dir, run_config=run_config, quiet=quiet)
-        got = t.ckpts.load_latest()
-        if got is None:
+        got = t.ckpts.load_latest() if t.is_main else None
+        name = dd.broadcast_object(got[0] if got is not None else None)  # every rank loads the same file
+        if name is None:
             log.warning("no usable checkpoint in %s; starting the run from the beginning", t.ckpts.root)
             return t
-        name, state = got
+        state = got[1] if got is not None else t.ckpts.load(name)
         t.load_state_dict(state)
         t.log_record("event", event="resume", checkpoint=name, step=t.step, epoch=t.epoch, batch=t.batch)
         log.info("resumed from %s: step %d, epoch %d, batch %d", name, t.step, t.epoch, t.batch)
         return t
 
-    # ---- logging -------------------------------------------------------------------------------------
-    def log_record(self, kind: str, **fields: Any) -> None:
-        """Append one JSON line (``kind`` = train | val | mining | event) to RUN/log.jsonl."""
-        append_jsonl(self.log_path, {"kind": kind, "time": round(time.time(), 3), **fields})
-
+    # ---- start -------------------------------------------------------------------------------------------
     def _start(self) -> None:
         if self._fresh:
-            seed_everything(self.cfg.seed)
-            if not (self.run_dir / "config.yaml").exists():
+            seed_everything(self.cfg.seed if self.rank == 0 else dd.rank_seed(self.cfg.seed, self.rank, 0))
+            if self.is_main and not (self.run_dir / "config.yaml").exists():
                 save_config(self.run_config, self.run_dir / "config.yaml")
         libs = report_openmp()
         self.log_record("event", event="start", fresh=self._fresh, device=str(self.device), amp=self.use_amp,
                         threads=self.threads, openmp=libs, n_train=self.task.n_train, n_batches=self.n_batches,
                         steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-                        params=sum(p.numel() for p in self.task.model.parameters()))
-        if self.cfg.tensorboard and self._tb is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.run_dir / "tb"))
-            except ImportError:
-                self._tb = None
-
-    def _log_train(self, window: dict[str, float], lr: float, grad_norm: float, seconds: float) -> None:
-        n = max(1, int(window.pop("n")))
-        samples = window.pop("samples")
-        rec = {"step": self.step, "epoch": self.epoch, "loss": window.pop("loss") / n, "lr": lr,
-               "grad_norm": grad_norm, "samples_per_s": samples / max(seconds, 1e-9), "rss_mb": round(rss_mb(), 1),
-               "cuda_mem_mb": (torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else 0.0)}
-        rec.update({k: v / n for k, v in window.items()})
-        rec.update({k: float(v) for k, v in self.task.stats().items()})
-        self.log_record("train", **rec)
-        self._tb_scalars("train", rec)
-        if self.quiet or not sys.stderr.isatty():
-            log.info("step %d epoch %d loss %.5f lr %.2e %.0f samples/s rss %.0f MB", self.step, self.epoch + 1,
-                     rec["loss"], lr, rec["samples_per_s"], rec["rss_mb"])
-
-    def _tb_scalars(self, prefix: str, rec: dict[str, Any]) -> None:
-        if self._tb is None:
-            return
-        for k, v in rec.items():
-            if isinstance(v, int | float) and not isinstance(v, bool) and k not in ("step", "epoch"):
-                self._tb.add_scalar(f"{prefix}/{k}", v, self.step)
+                        params=sum(p.numel() for p in self.task.model.parameters()),
+                        **({"world_size": self.world, "global_batch": self.global_batch} if self.world > 1 else {}))
+        if self.cfg.tensorboard:
+            self._open_tb(self.run_dir / "tb")
 
     def _autocast(self) -> Any:
         if self.use_amp:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
-
-
-def _bar(total: int, initial: int, desc: str, quiet: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
-                disable=quiet or not sys.stderr.isatty())

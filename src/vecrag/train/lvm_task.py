@@ -9,7 +9,9 @@ Loss on unit vectors ``p`` (prediction) and ``t`` (true next chunk), averaged ov
 
 ``mean((p - t) ** 2)`` is the element-wise MSE; on unit vectors it equals ``2 (1 - cos) / D``. InfoNCE
 scores ``p . t_j / tau`` against every target of the micro-batch; targets whose vector is exactly equal to
-the positive's (same text encoded twice, boilerplate) are masked out as negatives.
+the positive's (same text encoded twice, boilerplate) are masked out as negatives. Under torchrun the
+InfoNCE candidates are the targets of ALL ranks (gathered by id, in rank order; targets are bank vectors,
+so no gradient crosses ranks) and a local row's label is ``offset + i`` (offset = rows of lower ranks).
 
 Validation (each epoch, on the val split, against the FULL bank): mean cosine to the true next vector,
 Recall@{1,10,100} and MRR@10 with the prediction as query (exact search by matmul, context ids excluded,
@@ -35,6 +37,7 @@ from vecrag.eval.heuristics import heuristic_query_torch
 from vecrag.eval.metrics import first_hit_rank
 from vecrag.models.lvm import LVM, LVMModelConfig
 from vecrag.sequences import Samples, make_samples
+from vecrag.train import distributed as dd
 
 log = logging.getLogger(__name__)
 VAL_KS = (1, 10, 100)
@@ -72,9 +75,12 @@ def vector_groups(vectors: np.ndarray) -> np.ndarray:
 
 
 def lvm_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LVMLossConfig,
-             groups: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             groups: torch.Tensor | None = None, *, cands: torch.Tensor | None = None,
+             cand_groups: torch.Tensor | None = None, offset: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted loss on unit vectors and its parts; ``groups`` (exact-duplicate id per target) masks
-    duplicates of the positive out of the InfoNCE negatives."""
+    duplicates of the positive out of the InfoNCE negatives. ``cands`` / ``cand_groups``: the InfoNCE
+    candidates when they are more than this batch's targets (all ranks' targets under torchrun; row ``i``'s
+    positive is candidate ``offset + i``); default: ``target`` / ``groups``."""
     pred, target = pred.float(), target.float()
     cos = (pred * target).sum(-1)
     l_cos = (1.0 - cos).mean()
@@ -82,13 +88,16 @@ def lvm_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LVMLossConfig,
     loss = cfg.w_cos * l_cos + cfg.w_mse * l_mse
     stats = {"cos": float(cos.detach().mean()), "loss_cos": float(l_cos.detach()), "loss_mse": float(l_mse.detach())}
     if cfg.w_nce > 0:
-        logits = pred @ target.T / cfg.tau
+        cands = target if cands is None else cands.float()
+        cand_groups = groups if cand_groups is None else cand_groups
+        logits = pred @ cands.T / cfg.tau
         n = logits.shape[0]
-        eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+        labels = torch.arange(n, device=logits.device) + offset
+        own = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+        own[torch.arange(n, device=logits.device), labels] = True
         if groups is not None:
-            dup = (groups[:, None] == groups[None, :]) & ~eye
+            dup = (groups[:, None] == cand_groups[None, :]) & ~own
             logits = logits.masked_fill(dup, float("-inf"))
-        labels = torch.arange(n, device=logits.device)
         l_nce = F.cross_entropy(logits, labels)
         loss = loss + cfg.w_nce * l_nce
         stats["loss_nce"] = float(l_nce.detach())
@@ -148,6 +157,11 @@ class LVMTask:
         tgt_ids = self.train_tgt[i].to(self.device)
         pred = self.model(ctx, mask)
         self._seen += len(idx)
+        if self.cfg.loss.w_nce > 0 and dd.is_distributed():
+            all_ids, sizes = dd.gather_ids(tgt_ids.cpu().numpy())
+            all_t = torch.from_numpy(all_ids).to(self.device)
+            return lvm_loss(pred, self.bank_t[tgt_ids], self.cfg.loss, self.groups[tgt_ids],
+                            cands=self.bank_t[all_t], cand_groups=self.groups[all_t], offset=dd.offset(sizes))
         return lvm_loss(pred, self.bank_t[tgt_ids], self.cfg.loss, self.groups[tgt_ids])
 
     def predict(self, samples: Samples, fn: Any = None, batch: int = 1024) -> torch.Tensor:

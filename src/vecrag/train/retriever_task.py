@@ -15,6 +15,13 @@ by that metric, the best checkpoint is never worse than the anchor on val.
 Resume: the memory-bank queue, mining counters and the round's mining stats are in ``extra_state()``;
 sync mining is a pure function of the weights, so a resumed sync run is bit-exact. Async results depend on
 thread timing and are not reproducible by design.
+
+Under torchrun (docs/distributed.md) each rank computes the rows of its own samples: the in-batch negatives
+are ALL ranks' positives (:func:`vecrag.train.distributed.gather_with_grad`, gradient back to the owner
+rank), masked against each local positive exactly as in one process (the masks are computed from the
+gathered ids and vectors, in rank order, so a rank's own positive sits at global slot
+``offset + i`` and is masked there by its id); the queue is fed the gathered ids (identical on every rank);
+each rank mines its own samples. Mining stats and counters in the log are rank 0's share.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from vecrag.eval.heuristics import heuristic_query
 from vecrag.eval.metrics import recall_table
 from vecrag.models.towers import RetrieverModel, TowerConfig
 from vecrag.sequences import gather_context, make_samples
+from vecrag.train import distributed as dd
 from vecrag.train.curriculum import Curriculum, FilterConfig, MiningStats
 from vecrag.train.losses import ChunkMeta, InfoNCELoss, MemoryBankQueue, NegativeMasker
 from vecrag.train.miners import AsyncConfig, AsyncMiner, MiningCore, SyncMiner, make_searcher
@@ -218,9 +226,11 @@ class RetrieverTask:
         pos_ids = self.train.target[idx]
         pos = self.model.doc(self._vecs(pos_ids))
         neg_sets, masked = [], {}
+        all_ids, sizes = dd.gather_ids(pos_ids)        # every rank's positives, in rank order (plain run: own)
         if self.cfg.loss.inbatch:
-            m, c = self.masker.mask(pos_ids, pos_ids, pos, pos)
-            neg_sets.append((pos, m))
+            all_pos = dd.gather_with_grad(pos, sizes)
+            m, c = self.masker.mask(pos_ids, all_ids, pos, all_pos)
+            neg_sets.append((all_pos, m))
             masked["inbatch"] = c
         qids = self.queue.current()
         if len(qids):
@@ -235,7 +245,7 @@ class RetrieverTask:
             neg_sets.append((nv, m))
             masked["mined"] = c
         loss, stats = self.loss_fn(q, pos, neg_sets)
-        self.queue.push(pos_ids)
+        self.queue.push(all_ids)
         for name, c in masked.items():
             stats[f"masked_{name}"] = float(sum(c.values()))
         return loss, stats
