@@ -151,8 +151,9 @@ def _rank_worker(r: int, world: int, rdv: str, out_dir: str) -> None:
         ((nce + lvm) * (world * len(ids) / len(G_IDS))).backward()
         g = doc.weight.grad.clone()
         dist.all_reduce(g)
+        plain = dd.gather_with_grad(bank[torch.from_numpy(ids)])  # no grad: a plain padded all-gather
         torch.save({"mask": m, "nce": float(nce.detach()), "lvm": float(lvm.detach()), "q_grad": q.grad / world,
-                    "doc_grad": g / world,
+                    "doc_grad": g / world, "plain": plain,
                     "all_ids": torch.from_numpy(all_ids), "offset": dd.offset(sizes)}, f"{out_dir}/rank{r}.pt")
     finally:
         dist.destroy_process_group()
@@ -168,6 +169,7 @@ def test_gathered_layout_equals_single_process_batch(tmp_path):
     for r, g in enumerate(got):
         assert g["offset"] == rows[r].start
         assert torch.equal(g["all_ids"], torch.from_numpy(G_IDS))
+        assert torch.equal(g["plain"], _layout_case()[1][torch.from_numpy(G_IDS)])
         assert torch.equal(g["mask"], ref["mask"][rows[r]]), f"rank {r}: negatives masked in the wrong slots"
         assert torch.allclose(g["q_grad"], ref["q_grad"][rows[r]], atol=1e-6)
     # the traps are really in the layout: slot 1's duplicate id 10 sits on rank 1 (slot 5), and 3 vs 7 are
@@ -179,6 +181,19 @@ def test_gathered_layout_equals_single_process_batch(tmp_path):
         assert abs(total - ref[key]) < 1e-5, key
     for g in got:
         assert torch.allclose(g["doc_grad"], ref["doc_grad"], atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [16, 13, 3])
+def test_shards_are_disjoint_contiguous_and_cover_the_batch(n):
+    from vecrag.train.distributed import shard, shard_sizes
+
+    batch = np.arange(100, 100 + n)
+    assert np.array_equal(shard(batch, 0, 1), batch)
+    parts = [shard(batch, r, 2) for r in range(2)]
+    assert np.array_equal(np.concatenate(parts), batch)  # rank order = the single-process batch order
+    assert [len(p) for p in parts] == shard_sizes(n, 2) and abs(len(parts[0]) - len(parts[1])) <= 1
+    if n == 16:
+        assert np.array_equal(parts[1], batch[8:16])  # full batches: rank r holds rows r*bs .. (r+1)*bs
 
 
 # ---- end to end: torchrun x 2 vs one process -------------------------------------------------------------
