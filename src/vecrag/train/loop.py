@@ -95,6 +95,9 @@ class Trainer(TrainerLogging):
             torch.use_deterministic_algorithms(True)
         if self.world > 1 and dev == "cuda":
             dev = f"cuda:{dd.local_rank()}"
+        elif self.world > 1 and dev.startswith("cuda:"):
+            log.warning("train.device=%s under torchrun: every process uses that GPU; use device=cuda for one GPU "
+                        "per process", dev)
         self.device = torch.device(dev)
         self.use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
         if task.n_train < 1:
