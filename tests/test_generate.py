@@ -76,6 +76,27 @@ def test_generate_emitted_vectors_extend_context(lane_bank) -> None:
     assert steps[1].decision.skipped_ids == (5,) and steps[1].decision.neighbour_id != 5
 
 
+def test_generate_excludes_context_chunks(lane_bank) -> None:
+    """exclude_context (the CLI default): chunks already in the context never come back in the shortlist."""
+    from vecrag.decode.cascade import CascadeConfig
+    from vecrag.decode.generate import Decoder
+    from vecrag.decode.predictors import HeuristicPredictor
+    from vecrag.decode.profiles import load_profiles
+    from vecrag.index import ExactTorchIndex
+
+    dec = Decoder(lane_bank.vectors, lane_bank.texts, lane_bank.lanes, ExactTorchIndex(lane_bank.vectors),
+                  HeuristicPredictor("ewma", 0.5), HeuristicPredictor("last"),
+                  load_profiles().policy_set("creative"), CascadeConfig(K=50, k=5, timeout_ms=None),
+                  exclude_context=True)
+    steps = list(dec.generate(list(lane_bank.vectors_f32(np.array([5, 6]))), 4, [5, 6]))
+    dec.close()
+    used = [5, 6]
+    for st in steps:
+        assert st.decision.neighbour_id not in used and st.text_id not in used and not st.decision.skipped_ids
+        if st.decision.used_id >= 0:
+            used.append(st.decision.used_id)
+
+
 def test_configured_missing_inverter_is_a_clear_error() -> None:
     with pytest.raises(VecragError, match="cannot be imported"):
         load_inverter("no_such_pkg.inv:Inverter")

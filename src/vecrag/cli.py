@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:
+        # faiss logs its AVX512/AVX2 probing at INFO on every start; bm25s sets its own logger to DEBUG when
+        # imported (later, lazily), so its records are dropped at the handler rather than at the logger.
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.INFO)
     if not hasattr(args, "_run"):
         (getattr(args, "_group_parser", None) or parser).print_help()
         return 2

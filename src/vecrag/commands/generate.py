@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--telemetry", default=None, metavar="FILE.jsonl", help="append one JSON line per step")
     p.add_argument("--inverter", default=None, metavar="module:Class|NAME",
                    help="optional vector->text inverter for BLEND/NOVEL steps (see vecrag.decode.inverter)")
+    p.add_argument("--keep-context-ids", action="store_true",
+                   help="leave the context's own bank chunks (bank-id prompts, chunks used by earlier steps) in the "
+                        "shortlist; by default they are removed, as in `vecrag eval decode`, so generation moves on")
     add_model_arguments(p)
     add_cascade_arguments(p)
 
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     index = common.open_search(bank, args)
     cfg = common.cascade_config(args, policies.default.K)
     dec = Decoder(bank.vectors, bank.texts, bank.lanes, index, lvm, tower, policies, cfg, lane=args.lane,
-                  inverter=inverter, K=args.K)
+                  inverter=inverter, K=args.K, exclude_context=not args.keep_context_ids)
     tele = Path(args.telemetry) if args.telemetry else None
     if tele:
         tele.parent.mkdir(parents=True, exist_ok=True)

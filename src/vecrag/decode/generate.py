@@ -10,6 +10,11 @@ One step (:meth:`Decoder.step`)::
 Text out: SNAP -> the snapped bank chunk's text; BLEND/NOVEL -> the bank chunk nearest to the emitted
 vector within the shortlist, marked approximate (or, with a configured inverter, the inverted text too).
 
+With ``exclude_context`` (what ``vecrag generate`` does unless ``--keep-context-ids``, and what ``vecrag eval
+decode`` measures by default), the bank chunks already in the context window (bank-id prompts, and the chunks
+used by earlier SNAP/BLEND steps) are removed from each step's shortlist, so generation moves on instead of
+re-emitting the chunk it just used; without it only the near-duplicate rule (c > 0.98) stops a re-snap.
+
 The context lane is ``--lane`` when given; otherwise the lane of the bank chunk nearest to the last prompt
 vector, then the lane of the most recently used bank chunk (SNAP/BLEND).
 """
@@ -64,8 +69,10 @@ class Decoder:
 
     def __init__(self, vectors: np.ndarray, texts: list[str], lanes: np.ndarray | None, index: Any,
                  lvm: Predictor, tower: Predictor, policies: PolicySet, cfg: CascadeConfig | None = None,
-                 *, lane: str | None = None, inverter: Any = None, K: int | None = None):
-        """``K`` fixes the tower shortlist size; by default each step uses its lane policy's K."""
+                 *, lane: str | None = None, inverter: Any = None, K: int | None = None,
+                 exclude_context: bool = False):
+        """``K`` fixes the tower shortlist size; by default each step uses its lane policy's K.
+        ``exclude_context``: drop the context window's own bank chunks from every shortlist (module doc)."""
         self.vectors, self.texts = vectors, texts
         self.lvm, self.tower, self.policies = lvm, tower, policies
         self.lanes = lanes if lanes is not None else np.full(len(texts), "", dtype=object)
@@ -76,6 +83,7 @@ class Decoder:
         self.inverter = inverter
         self.recent: list[int] = []
         self.K = K
+        self.exclude_context = exclude_context
 
     @property
     def fallbacks(self) -> dict[str, int]:
@@ -99,7 +107,9 @@ class Decoder:
         _, ids, _ = self.cascade.guard.search(np.asarray(prompt[-1], np.float32)[None], 1)
         return str(self.lanes[ids[0, 0]]) if ids[0, 0] >= 0 else ""
 
-    def step(self, ctx: list[np.ndarray], lane: str, i: int = 0) -> Step:
+    def step(self, ctx: list[np.ndarray], lane: str, i: int = 0, ctx_ids: list[int] | None = None) -> Step:
+        """One step; ``ctx_ids`` (aligned with ``ctx``, -1 where a vector is not a bank chunk) name the
+        chunks excluded from the shortlist when ``exclude_context``."""
         t0 = time.perf_counter()
         c_lvm, m_lvm = self._ctx(ctx, self.lvm.context_len)
         v_hat = self.lvm(c_lvm, m_lvm)
@@ -109,7 +119,14 @@ class Decoder:
         t2 = time.perf_counter()
         policy = self.policies.for_lane(lane)
         code = np.array([self.lane_lut.get(lane, -1)], np.int64)
-        res = self.cascade.run(q, v_hat, code, K=self.K or policy.K)
+        L = max(self.lvm.context_len, self.tower.context_len)
+        excluded = {int(x) for x in (ctx_ids or [])[-L:] if x >= 0} if self.exclude_context else set()
+        res = self.cascade.run(q, v_hat, code, K=self.K or policy.K,
+                               k=self.cascade.cfg.k + len(excluded) if excluded else None)
+        if excluded and not res.reasons[0]:
+            drop = np.isin(res.ids, np.fromiter(excluded, np.int64))
+            res.ids[drop] = -1
+            res.vectors[drop] = 0.0
         t3 = time.perf_counter()
         if res.reasons[0]:
             dec = novel(v_hat[0], reason=res.reasons[0])
@@ -142,10 +159,12 @@ class Decoder:
         """
         ctx = [np.asarray(v, np.float32) for v in prompt]
         self.recent = [int(i) for i in (prompt_ids or [])]
+        ctx_ids = [int(i) for i in prompt_ids] if prompt_ids and len(prompt_ids) == len(ctx) else [-1] * len(ctx)
         lane = self.initial_lane(ctx)
         for i in range(steps):
-            st = self.step(ctx, lane, i)
+            st = self.step(ctx, lane, i, ctx_ids)
             ctx.append(st.decision.vector.astype(np.float32))
+            ctx_ids.append(st.decision.used_id)
             if self.fixed_lane is None and st.decision.used_id >= 0:
                 lane = str(self.lanes[st.decision.used_id])
             yield st

@@ -84,6 +84,8 @@ def format_table(rows: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> str:
             w = cw[k]
             if isinstance(v, float) and k.startswith(("R@", "Hit@")):
                 cells.append(f"{100 * v:>{w - 1}.2f}%")
+            elif isinstance(v, float) and k == "median_rank" and v.is_integer():
+                cells.append(f"{int(v):>{w}d}")  # a rank: 13, not 13.0000
             elif isinstance(v, float):
                 cells.append(f"{v:>{w}.4f}")
             else:

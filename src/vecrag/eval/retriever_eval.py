@@ -140,5 +140,5 @@ def format_gap(report: dict[str, Any]) -> str:
     for key, g in report.get("gap_closed", {}).items():
         lines.append(f"{key}: tower {100 * g['tower']:.2f}% vs best baseline {g['best_baseline']} "
                      f"{100 * g['baseline']:.2f}% (oracle {100 * g['oracle']:.2f}%): gap closed "
-                     f"{100 * g['share']:.1f}%")
+                     + (f"{100 * g['share']:.1f}%" if g["share"] == g["share"] else "n/a (baseline = oracle)"))
     return "\n".join(lines)
