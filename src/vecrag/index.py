@@ -113,7 +113,7 @@ class ExactTorchIndex(SearchIndex):
         from vecrag.runtime import pick_device
 
         self.device = pick_device(device)
-        self.dtype = dtype or (torch.float16 if self.device == "cuda" else torch.float32)
+        self.dtype = dtype or (torch.float16 if self.device.startswith("cuda") else torch.float32)
         self.ntotal, self.dim = int(vectors.shape[0]), int(vectors.shape[1])
         self.max_elems = int(max_elems or (1 << 28 if self.device != "cpu" else 1 << 26))
         self.query_chunk, self.block_rows = query_chunk, block_rows

@@ -302,6 +302,7 @@ class AsyncMiner:
     def _run(self, gen: int) -> None:
         try:
             core = self.make_core()  # its own index handle
+            self._tower.to(core.device)  # the copy lives where the core feeds it inputs (cuda when training there)
         except Exception:
             log.exception("async miner could not open its index")
             self.counters["errors"] += 1

@@ -169,8 +169,10 @@ class RetrieverTask:
 
     def _core(self, searcher=None) -> MiningCore:
         m = self.cfg.mining
+        # torch exact search runs where the tower runs (the bank on the GPU when training there); faiss on CPU
+        where = str(self.device) if self.device.type == "cuda" else "cpu"
         return MiningCore(self.bank.vectors, self.train, self.L, self.masker, self.filters, m.k,
-                          searcher or make_searcher(self.bank, m.backend, "cpu"), self.device)
+                          searcher or make_searcher(self.bank, m.backend, where), self.device)
 
     def _mined(self, idx: np.ndarray, step: int) -> dict[int, np.ndarray] | None:
         epoch = self.trainer.epoch if self.trainer is not None else 0
