@@ -178,3 +178,12 @@ def test_ridge_baseline_is_exact_on_a_linear_problem(tmp_path):
     assert last["cos"] < 0.5
     roll = ev.rollout(ridge, 4)
     assert roll["n"] > 0 and min(roll["cos"]) > 0.99  # exact predictions stay exact when fed back
+
+
+def test_ridge_penalty_is_chosen_on_the_val_split(tmp_path):
+    """A grid of penalties: the exact linear problem is best fitted by the smallest one, and val picks it."""
+    bank = rotation_bank(tmp_path / "rot")
+    assert len(make_samples(bank, "val")) > 0
+    ridge = fit_ridge(bank, 4, lam=(1e-6, 1e3))
+    assert ridge.lam == 1e-6
+    assert Evaluator(bank, make_samples(bank, "test"), 4).score(ridge)["cos"] > 0.999

@@ -28,6 +28,18 @@ Example: vecrag eval lvm runs/lvm-gru --split test --horizon 5
 """
 
 
+def _lambda(s: str) -> str | float:
+    if s == "auto":
+        return s
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {s!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {s!r}")
+    return v
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="run directory of `vecrag train lvm`")
     p.add_argument("--bank", default=None, help="bank directory (default: the bank the run was trained on)")
@@ -36,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--horizon", type=int, default=0, help="multi-step rollout length (0 = off)")
     p.add_argument("--max-queries", type=int, default=None, help="deterministic subset of the split's targets")
     p.add_argument("--contrast-batch", type=int, default=256, help="batch size of the contrastive accuracy")
-    p.add_argument("--ridge-lambda", type=float, default=1.0, help="L2 penalty of the ridge baseline")
+    p.add_argument("--ridge-lambda", type=_lambda, default="auto",
+                   help="L2 penalty of the ridge baseline; auto: the best of 0.1/1/10/100/1000 on the val split")
     p.add_argument("--ridge-max-train", type=int, default=200_000, help="train samples used to fit ridge")
     p.add_argument("--no-ridge", action="store_true", help="skip the ridge baseline")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -63,7 +76,10 @@ def format_report(res: dict[str, Any]) -> str:
              f"({res['hit_rules']})", format_table(res["rows"], keys), "",
              "95 % CIs: " + "; ".join(f"{n}: cos [{r['cos_ci'][0]:.4f}, {r['cos_ci'][1]:.4f}], R@10 "
                                       f"[{100 * r['R@10_ci'][0]:.1f}, {100 * r['R@10_ci'][1]:.1f}] %"
-                                      for n, r in res["rows"].items()), ""]
+                                      for n, r in res["rows"].items())]
+    if res.get("ridge_lambda") is not None:
+        lines.append(f"ridge: L2 penalty {res['ridge_lambda']:g} (fitted on train, penalty chosen on val)")
+    lines.append("")
     buckets = {f"{n} [{b}] n={v['n']}": {"cos": v["cos"], "R@10": v["R@10"]}
                for n, r in res["rows"].items() for b, v in r["buckets"].items()}
     lines += ["per context-length bucket:", format_table(buckets, ("cos", "R@10"))]
@@ -79,7 +95,7 @@ def format_report(res: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from vecrag.bank import Bank
     from vecrag.errors import VecragError
-    from vecrag.eval.lvm_eval import default_predictors, evaluate, fit_ridge, load_lvm
+    from vecrag.eval.lvm_eval import RIDGE_LAMBDAS, default_predictors, evaluate, fit_ridge, load_lvm
     from vecrag.fsutil import atomic_write_json
     from vecrag.runtime import pick_device, report_openmp, set_threads
     from vecrag.sequences import make_samples
@@ -99,12 +115,13 @@ def run(args: argparse.Namespace) -> int:
     samples = make_samples(bank, args.split, min_context=1, max_samples=args.max_queries, seed=0)
     if len(samples) == 0:
         raise VecragError(f"the {args.split} split has no article with 2 or more chunks", path=bank.path)
-    ridge = None if args.no_ridge else fit_ridge(bank, L, lam=args.ridge_lambda, max_samples=args.ridge_max_train,
-                                                 device=device)
+    lam = RIDGE_LAMBDAS if args.ridge_lambda == "auto" else args.ridge_lambda
+    ridge = None if args.no_ridge else fit_ridge(bank, L, lam=lam, max_samples=args.ridge_max_train, device=device)
     res = evaluate(bank, samples, L, default_predictors(model, cfg, ridge), horizon=args.horizon, device=device,
                    contrast_batch=args.contrast_batch)
     res.update({"split": args.split, "bank": str(bank.path), "run": str(args.run), "checkpoint": args.checkpoint,
-                "seconds": round(time.perf_counter() - t0, 2), "ridge_lambda": args.ridge_lambda})
+                "seconds": round(time.perf_counter() - t0, 2),
+                "ridge_lambda": ridge.lam if ridge is not None else None})
     print(format_report(res))
     out = Path(args.out) if args.out else Path(args.run) / "metrics" / f"lvm-{args.split}-{args.checkpoint}.json"
     atomic_write_json(out, json_safe(res))
