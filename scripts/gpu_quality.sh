@@ -24,7 +24,7 @@ stamp() { echo "== +$(( $(date +%s) - t0 ))s $*"; }
 stamp "ingest"
 if [ ! -f "$BANK/manifest.json" ]; then
   # shellcheck disable=SC2086
-  $V ingest "$@" --out "$BANK" --device "$DEV" --batch-size 512 --quiet ${INGEST_ARGS:-} || exit 1
+  $V ingest "$@" --out "$BANK" --device "$DEV" --batch-size 512 --lanes default --quiet ${INGEST_ARGS:-} || exit 1
 fi
 $V bank info "$BANK"
 
