@@ -82,7 +82,22 @@ def test_real_articles_are_clean(shared_corpus):
         assert not re.search(r"</?(br|onlyinclude|dl|ref|poem)\b", out, re.IGNORECASE)
         assert not EMPTY_PARENS.search(out), EMPTY_PARENS.search(out)
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", out)
+        assert not re.search(r"[.,;!?)\]]:\d", out), re.search(r".{20}[.,;!?)\]]:\d.{10}", out)  # {{rp|N}} debris
         paras = out.split("\n")
         assert not {"History.", "References.", "External links.", "See also.", "Further reading."} & set(paras)
         n_removed_heads += len(raw.split("\n")) - len(paras)
     assert n_removed_heads > 500  # headings and debris really were removed
+
+
+@pytest.mark.parametrize("raw, want", [
+    ("invaded Roman Gaul.:233 The Roman Empire", "invaded Roman Gaul. The Roman Empire"),
+    ("control codes,:228, 237 and more", "control codes, and more"),
+    ("in patterns.:243\u20135", "in patterns."),
+    ("be expected.:28:1729\u20131733 Most", "be expected. Most"),
+    ("was removed).:247\u2013248 ASCII", "was removed). ASCII"),
+    ("ratio 3:2 at 10:30; John 3:16 says", "ratio 3:2 at 10:30; John 3:16 says"),
+    ("Note: this stays", "Note: this stays"),
+])
+def test_page_citation_debris(raw, want):
+    """{{rp|233}} page citations survive extraction as ':233' after punctuation; they are removed."""
+    assert clean_text(raw) == want

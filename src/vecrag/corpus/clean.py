@@ -44,6 +44,10 @@ _DOUBLE_PUNCT = re.compile(r"([,;])\s*(?=[,;.])")
 _DEBRIS = re.compile(r"^\s*(?:\{\||\|\}|\|-|\|\+|!\s|(?:class|style|align|width|border|cellpadding|cellspacing|"
                      r"bgcolor|rowspan|colspan|valign|title|id|name)\s*=\s*[\"']?\S)", re.IGNORECASE)
 _LEADING_PUNCT = re.compile(r"^[,;:.]+\s*")
+# What {{rp|233}} / {{rp|243-5}} page citations leave in extracted Wikipedia text: ".:233 The", "codes,:228, 237 §".
+# Only right after punctuation, so ratios, times and verses (3:2, 10:30, John 3:16) are untouched.
+_PAGE_REF = re.compile(r"(?<=[.,;!?\"')\]\u201d\u2019])(?::\d{1,5}(?:\s?[\u2013\u2014-]\s?\d{1,5})?"
+                       r"(?:,\s?\d{1,5}(?:[\u2013\u2014-]\d{1,5})?)*)+(?=\s|$)")
 _ALNUM = re.compile(r"[^\W_]")
 _WORD = re.compile(r"[\w'’-]+")
 
@@ -115,6 +119,8 @@ def clean_paragraph(par: str, cfg: CleanConfig = DEFAULT) -> str:
         prev = None
         while prev != s:
             prev, s = s, _PAREN_EMPTY.sub("", s)
+    if ":" in s:
+        s = _PAGE_REF.sub("", s)
     s = _SPACE_BEFORE_PUNCT.sub(r"\1", s)
     s = _DOUBLE_PUNCT.sub("", s)
     s = _LEADING_PUNCT.sub("", _SPACES.sub(" ", s).strip())
