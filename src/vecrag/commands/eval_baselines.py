@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
-from typing import Any
 
 COMMAND = ("eval", "baselines")
 HELP = "measure the baselines every model must beat (last / mean / ewma / oracle, BM25, encoder on text)"
@@ -52,16 +50,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def json_safe(obj: Any) -> Any:
-    """Non-finite floats (median rank inf) become strings so the file stays strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
-
 
 def run(args: argparse.Namespace) -> int:
     import sys
@@ -69,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vecrag.bank import Bank
     from vecrag.eval.baselines import baselines_report, format_baselines, run_baselines
-    from vecrag.fsutil import atomic_write_json
+    from vecrag.fsutil import atomic_write_json, json_safe
     from vecrag.index import open_index
     from vecrag.runtime import report_openmp, set_threads
     from vecrag.sequences import make_samples

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -58,15 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
-
 
 def format_report(res: dict[str, Any]) -> str:
     from vecrag.eval.metrics import format_table
@@ -96,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from vecrag.bank import Bank
     from vecrag.errors import VecragError
     from vecrag.eval.lvm_eval import RIDGE_LAMBDAS, default_predictors, evaluate, fit_ridge, load_lvm
-    from vecrag.fsutil import atomic_write_json
+    from vecrag.fsutil import atomic_write_json, json_safe
     from vecrag.runtime import pick_device, report_openmp, set_threads
     from vecrag.sequences import make_samples
 

@@ -37,10 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vecrag.bank import Bank
-    from vecrag.commands.eval_baselines import json_safe
     from vecrag.eval.baselines import format_baselines
     from vecrag.eval.retriever_eval import evaluate_retriever, format_gap
-    from vecrag.fsutil import atomic_write_json, atomic_write_text
+    from vecrag.fsutil import atomic_write_json, atomic_write_text, json_safe
     from vecrag.runtime import pick_device, report_openmp, set_threads
 
     set_threads()
