@@ -75,6 +75,7 @@ def test_presets_load_and_mirror_the_seed():
     gpu = load_config(RetrieverConfig, "retriever-gpu")
     default = load_config(RetrieverConfig, "retriever-default")
     assert tiny.mining.mode == "sync" and default.mining.mode == "sync"
+    assert (default.model.anchor, default.model.alpha) == ("ewma", 0.5) == (gpu.model.anchor, gpu.model.alpha)
     assert (cpu.train.batch_size, cpu.train.grad_accum, cpu.train.epochs, cpu.mining.mode) == (8, 2, 3, "sync")
     assert gpu.mining.mode == "async" and gpu.train.epochs == 30 and gpu.loss.margin == 0.03
     assert gpu.train.batch_size * gpu.train.grad_accum >= 64
