@@ -83,10 +83,12 @@ def split_of(article_ids: np.ndarray, seed: int, ratios: tuple[float, float, flo
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
         raise VecragError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}",
                           hint="e.g. --split 0.9,0.05,0.05")
-    x = article_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed) * np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(31)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(29)
+    with np.errstate(over="ignore"):  # wrap-around multiplication is the hash (numpy warns on scalar overflow)
+        salt = np.uint64(seed) * np.uint64(0xBF58476D1CE4E5B9)
+        x = np.asarray(article_ids).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + salt
+        x ^= x >> np.uint64(31)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(29)
     u = (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     out = np.full(len(article_ids), "train", dtype=object)
     out[u >= ratios[0]] = "val"
