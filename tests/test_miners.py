@@ -75,6 +75,37 @@ def test_sync_mining_obeys_band_filters_and_masks(bank, backend):
     assert st["samples"] == len(idx) and 0 <= st["pct_short"] <= 100
 
 
+
+def test_resident_scoring_path_mines_the_same_negatives(bank):
+    """The GPU path scores candidates on the searcher's resident copy (ExactTorchIndex.gather); forced on here
+    on the CPU, it must mine exactly what the numpy path over the memory-mapped bank mines."""
+    samples = make_samples(bank, "train")
+    masker = NegativeMasker(ChunkMeta.from_bank(bank), window=2)
+    torch.manual_seed(0)
+    tower = QueryTower(bank.dim, TowerConfig(hidden=16))
+    idx = np.random.default_rng(1).choice(len(samples), 50, replace=False)
+    phase = Phase(0, 0, 6, 0.1, 0.9)
+    out = {}
+    for resident in (False, True):
+        core = MiningCore(bank.vectors, samples, 4, masker, FilterConfig(0.95, 0.98), k=64,
+                          searcher=make_searcher(bank, "torch"))
+        core.use_resident = resident
+        assert core._resident() is resident
+        out[resident] = core.mine(tower, idx, phase)
+    for s in idx:
+        np.testing.assert_array_equal(out[False].negatives[int(s)], out[True].negatives[int(s)])
+    assert out[True].stats.neg_n == out[False].stats.neg_n > 0
+
+
+def test_exact_torch_index_gather_matches_the_bank_across_blocks(bank):
+    from vecrag.index import ExactTorchIndex
+
+    ids = np.random.default_rng(2).integers(0, bank.n, 300)
+    for block_rows in (1 << 20, 97):  # one block, and many blocks (ids spread over all of them)
+        got = ExactTorchIndex(bank.vectors, block_rows=block_rows).gather(ids)
+        np.testing.assert_array_equal(got.numpy(), np.asarray(bank.vectors[ids], np.float32))
+    assert ExactTorchIndex(bank.vectors, resident=False).gather(ids) is None
+
 def test_parse_faults():
     assert parse_faults("raise@2, hang@5:1.5") == {2: ("raise", 0.0), 5: ("hang", 1.5)}
     for bad in ("raise", "hang@3", "boom@1", "raise@x"):

@@ -150,6 +150,24 @@ class ExactTorchIndex(SearchIndex):
             blk = np.array(self._source[s:s + self.block_rows], dtype=np.float32)
             yield s, torch.from_numpy(blk).to(self.device, self.dtype)
 
+    def gather(self, ids: np.ndarray) -> Any | None:
+        """Rows ``ids`` of the resident bank as a float32 tensor on this index's device (None when the bank is
+        not resident). Miners use it to score candidates without re-reading the memory-mapped bank."""
+        import torch
+
+        if self._blocks is None:
+            return None
+        ids_t = torch.as_tensor(np.asarray(ids, np.int64), device=self.device)
+        if len(self._blocks) == 1:
+            return self._blocks[0][ids_t].float()
+        out = torch.empty((len(ids_t), self.dim), dtype=torch.float32, device=self.device)
+        blk_of = ids_t // self.block_rows
+        for b, blk in enumerate(self._blocks):
+            sel = (blk_of == b).nonzero(as_tuple=True)[0]
+            if len(sel):
+                out[sel] = blk[ids_t[sel] - b * self.block_rows].float()
+        return out
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
 

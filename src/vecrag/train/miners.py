@@ -81,6 +81,13 @@ class MiningCore:
         self.k = int(k)
         self.searcher = searcher
         self.device = torch.device(device)
+        self.use_resident: bool | None = None  # None = auto (see _resident)
+
+    def _resident(self) -> bool:
+        """Score candidates on the searcher's resident bank (``gather``)? Default: when it lives on a GPU."""
+        if self.use_resident is not None:
+            return self.use_resident and hasattr(self.searcher, "gather")
+        return hasattr(self.searcher, "gather") and str(getattr(self.searcher, "device", "cpu")).startswith("cuda")
 
     @torch.no_grad()
     def mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int = 0) -> MineResult:
@@ -98,11 +105,21 @@ class MiningCore:
         _, cand = self.searcher.search(q, k)
         pos_ids = self.samples.target[idx]
         valid = cand >= 0
-        cvec = np.asarray(self.vectors[np.where(valid, cand, 0).reshape(-1)], np.float32).reshape(*cand.shape, -1)
-        pvec = np.asarray(self.vectors[pos_ids], np.float32)
-        cand_q = np.einsum("bd,bkd->bk", q, cvec)
-        cand_pos = np.einsum("bd,bkd->bk", pvec, cvec)
-        pos_q = np.einsum("bd,bd->b", q, pvec)
+        if self._resident():
+            # on the GPU copy of the bank: gathering + fp16->fp32-converting B*k memory-mapped rows in numpy was
+            # most of a mining step on the H200 (~50 ms of 68 at 1M, docs/bugs-and-fixes.md)
+            rows = self.searcher.gather(np.concatenate([np.where(valid, cand, 0).reshape(-1), pos_ids]))
+            cvec, pvec = rows[:cand.size].reshape(*cand.shape, -1), rows[cand.size:]
+            qt = torch.from_numpy(q).to(rows.device)
+            cand_q = torch.einsum("bd,bkd->bk", qt, cvec).cpu().numpy()
+            cand_pos = torch.einsum("bd,bkd->bk", pvec, cvec).cpu().numpy()
+            pos_q = (qt * pvec).sum(-1).cpu().numpy()
+        else:  # numpy: on a CPU, small torch ops pay OpenMP wake-ups (PASSIVE) and were slower here
+            cvec = np.asarray(self.vectors[np.where(valid, cand, 0).reshape(-1)], np.float32).reshape(*cand.shape, -1)
+            pvec = np.asarray(self.vectors[pos_ids], np.float32)
+            cand_q = np.einsum("bd,bkd->bk", q, cvec)
+            cand_pos = np.einsum("bd,bkd->bk", pvec, cvec)
+            pos_q = np.einsum("bd,bd->b", q, pvec)
         parts = self.masker.id_mask(pos_ids, cand)
         masked = ~valid | parts["self"] | parts["text"] | parts["window"]
         masked |= cand_pos >= 1.0 - self.masker.dup_eps
