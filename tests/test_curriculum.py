@@ -78,3 +78,31 @@ def test_select_negatives_filters_band_and_stats():
     neg2, _ = select_negatives(ids, cand_q, cand_pos, np.array([0.8]), masked, Phase(0, 0, 3, -1, 1),
                                FilterConfig(rel=0.0, dup=1.0))
     np.testing.assert_array_equal(neg2, [[10, 11, 12]])
+
+
+def test_select_negatives_takes_the_first_kept_candidates_of_each_row():
+    """The vectorised selection against a per-row reference, on random rows (some with too few candidates)."""
+    rng = np.random.default_rng(3)
+    B, K = 64, 40
+    cand = rng.integers(0, 10_000, (B, K))
+    cand[::7, 30:] = -1  # padding
+    cand_q = -np.sort(-rng.uniform(-0.2, 1.0, (B, K)), axis=1).astype(np.float32)
+    cand_pos = rng.uniform(-0.2, 1.0, (B, K)).astype(np.float32)
+    pos_q = rng.uniform(0.3, 1.0, B).astype(np.float32)
+    masked = rng.random((B, K)) < 0.3
+    phase = Phase(0, 0, 8, 0.2, 0.9)
+    filt = FilterConfig(0.95, 0.98)
+    out, st = select_negatives(cand, cand_q, cand_pos, pos_q, masked, phase, filt)
+    keep = ~(masked | (cand < 0) | (cand_pos > 0.98) | (cand_q > 0.95 * pos_q[:, None])
+             | (cand_q < 0.2) | (cand_q > 0.9))
+    short, total, s = 0, 0, 0.0
+    for b in range(B):
+        sel = np.flatnonzero(keep[b])[:8]
+        expect = np.full(8, -1)
+        expect[:len(sel)] = cand[b, sel]
+        np.testing.assert_array_equal(out[b], expect)
+        short += len(sel) < 8
+        total += len(sel)
+        s += float(cand_q[b, sel].astype(np.float64).sum())
+    assert (st.n_short, st.neg_n) == (short, total) and 0 < short < B
+    assert st.neg_sum == pytest.approx(s, rel=1e-12)

@@ -188,16 +188,15 @@ def select_negatives(cand_ids: np.ndarray, cand_q: np.ndarray, cand_pos: np.ndar
         st.removed[name] = int(new.sum())
         gone |= new
     keep = ~gone
+    rank = np.cumsum(keep, axis=1)              # 1-based rank of each kept candidate in its row
+    chosen = keep & (rank <= phase.n_neg)       # the first n_neg kept candidates of each row
+    rows, cols = np.nonzero(chosen)
     out = np.full((B, phase.n_neg), -1, dtype=np.int64)
-    for b in range(B):
-        sel = np.flatnonzero(keep[b])[: phase.n_neg]
-        out[b, : len(sel)] = cand_ids[b, sel]
-        if len(sel) < phase.n_neg:
-            st.n_short += 1
-        v = cand_q[b, sel].astype(np.float64)
-        st.neg_n += len(sel)
-        st.neg_sum += float(v.sum())
-        st.neg_sq += float((v * v).sum())
+    out[rows, rank[rows, cols] - 1] = cand_ids[rows, cols]
+    st.n_short = int((chosen.sum(1) < phase.n_neg).sum())
+    v = cand_q[rows, cols].astype(np.float64)
+    st.neg_n = len(rows)
+    st.neg_sum, st.neg_sq = float(v.sum()), float((v * v).sum())
     p = pos_q.astype(np.float64)
     st.pos_sum, st.pos_sq = float(p.sum()), float((p * p).sum())
     return out, st
