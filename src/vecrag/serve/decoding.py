@@ -64,8 +64,9 @@ class Decoding:
             policies = self.profiles.policy_set(profile, self.bank_lanes)
             cfg = CascadeConfig(K=policies.default.K, k=min(10, policies.default.K), timeout_ms=self.timeout_ms)
             bank = self.state.bank
+            # as `vecrag generate` and `eval decode`: the context's own chunks are never snapped back to
             self._decoders[profile] = Decoder(bank.vectors, bank.texts, bank.lanes, self.state.index, self.lvm,
-                                              self.tower, policies, cfg)
+                                              self.tower, policies, cfg, exclude_context=True)
         return self._decoders[profile]
 
     def _hit(self, i: int, score: float) -> dict[str, Any]:
@@ -89,11 +90,20 @@ class Decoding:
         q = self.tower(c_tw, m_tw)
         policy = dec.policies.for_lane(lane)
         code = np.array([self.lane_lut.get(lane, -1)], np.int64)
-        res = dec.cascade.run(q, v_hat, code, k=req.k, K=max(policy.K, req.k))
+        # the context's own chunks never come back as candidates (as in `vecrag generate` and `eval decode`)
+        excluded = np.unique(np.asarray((req.context_ids or [])[-max(self.lvm.context_len,
+                                                                      self.tower.context_len):], np.int64))
+        k = req.k + len(excluded)
+        res = dec.cascade.run(q, v_hat, code, k=k, K=max(policy.K, k))
+        if len(excluded) and not res.reasons[0]:
+            drop = np.isin(res.ids, excluded)
+            res.ids[drop] = -1
+            res.vectors[drop] = 0.0
         recent = [int(i) for i in (req.context_ids or [])][-policy.near_dup_window:]
         d = novel(v_hat[0], reason=res.reasons[0]) if res.reasons[0] else decide(
             v_hat[0], res.vectors[0], res.ids[0], policy, recent)
-        cands = [self._hit(int(i), float(s)) for i, s in zip(res.ids[0], res.scores[0], strict=True) if i >= 0]
+        cands = [self._hit(int(i), float(s)) for i, s in zip(res.ids[0], res.scores[0], strict=True)
+                 if i >= 0][:req.k]
         chosen = self._hit(d.neighbour_id, d.c) if d.neighbour_id >= 0 else None
         return {"decision": d.kind, "c": _num(d.c), "lane": lane, "chosen": chosen, "candidates": cands,
                 "fallback": d.fallback or None,
