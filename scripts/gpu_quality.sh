@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Headline quality runs (wiki-full) on one GPU: ingest the corpus, train two retrievers and two LVMs side by
-# side on the one GPU, then evaluate each on the TEST split against the full bank with every baseline, and
-# run the cascade and the decoder on the best pair. Results land in WORK (logs, run dirs, eval JSON/text).
+# Headline quality runs (wiki-full) on one GPU: ingest the corpus, train the retrievers and LVMs side by
+# side on the one GPU (one of each by default; RET_LRS / LVM_NCE list more), then evaluate each on the TEST
+# split against the full bank with every baseline, and run the cascade and the decoder on the best pair.
+# Results land in WORK (logs, run dirs, eval JSON/text).
 #
 #   bash scripts/gpu_quality.sh WORK CORPUS...          e.g. WORK=.gpu/work CORPUS=part-0{1,2,3}.jsonl.xz
 #
-# Environment: VECRAG (command, default vecrag), DEVICE (cuda), EPOCHS (8), TRAIN_TIMEOUT (s, 900; a run
-# killed by it is evaluated from its best checkpoint), THREADS (torch threads per trainer, 3),
-# MAX_SAMPLES (cascade/decode test samples, 10000), SKIP_TRAIN (1: evaluate existing runs only), INGEST_ARGS (extra ingest flags, e.g. --max-articles 40).
+# Environment: VECRAG (command, default vecrag), DEVICE (cuda), EPOCHS (10), TRAIN_TIMEOUT (s, 1200; a run
+# killed by it is evaluated from its best checkpoint), THREADS (torch threads per trainer, 6),
+# RET_LRS (retriever learning rates, "2e-4"), LVM_NCE (LVM InfoNCE weights, "0.1"),
+# MAX_SAMPLES (cascade/decode test samples, 10000), SKIP_TRAIN (1: evaluate existing runs only),
+# INGEST_ARGS (extra ingest flags, e.g. --max-articles 40).
 set -uo pipefail
 W="$1"; shift
 V="${VECRAG:-vecrag}"
 DEV="${DEVICE:-cuda}"
-EP="${EPOCHS:-8}"
-TT="${TRAIN_TIMEOUT:-900}"
-TH="${THREADS:-3}"
+EP="${EPOCHS:-10}"
+TT="${TRAIN_TIMEOUT:-1200}"
+TH="${THREADS:-6}"
+RET_LRS="${RET_LRS:-2e-4}"   # one retriever per learning rate, trained side by side on the one GPU
+LVM_NCE="${LVM_NCE:-0.1}"    # one LVM per InfoNCE weight
 MS="${MAX_SAMPLES:-10000}"
 BANK="$W/wiki-full"
 mkdir -p "$W/runs" "$W/eval"
@@ -28,7 +33,7 @@ if [ ! -f "$BANK/manifest.json" ]; then
 fi
 $V bank info "$BANK"
 
-stamp "train: 2 retrievers + 2 LVMs in parallel (epochs $EP, timeout ${TT}s each)"
+stamp "train: retrievers (lr $RET_LRS) + LVMs (nce $LVM_NCE) in parallel (epochs $EP, timeout ${TT}s each)"
 SCHED="0-1:none;2-4:8@0.3-0.95;5-99:16@0.4-0.97"
 ret() {  # name, extra overrides
   local name="$1"; shift
@@ -47,23 +52,23 @@ lvm() {
 if [ -z "${SKIP_TRAIN:-}" ]; then
 $V eval baselines "$BANK" --split test --context 10 --backend torch --device "$DEV" --quiet \
   --out "$W/eval/baselines-test.json" > "$W/eval/baselines-test.txt" 2>&1 &
-ret ret-lr2e-4 train.lr=2e-4 &
-ret ret-lr6e-4 train.lr=6e-4 &
-lvm lvm-nce0.1 loss.w_nce=0.1 &
-lvm lvm-nce1.0 loss.w_nce=1.0 &
+for lr in $RET_LRS; do ret "ret-lr$lr" "train.lr=$lr" & done
+for w in $LVM_NCE; do lvm "lvm-nce$w" "loss.w_nce=$w" & done
 wait
 fi
 cat "$W/train-status.txt" "$W/eval/baselines-test.txt"
 
 stamp "eval retrievers (test split, full bank, all baselines incl. BM25 and encoder-on-text)"
-$V eval retriever "$W/runs/ret-lr2e-4" --split test --backend torch --device "$DEV" --text-baselines --quiet \
-  | tee "$W/eval/retriever-lr2e-4.txt"
-$V eval retriever "$W/runs/ret-lr6e-4" --split test --backend torch --device "$DEV" --quiet \
-  | tee "$W/eval/retriever-lr6e-4.txt"
+text=--text-baselines  # BM25 and encoder-on-text once, beside the first retriever
+for lr in $RET_LRS; do
+  $V eval retriever "$W/runs/ret-lr$lr" --split test --backend torch --device "$DEV" $text --quiet \
+    | tee "$W/eval/retriever-lr$lr.txt"
+  text=
+done
 
 stamp "eval LVMs (test split, rollout 5)"
-for n in lvm-nce0.1 lvm-nce1.0; do
-  $V eval lvm "$W/runs/$n" --split test --horizon 5 --device "$DEV" --quiet | tee "$W/eval/$n.txt"
+for w in $LVM_NCE; do
+  $V eval lvm "$W/runs/lvm-nce$w" --split test --horizon 5 --device "$DEV" --quiet | tee "$W/eval/lvm-nce$w.txt"
 done
 
 # the pair for cascade/decode: the retriever and the LVM with the best validation score
