@@ -102,3 +102,19 @@ def test_hit_rules():
     assert abs(t["MRR@10"] - (1 + 0.5 + 0.2) / 4) < 1e-12
     lo, hi = wilson(0.5, 100)
     assert 0.40 < lo < 0.41 and 0.59 < hi < 0.60
+
+
+def test_duplicate_openmp_runtimes_are_reported(monkeypatch, caplog):
+    import logging
+
+    from vecrag import runtime
+
+    libs = ["/x/libgomp.so.1", "/y/libgomp-e985bcbb.so.1.0.0"]
+    monkeypatch.setattr(runtime, "openmp_runtimes", lambda: libs)
+    for policy, level in (("PASSIVE", logging.INFO), ("ACTIVE", logging.WARNING)):
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="vecrag.runtime"):
+            assert runtime.report_openmp() == libs
+        recs = [r for r in caplog.records if "2 OpenMP runtimes" in r.getMessage()]
+        assert len(recs) == 1 and recs[0].levelno == level

@@ -45,12 +45,20 @@ def openmp_runtimes() -> list[str]:
 
 
 def report_openmp() -> list[str]:
+    """Detect duplicate OpenMP runtimes (torch's and faiss's wheels each bring one) and report them: a warning
+    when OMP_WAIT_POLICY is not PASSIVE (the case that made training 25x slower, docs/bugs-and-fixes.md), an
+    info line otherwise (vecrag sets PASSIVE on import, so that is the normal case). Returns the libraries."""
     libs = openmp_runtimes()
     if len(libs) > 1:
         policy = os.environ.get("OMP_WAIT_POLICY", "(unset)")
-        log.warning("%d OpenMP runtimes loaded (%s); OMP_WAIT_POLICY=%s. vecrag keeps them from spinning "
-                    "against each other with PASSIVE waits and explicit thread counts; never set "
-                    "KMP_DUPLICATE_LIB_OK.", len(libs), ", ".join(os.path.basename(x) for x in libs), policy)
+        names = ", ".join(os.path.basename(x) for x in libs)
+        if policy.upper() != "PASSIVE":
+            log.warning("%d OpenMP runtimes loaded (%s) and OMP_WAIT_POLICY=%s: their spinning threads can slow "
+                        "training and search many times over; export OMP_WAIT_POLICY=PASSIVE before starting "
+                        "Python (never KMP_DUPLICATE_LIB_OK).", len(libs), names, policy)
+        else:
+            log.info("%d OpenMP runtimes loaded (%s); OMP_WAIT_POLICY=PASSIVE keeps them from spinning against "
+                     "each other", len(libs), names)
     return libs
 
 
