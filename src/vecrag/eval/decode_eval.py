@@ -28,7 +28,9 @@ from vecrag.eval.cascade_eval import context_len, predict
 from vecrag.sequences import Samples, gather_context
 
 SWEEP_SNAP = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))          # 0.80 .. 0.99
-SWEEP_NOVEL = (0.70, 0.75, 0.80, 0.82, 0.85, 0.88, 0.90, 0.92, 0.94)
+# wiki-full and wiki-300 both peaked at the old lower edge (0.70), so the grid reaches down to 0.0 (with
+# MiniLM vectors the nearest bank chunk is almost always at c > 0: tau_novel 0.0 means "always at least BLEND")
+SWEEP_NOVEL = (0.0, 0.3, 0.5, 0.6, 0.65, 0.70, 0.75, 0.80, 0.82, 0.85, 0.88, 0.90, 0.92, 0.94)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
