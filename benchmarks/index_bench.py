@@ -22,17 +22,10 @@ import vecrag  # noqa: F401  (OMP_WAIT_POLICY before numpy/torch/faiss initialis
 
 
 def make_data(n: int, dim: int, kind: str, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, dim), dtype=np.float32)
-    centers = rng.standard_normal((max(1, n // 100), dim)).astype(np.float32) if kind == "clustered" else None
-    step = 1 << 18
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        x = rng.standard_normal((e - s, dim), dtype=np.float32)
-        if centers is not None:
-            x = centers[rng.integers(0, len(centers), e - s)] + 0.5 * x
-        out[s:e] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+    """Unit vectors, random or clustered: the generator of benchmarks/scaling.py (one for both benchmarks)."""
+    from scaling import random_unit  # benchmarks/ is on sys.path when a script there runs
+
+    return random_unit(n, dim, seed, "cpu", data=kind)
 
 
 def qps(index, q: np.ndarray, k: int, batch: int, budget_s: float = 3.0) -> float:  # noqa: ANN001
