@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from vecrag.decode.cascade import Cascade, CascadeConfig, lane_codes_of
+from vecrag.decode.cascade import Cascade, CascadeConfig, CascadeResult, lane_codes_of
 from vecrag.decode.policy import SNAP, Decision, decide, novel
 from vecrag.decode.predictors import Predictor
 from vecrag.decode.profiles import PolicySet
@@ -107,6 +107,21 @@ class Decoder:
         _, ids, _ = self.cascade.guard.search(np.asarray(prompt[-1], np.float32)[None], 1)
         return str(self.lanes[ids[0, 0]]) if ids[0, 0] >= 0 else ""
 
+    def shortlist(self, q: np.ndarray, v_hat: np.ndarray, code: np.ndarray, ctx_ids: list[int] | None, *,
+                  K: int, k: int | None = None) -> CascadeResult:
+        """The cascade's top-``k`` (default: its config's k) for one step. With ``exclude_context`` the context
+        window's own bank chunks (``ctx_ids``; -1 = not a bank chunk) are fetched on top of k and dropped (id -1,
+        zero vector), so that k others remain; K grows with them if it must."""
+        L = max(self.lvm.context_len, self.tower.context_len)
+        excluded = sorted({int(x) for x in (ctx_ids or [])[-L:] if x >= 0}) if self.exclude_context else []
+        kk = (k or self.cascade.cfg.k) + len(excluded)
+        res = self.cascade.run(q, v_hat, code, K=max(K, kk), k=kk)
+        if excluded and not res.reasons[0]:
+            drop = np.isin(res.ids, np.asarray(excluded, np.int64))
+            res.ids[drop] = -1
+            res.vectors[drop] = 0.0
+        return res
+
     def step(self, ctx: list[np.ndarray], lane: str, i: int = 0, ctx_ids: list[int] | None = None) -> Step:
         """One step; ``ctx_ids`` (aligned with ``ctx``, -1 where a vector is not a bank chunk) name the
         chunks excluded from the shortlist when ``exclude_context``."""
@@ -119,14 +134,7 @@ class Decoder:
         t2 = time.perf_counter()
         policy = self.policies.for_lane(lane)
         code = np.array([self.lane_lut.get(lane, -1)], np.int64)
-        L = max(self.lvm.context_len, self.tower.context_len)
-        excluded = {int(x) for x in (ctx_ids or [])[-L:] if x >= 0} if self.exclude_context else set()
-        res = self.cascade.run(q, v_hat, code, K=self.K or policy.K,
-                               k=self.cascade.cfg.k + len(excluded) if excluded else None)
-        if excluded and not res.reasons[0]:
-            drop = np.isin(res.ids, np.fromiter(excluded, np.int64))
-            res.ids[drop] = -1
-            res.vectors[drop] = 0.0
+        res = self.shortlist(q, v_hat, code, ctx_ids, K=self.K or policy.K)
         t3 = time.perf_counter()
         if res.reasons[0]:
             dec = novel(v_hat[0], reason=res.reasons[0])

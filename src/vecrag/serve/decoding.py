@@ -90,15 +90,8 @@ class Decoding:
         q = self.tower(c_tw, m_tw)
         policy = dec.policies.for_lane(lane)
         code = np.array([self.lane_lut.get(lane, -1)], np.int64)
-        # the context's own chunks never come back as candidates (as in `vecrag generate` and `eval decode`)
-        excluded = np.unique(np.asarray((req.context_ids or [])[-max(self.lvm.context_len,
-                                                                      self.tower.context_len):], np.int64))
-        k = req.k + len(excluded)
-        res = dec.cascade.run(q, v_hat, code, k=k, K=max(policy.K, k))
-        if len(excluded) and not res.reasons[0]:
-            drop = np.isin(res.ids, excluded)
-            res.ids[drop] = -1
-            res.vectors[drop] = 0.0
+        # the context's own chunks never come back as candidates (the decoder excludes them, as `vecrag generate`)
+        res = dec.shortlist(q, v_hat, code, req.context_ids, K=policy.K, k=req.k)
         recent = [int(i) for i in (req.context_ids or [])][-policy.near_dup_window:]
         d = novel(v_hat[0], reason=res.reasons[0]) if res.reasons[0] else decide(
             v_hat[0], res.vectors[0], res.ids[0], policy, recent)
