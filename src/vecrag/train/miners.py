@@ -85,9 +85,11 @@ class MiningCore:
 
     def _resident(self) -> bool:
         """Score candidates on the searcher's resident bank (``gather``)? Default: when it lives on a GPU."""
+        if not hasattr(self.searcher, "gather"):
+            return False
         if self.use_resident is not None:
-            return self.use_resident and hasattr(self.searcher, "gather")
-        return hasattr(self.searcher, "gather") and str(getattr(self.searcher, "device", "cpu")).startswith("cuda")
+            return self.use_resident
+        return str(getattr(self.searcher, "device", "cpu")).startswith("cuda")
 
     @torch.no_grad()
     def mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int = 0) -> MineResult:
@@ -105,10 +107,11 @@ class MiningCore:
         _, cand = self.searcher.search(q, k)
         pos_ids = self.samples.target[idx]
         valid = cand >= 0
-        if self._resident():
-            # on the GPU copy of the bank: gathering + fp16->fp32-converting B*k memory-mapped rows in numpy was
-            # most of a mining step on the H200 (~50 ms of 68 at 1M, docs/bugs-and-fixes.md)
-            rows = self.searcher.gather(np.concatenate([np.where(valid, cand, 0).reshape(-1), pos_ids]))
+        # on the GPU copy of the bank: gathering + fp16->fp32-converting B*k memory-mapped rows in numpy was
+        # most of a mining step on the H200 (~50 ms of 68 at 1M, docs/bugs-and-fixes.md)
+        rows = (self.searcher.gather(np.concatenate([np.where(valid, cand, 0).reshape(-1), pos_ids]))
+                if self._resident() else None)  # None: no resident copy
+        if rows is not None:
             cvec, pvec = rows[:cand.size].reshape(*cand.shape, -1), rows[cand.size:]
             qt = torch.from_numpy(q).to(rows.device)
             cand_q = torch.einsum("bd,bkd->bk", qt, cvec).cpu().numpy()
