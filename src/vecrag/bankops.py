@@ -29,7 +29,6 @@ A corpus is cut into shards, each shard is ingested into its own bank (e.g. on i
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -43,7 +42,7 @@ import pyarrow.parquet as pq
 
 from vecrag.bank import ARTICLES, CHUNKS, FORMAT_VERSION, MANIFEST, VECTORS, Bank, split_of
 from vecrag.errors import VecragError
-from vecrag.fsutil import atomic_write_json, sha256_file
+from vecrag.fsutil import atomic_write_json, fsync_dir, fsync_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +162,6 @@ def _clean_leftovers(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_rows(banks: list[Bank], tmp: Path, offsets: list[int], block_rows: int) -> None:
     """vectors.npy (memory-mapped, block copies) and chunks.parquet (streamed record batches)."""
     n = sum(b.n for b in banks)
@@ -199,8 +190,7 @@ def _write_rows(banks: list[Bank], tmp: Path, offsets: list[int], block_rows: in
             log.info("merged %s (%d chunks)", b.path, b.n)
     mm.flush()
     del mm
-    with open(tmp / VECTORS, "rb+") as f:
-        os.fsync(f.fileno())
+    fsync_path(tmp / VECTORS)
 
 
 def merge_banks(inputs: list[str | Path], out: str | Path, *, article_ids: str = "auto",
@@ -259,7 +249,7 @@ def merge_banks(inputs: list[str | Path], out: str | Path, *, article_ids: str =
         splits = split_of(table.column("article_id").to_numpy(), seed, ratios)
         table = table.append_column("split", pa.array(list(splits), type=pa.string()))
         pq.write_table(table, tmp / ARTICLES)
-        _fsync(tmp / ARTICLES)
+        fsync_path(tmp / ARTICLES)
         lanes = [b.manifest.get("lanes") for b in banks]
         manifest = {k: v for k, v in banks[0].manifest.items() if k not in _PER_INPUT_KEYS}
         running = policy == "offset" and any(_ids_are_running(b.manifest) for b in banks)
@@ -280,7 +270,7 @@ def merge_banks(inputs: list[str | Path], out: str | Path, *, article_ids: str =
             "checksums": {f: sha256_file(tmp / f) for f in (VECTORS, CHUNKS, ARTICLES)},
         })
         atomic_write_json(tmp / MANIFEST, manifest)  # written last: its presence means complete
-        _fsync(tmp)
+        fsync_path(tmp)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.rename(out, old)
@@ -288,8 +278,7 @@ def merge_banks(inputs: list[str | Path], out: str | Path, *, article_ids: str =
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out)
-        with contextlib.suppress(OSError):
-            _fsync(out.parent)
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
