@@ -50,7 +50,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path

@@ -57,7 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-
 def format_report(res: dict[str, Any]) -> str:
     from vecrag.eval.metrics import format_table
 
