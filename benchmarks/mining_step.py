@@ -1,0 +1,84 @@
+"""Cost of one hard-negative mining step outside the search (not a test; prints a table).
+
+``MiningCore.mine`` for a batch of queries against a bank of random unit vectors: the tower forward, the
+context gather, candidate scoring (cos to the query and to the positive), masks and negative selection. The
+search itself is replaced by random candidate ids (on a GPU it is under a millisecond at 1M x 384 fp16), so
+the table isolates the CPU-side post-processing that made sync mining slow on the H200
+(docs/bugs-and-fixes.md, "Mining on CUDA"). Rows: the numpy path over the memory-mapped bank (the CPU
+default) and the resident path (``ExactTorchIndex.gather``; the GPU default, forced here on ``--device``).
+
+    .venv/bin/python benchmarks/mining_step.py --size 1000000 --batch 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vecrag  # noqa: F401  (OMP_WAIT_POLICY before torch/faiss start threads)
+from vecrag.bank import Bank
+from vecrag.index import ExactTorchIndex
+from vecrag.models.towers import QueryTower, TowerConfig
+from vecrag.sequences import make_samples
+from vecrag.train.curriculum import FilterConfig, Phase
+from vecrag.train.losses import ChunkMeta, NegativeMasker
+from vecrag.train.miners import MiningCore
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_retriever import random_bank  # noqa: E402
+
+
+class RandomCandidates(ExactTorchIndex):
+    """The resident bank of ExactTorchIndex (for ``gather``) with the search replaced by random ids."""
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.random.default_rng(len(queries)).integers(0, self.ntotal, (len(queries), k))
+        return np.zeros(ids.shape, np.float32), ids
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=1_000_000, help="bank vectors")
+    ap.add_argument("--batch", type=int, default=256, help="queries mined per step")
+    ap.add_argument("--k", type=int, default=64, help="candidates per query (plus the context length)")
+    ap.add_argument("--context", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--device", default="cpu", help="device of the tower and of the resident bank copy")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as d:
+        random_bank(Path(d) / "bank", args.size, 384)
+        bank = Bank.open(Path(d) / "bank")
+        samples = make_samples(bank, "train", min_context=1)
+        masker = NegativeMasker(ChunkMeta.from_bank(bank), window=2)
+        search = RandomCandidates(bank.vectors, device=args.device)
+        tower = QueryTower(bank.dim, TowerConfig(hidden=256)).to(args.device)
+        phase = Phase(0, 0, 8, -1.0, 1.0)
+        rng = np.random.default_rng(0)
+        print(f"bank {args.size:,} x 384, batch {args.batch}, k {args.k} + {args.context}, device {args.device}, "
+              f"torch threads {torch.get_num_threads()}")
+        print(f"{'path':>10} {'ms per step (median)':>21} {'min':>8}")
+        for name, resident in (("numpy", False), ("resident", True)):
+            core = MiningCore(bank.vectors, samples, args.context, masker, FilterConfig(), args.k, search,
+                              args.device)
+            core.use_resident = resident
+            times = []
+            for _ in range(args.reps + 1):
+                idx = rng.choice(len(samples), args.batch, replace=False)
+                t0 = time.perf_counter()
+                core.mine(tower, idx, phase)
+                times.append(1000 * (time.perf_counter() - t0))
+            times = times[1:]  # the first call warms caches
+            print(f"{name:>10} {statistics.median(times):21.1f} {min(times):8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
