@@ -18,6 +18,7 @@ import torch
 from tests.conftest import make_synthetic_bank
 from vecrag.cli import main
 from vecrag.config import from_dict, load_config, validate_config
+from vecrag.errors import VecragError
 from vecrag.eval.retriever_eval import evaluate_retriever
 from vecrag.fsutil import read_jsonl
 from vecrag.train.checkpoint import load_file
@@ -79,6 +80,15 @@ def test_presets_load_and_mirror_the_seed():
     assert (cpu.train.batch_size, cpu.train.grad_accum, cpu.train.epochs, cpu.mining.mode) == (8, 2, 3, "sync")
     assert gpu.mining.mode == "async" and gpu.train.epochs == 30 and gpu.loss.margin == 0.03
     assert gpu.train.batch_size * gpu.train.grad_accum >= 64
+    assert gpu.mining.ttl >= gpu.mining.refresh_every
+
+
+def test_async_ttl_below_refresh_is_rejected():
+    """Weights refreshed every 20 steps are up to 20 steps old: ttl 5 would discard most async results."""
+    with pytest.raises(VecragError, match=r"mining.ttl=5 must be >= mining.refresh_every \(20\)"):
+        load_config(RetrieverConfig, "retriever-gpu", ["mining.ttl=5", "mining.refresh_every=20"])
+    cfg = load_config(RetrieverConfig, "retriever-gpu", ["mining.mode=sync", "mining.ttl=5"])  # ttl unused in sync
+    assert cfg.mining.ttl == 5
 
 
 def test_sigkill_and_resume_is_bit_exact(bank, full_run, tmp_path):

@@ -73,9 +73,9 @@ class MiningConfig:
     backend: str = field(default="torch", metadata={"choices": ("torch", "faiss", "auto")})
     rel: float = 0.95          # drop cos(q, c) > rel * cos(q, pos) (NV-Retriever); 0 = off
     dup: float = 0.98          # drop cos(c, pos) > dup (near-duplicate); 1 = off
-    ttl: int = 5               # async: max age in optimizer steps of the weights behind a result
+    ttl: int = 20              # async: max age in optimizer steps of the weights behind a result
     timeout: float = 2.0       # async: seconds to wait for a result
-    refresh_every: int = 20    # async: optimizer steps between weight copies
+    refresh_every: int = 10    # async: optimizer steps between weight copies (must be <= ttl)
     lookahead: int = 4         # async: micro-batches mined ahead
     fallback: str = field(default="sync", metadata={"choices": ("sync", "inbatch")})
     stall: float = 60.0        # async: replace a thread whose job runs longer than this (s)
@@ -89,6 +89,11 @@ class MiningConfig:
         check(self.ttl >= 0, "mining.ttl", self.ttl, "must be >= 0")
         check(self.refresh_every >= 1, "mining.refresh_every", self.refresh_every, "must be >= 1")
         check(self.lookahead >= 1, "mining.lookahead", self.lookahead, "must be >= 1")
+        # the miner's weights are up to refresh_every steps old when a job starts, so with ttl < refresh_every
+        # most async results are discarded as stale and training falls back on nearly every batch
+        check(self.mode != "async" or self.ttl >= self.refresh_every, "mining.ttl", self.ttl,
+              f"must be >= mining.refresh_every ({self.refresh_every}) in async mode, else most mined batches "
+              "arrive stale; e.g. ttl = 2 x refresh_every")
         from vecrag.train.miners import parse_faults
 
         parse_faults(self.fault)
