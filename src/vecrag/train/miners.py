@@ -91,8 +91,13 @@ class MiningCore:
             return self.use_resident
         return str(getattr(self.searcher, "device", "cpu")).startswith("cuda")
 
-    @torch.no_grad()
     def mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int = 0) -> MineResult:
+        # sync mining is called inside the trainer's bf16 autocast region: without this the scores come back
+        # as bf16 tensors, which numpy cannot take (and bf16 rounding would blur the cosine bands)
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            return self._mine(tower, idx, phase, version)
+
+    def _mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int) -> MineResult:
         idx = np.asarray(idx, np.int64)
         ctx_ids = self.samples.context_ids(self.L, idx)
         ctx, mask = gather_context(self.vectors, ctx_ids)
