@@ -6,6 +6,9 @@ search itself is replaced by random candidate ids (on a GPU it is under a millis
 the table isolates the CPU-side post-processing that made sync mining slow on the H200
 (docs/bugs-and-fixes.md, "Mining on CUDA"). Rows: the numpy path over the memory-mapped bank (the CPU
 default) and the resident path (``ExactTorchIndex.gather``; the GPU default, forced here on ``--device``).
+A second table times what the TRAINING step then does with the result in every mining mode (async cannot
+hide it): gathering the mined negatives' vectors (batch x 8) and the memory-bank queue (4,096 ids) from the
+memory-mapped bank as fp32, as ``RetrieverTask._vecs`` does.
 
     .venv/bin/python benchmarks/mining_step.py --size 1000000 --batch 256
 """
@@ -77,6 +80,15 @@ def main() -> int:
                 times.append(1000 * (time.perf_counter() - t0))
             times = times[1:]  # the first call warms caches
             print(f"{name:>10} {statistics.median(times):21.1f} {min(times):8.1f}")
+        print(f"\n{'gather in the training step':>34} {'ms (median)':>12}")
+        for name, rows in ((f"mined negatives ({args.batch} x 8)", args.batch * 8), ("queue (4,096)", 4096)):
+            times = []
+            for _ in range(args.reps + 1):
+                ids = rng.integers(0, args.size, rows)
+                t0 = time.perf_counter()
+                np.asarray(bank.vectors[ids], np.float32)
+                times.append(1000 * (time.perf_counter() - t0))
+            print(f"{name:>34} {statistics.median(times[1:]):12.2f}")
     return 0
 
 

@@ -134,3 +134,19 @@ def test_bad_cascade_config() -> None:
         CascadeConfig(K=5, k=10)
     with pytest.raises(VecragError, match="timeout"):
         CascadeConfig(timeout_ms=0)
+
+
+def test_lane_centroids_use_only_the_chosen_chunks_and_predict_from_the_context() -> None:
+    from vecrag.decode.cascade import lane_centroids, predict_lanes
+
+    e = np.eye(3, dtype=np.float32)
+    vectors = np.stack([e[0], e[0], e[1], e[1], e[2]]).astype(np.float16)
+    codes = np.array([0, 0, 1, 1, -1])
+    use = np.array([True, True, True, False, True])  # chunk 3 (a held-out article) must not shape lane 1
+    vectors[3] = e[2]
+    cent = lane_centroids(vectors, codes, use, block=2)  # blocks of 2: the accumulation crosses blocks
+    np.testing.assert_allclose(cent, e[:2], atol=1e-6)
+    ctx = np.stack([np.stack([e[1], 0.5 * e[0]]), np.stack([e[0], e[0]]), np.zeros((2, 3), np.float32)])
+    mask = np.array([[True, True], [True, False], [False, False]])
+    assert predict_lanes(ctx, mask, cent).tolist() == [1, 0, -1]
+    assert predict_lanes(ctx, mask, np.zeros((0, 3), np.float32)).tolist() == [-1, -1, -1]

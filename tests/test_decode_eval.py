@@ -138,4 +138,5 @@ def test_eval_commands_write_outputs(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "cascade" in capsys.readouterr().out
     saved = json.loads((out / "cascade_eval-test.json").read_text())
     assert set(saved["rows"]) >= {"baseline:last", "baseline:ewma:0.5", "tower", "lvm-query", "tower>fused",
-                                  "tower>lane", "cascade"}
+                                  "tower>lane", "tower>lane(article)", "cascade"}
+    assert "lane_accuracy" in saved
