@@ -55,6 +55,11 @@ def context_len(*preds: Predictor) -> int:
     return max(int(p.context_len) for p in preds)
 
 
+def train_lane_centroids(bank: Bank, codes: np.ndarray) -> np.ndarray:
+    """Lane centroids from the TRAIN split's chunks (held-out articles never shape them)."""
+    return lane_centroids(bank.vectors, codes, np.isin(bank.article_of, bank.split_articles("train")))
+
+
 def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, index: Any, *, K: int = 500,
                      k: int = 10, w_tower: float = 1.0, w_lvm: float = 1.0, lane_lambda: float = 0.05,
                      baselines: tuple[Predictor, ...] | None = None, batch: int = 64,
@@ -66,7 +71,7 @@ def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predic
     tg = bank.text_group
     codes, _ = lane_codes_of(bank.lanes)
     has_lanes = bool((codes >= 0).any())
-    centroids = lane_centroids(bank.vectors, codes, np.isin(bank.article_of, bank.split_articles("train")))
+    centroids = train_lane_centroids(bank, codes)
     n = len(samples)
     names = [f"baseline:{b.name.removeprefix('heuristic:')}" for b in baselines] + [
         "tower", "lvm-query", "tower>lvm-rerank", "tower>fused", "tower>lane", "tower>lane(article)", "cascade"]

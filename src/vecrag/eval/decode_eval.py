@@ -1,7 +1,8 @@
 """Teacher-forced decoding evaluation on held-out articles (DESIGN.md section 5, "Decoding").
 
 For every sample (true context -> true next chunk): v_hat = LVM(context), shortlist = the cascade's final
-top-k (tower top-K, fused re-rank, lane bonus; FULL bank), decision = the lane's policy. Teacher forcing
+top-k (tower top-K, fused re-rank, lane bonus for the lane predicted from the context alone; FULL bank),
+decision = the policy of the article's lane (also the per-lane grouping). Teacher forcing
 means the context is always the true one; the near-duplicate history is the context's own chunk ids
 (the chunks "used" in the steps just before), so snapping back onto a context chunk at c > 0.98 is skipped
 exactly as in generation. Retrieval failures are counted and the sample is NOVEL.
@@ -20,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from vecrag.bank import Bank
-from vecrag.decode.cascade import Cascade, CascadeConfig, lane_codes_of
+from vecrag.decode.cascade import Cascade, CascadeConfig, lane_codes_of, predict_lanes
 from vecrag.decode.policy import KINDS, NOVEL, SNAP, Policy, alpha, decide_batch
 from vecrag.decode.predictors import Predictor
 from vecrag.decode.profiles import PolicySet
-from vecrag.eval.cascade_eval import context_len, predict
+from vecrag.eval.cascade_eval import context_len, predict, train_lane_centroids
 from vecrag.sequences import Samples, gather_context
 
 SWEEP_SNAP = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))          # 0.80 .. 0.99
@@ -61,6 +62,7 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
     cas = Cascade(index, bank.vectors, CascadeConfig(K=cfg.K, k=cfg.k, w_tower=cfg.w_tower, w_lvm=cfg.w_lvm,
                                                      lane_lambda=cfg.lane_lambda, timeout_ms=None),
                   lane_codes=codes)
+    centroids = train_lane_centroids(bank, codes)
     sweep_policy = policies.default
     n = len(samples)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in (
@@ -80,7 +82,9 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
         v_hat = _unit_rows(predict(lvm, ctx, mask))
         q = predict(tower, ctx, mask)
         lane = np.asarray(bank.lanes[np.maximum(ctx_ids[:, -1], 0)], dtype=object)
-        res = cas.run(q, v_hat, codes[np.maximum(ctx_ids[:, -1], 0)], k=cfg.k + (L if exclude_context else 0))
+        # the lane bonus uses the lane predicted from the context alone (the article's label leaks the target,
+        # see eval/cascade_eval.py); tables are grouped, and lane policies chosen, by the article's label
+        res = cas.run(q, v_hat, predict_lanes(ctx, mask, centroids), k=cfg.k + (L if exclude_context else 0))
         failed = np.array([bool(r) for r in res.reasons])
         ids, cvecs = res.ids, res.vectors
         if exclude_context:
