@@ -91,3 +91,28 @@ def test_ingest_with_kmeans_lanes(real_encoder, wiki_jsonl, tmp_path):  # noqa: 
     bank = Bank.open(out, verify=True)
     assert bank.manifest["n_articles"] == 6 and len(set(bank.articles.column("lane").to_pylist())) == 3
     assert bank.manifest["lanes"]["source"] == "kmeans"
+
+
+def test_context_lane_classifier_reuses_the_prototypes_that_labelled_the_articles(wiki_bank, real_encoder,  # noqa: F811
+                                                                                   tmp_path):
+    from vecrag.decode.cascade import lane_codes_of, predict_lanes
+    from vecrag.eval.cascade_eval import context_lane_classifier
+
+    y = tmp_path / "lanes.yaml"
+    y.write_text("plants: Botany, flowering plants, leaves, seeds and plant species.\n"
+                 "other: Music, films, books, countries, transport and people.\n", encoding="utf-8")
+    bank = _copy(wiki_bank, tmp_path / "bank")
+    assert main(["bank", "lanes", str(bank.path), "--lanes", str(y), "--device", "cpu"]) == 0
+    bank = Bank.open(bank.path)
+    codes, names = lane_codes_of(bank.lanes)
+    protos, kind = context_lane_classifier(bank, names)
+    assert kind == "prototypes (lanes.yaml)" and protos.shape == (2, bank.dim)
+    # the same classifier as the assignment: a whole article's mean vector gets its own label back
+    t = bank.articles
+    means = article_means(bank.vectors, t.column("first_chunk").to_numpy(), t.column("n_chunks").to_numpy())
+    got = predict_lanes(means[:, None, :], np.ones((len(means), 1), bool), protos)
+    assert [names[i] for i in got] == t.column("lane").to_pylist()
+    y.unlink()  # descriptions gone (and not the shipped preset's names): train-split centroids instead
+    cent, kind = context_lane_classifier(bank, names)
+    assert kind == "train-split lane centroids" and cent.shape == (2, bank.dim)
+    np.testing.assert_allclose(np.linalg.norm(cent, axis=1), 1.0, atol=1e-5)

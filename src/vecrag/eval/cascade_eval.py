@@ -12,8 +12,9 @@ target's text counts as a hit):
 - ``tower>lane(article)``  the same with the article's own lane label as the context lane: an upper bound
 - ``cascade``          fused + lane: the full cascade used by ``vecrag generate``
 
-The context lane is predicted from the context vectors alone (:func:`predict_lanes`: the nearest lane
-centroid, centroids from TRAIN-split chunks only). The article's own label is not used for the main rows:
+The context lane is predicted from the context vectors alone (:func:`predict_lanes` with
+:func:`context_lane_classifier`: the lane prototypes for description-built lanes, else centroids of TRAIN-split
+chunks). The article's own label is not used for the main rows:
 lanes built from vectors (``--lanes default``, ``kmeans:K``) are chosen from the mean of ALL the article's
 chunks, the target included, so the label leaks a little of the target into the query; a live prompt has no
 such label. ``lane_accuracy`` reports how often the prediction equals the article's label.
@@ -21,6 +22,8 @@ such label. ``lane_accuracy`` reports how often the prediction equals the articl
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +33,8 @@ from vecrag.decode.cascade import fuse, lane_bonus, lane_centroids, lane_codes_o
 from vecrag.decode.predictors import HeuristicPredictor, Predictor
 from vecrag.eval.metrics import first_hit_rank, format_table, recall_table
 from vecrag.sequences import Samples, gather_context
+
+log = logging.getLogger(__name__)
 
 HIT_KS = (1, 5, 10)
 HIT_RULES = "context ids excluded; a retrieved chunk with the target's text counts as a hit"
@@ -55,9 +60,30 @@ def context_len(*preds: Predictor) -> int:
     return max(int(p.context_len) for p in preds)
 
 
-def train_lane_centroids(bank: Bank, codes: np.ndarray) -> np.ndarray:
-    """Lane centroids from the TRAIN split's chunks (held-out articles never shape them)."""
-    return lane_centroids(bank.vectors, codes, np.isin(bank.article_of, bank.split_articles("train")))
+def context_lane_classifier(bank: Bank, names: list[str]) -> tuple[np.ndarray, str]:
+    """Unit vectors, one per lane code (``names`` order), to classify a context by its mean vector
+    (:func:`predict_lanes`), and what they are. Lanes built from description prototypes get the same
+    prototypes (re-embedded with the bank's encoder: the classifier that labelled the articles, applied to the
+    context alone); other lanes get centroids of the TRAIN split's chunks (held-out articles never shape them)."""
+    meta = bank.manifest.get("lanes") or {}
+    if meta.get("source") == "prototypes" and names:
+        from vecrag.lanes import PRESET, load_lane_descriptions
+
+        path = Path(str(meta.get("file", "")))
+        if not path.is_file() and set(names) <= set(load_lane_descriptions(PRESET)):
+            path = PRESET  # built elsewhere (e.g. on a GPU machine) with the shipped lanes.yaml
+        if path.is_file():
+            desc = load_lane_descriptions(path)
+            if set(names) <= set(desc):
+                from vecrag.encode import load_encoder
+
+                enc = load_encoder(bank.encoder["name"], device="cpu")
+                protos = np.stack([enc.encode(desc[n]).mean(axis=0) for n in names]).astype(np.float32)
+                return protos / np.linalg.norm(protos, axis=1, keepdims=True), f"prototypes ({path.name})"
+        log.warning("lane descriptions %s not found: classifying contexts by train-split lane centroids", path)
+    codes, _ = lane_codes_of(bank.lanes)
+    cent = lane_centroids(bank.vectors, codes, np.isin(bank.article_of, bank.split_articles("train")))
+    return cent, "train-split lane centroids"
 
 
 def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, index: Any, *, K: int = 500,
@@ -69,9 +95,9 @@ def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predic
     if baselines is None:
         baselines = (HeuristicPredictor("last", context_len=L), HeuristicPredictor("ewma", 0.5, context_len=L))
     tg = bank.text_group
-    codes, _ = lane_codes_of(bank.lanes)
+    codes, lane_names = lane_codes_of(bank.lanes)
     has_lanes = bool((codes >= 0).any())
-    centroids = train_lane_centroids(bank, codes)
+    centroids, classifier = context_lane_classifier(bank, lane_names) if has_lanes else (np.zeros((0, 1)), "")
     n = len(samples)
     names = [f"baseline:{b.name.removeprefix('heuristic:')}" for b in baselines] + [
         "tower", "lvm-query", "tower>lvm-rerank", "tower>fused", "tower>lane", "tower>lane(article)", "cascade"]
@@ -125,7 +151,8 @@ def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predic
     return {"bank": str(bank.path), "split": samples.split, "n_queries": n, "context_len": L, "K": K, "k": k,
             "fusion": {"w_tower": w_tower, "w_lvm": w_lvm, "lane_lambda": lane_lambda},
             "lvm": lvm.name, "retriever": tower.name, "hit_rules": HIT_RULES, "rows": rows,
-            "lanes": has_lanes, "lane_accuracy": lane_hits / lane_total if lane_total else None}
+            "lanes": has_lanes, "lane_accuracy": lane_hits / lane_total if lane_total else None,
+            "lane_classifier": classifier}
 
 
 def format_cascade(report: dict[str, Any]) -> str:
@@ -136,7 +163,7 @@ def format_cascade(report: dict[str, Any]) -> str:
     K = report["K"]
     tail = f"\ntower R@{K} (ceiling of every re-rank of its top-K): {100 * report['rows']['tower'][f'R@{K}']:.2f}%"
     if report.get("lane_accuracy") is not None:
-        tail += (f"\ncontext lane predicted from the context vectors (nearest train-split lane centroid): equals the "
+        tail += (f"\ncontext lane predicted from the context vectors ({report.get('lane_classifier')}): equals the "
                  f"article's lane for {100 * report['lane_accuracy']:.1f}% of queries; tower>lane(article) uses the "
                  "article's label, which vector-built lanes derive from all its chunks incl. the target (upper bound)")
     return head + "\n" + format_table(report["rows"], ("Hit@1", "Hit@5", "Hit@10", "MRR@10")) + tail
