@@ -82,6 +82,8 @@ $VECRAG eval cascade "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retrie
   --out "$OUT/eval"
 $VECRAG eval decode "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --split test \
   --profile neutral --out "$OUT/eval"
+$VECRAG eval decode "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --split test \
+  --profile minilm --out "$OUT/eval"
 
 step "8. generate 5 steps from a prompt"
 $VECRAG generate "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --steps 5 --profile neutral \

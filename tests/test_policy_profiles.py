@@ -13,6 +13,7 @@ from vecrag.errors import VecragError
 
 @pytest.mark.parametrize(("profile", "snap", "novel", "K"), [
     ("conservative", 0.94, 0.88, 500), ("neutral", 0.92, 0.85, 500), ("creative", 0.90, 0.82, 300),
+    ("minilm", 0.92, 0.50, 500),
 ])
 def test_shipped_profiles(profile: str, snap: float, novel: float, K: int) -> None:
     p = resolve_policy(profile)
@@ -38,7 +39,7 @@ def test_bank_lane_without_override_uses_profile_defaults() -> None:
 def test_unknown_profile_lists_valid_ones() -> None:
     with pytest.raises(VecragError, match="unknown decode profile 'bold'") as e:
         resolve_policy("bold")
-    assert "conservative, creative, neutral" in str(e.value)
+    assert "conservative, creative, minilm, neutral" in str(e.value)
 
 
 def test_requested_lane_missing_from_bank_is_an_error() -> None:
