@@ -104,7 +104,7 @@ vecrag demo finished in ${took}s. Results:
   baselines          $OUT/baselines-test.json
   LVM run            $OUT/runs/lvm        (metrics in $OUT/runs/lvm/metrics/)
   retriever run      $OUT/runs/retriever  (metrics in $OUT/runs/retriever/metrics/)
-  cascade / decode   $OUT/eval/ (cascade_eval-test.json, decode_eval-test-neutral.json, decode_sweep-test-neutral.png)
+  cascade / decode   $OUT/eval/ (cascade_eval-test.json, decode_eval-test-{neutral,minilm}.json, decode_sweep-test-*.png)
   stage wall times   $OUT/stage-times.txt
   telemetry          $OUT/generate-telemetry.jsonl
   reports            $OUT/report-retriever/report.html  $OUT/report-lvm/report.html

@@ -56,13 +56,18 @@ def test_prototype_lanes_put_science_in_science(wiki_bank, real_encoder, tmp_pat
     assert sum(bank.info()["lanes"].values()) == bank.manifest["n_articles"]
 
 
-def test_custom_yaml_two_lanes(wiki_bank, tmp_path):  # noqa: F811
+def _two_lane_bank(wiki_bank: Bank, tmp_path) -> tuple[Bank, object]:  # noqa: F811
+    """A copy of the wiki bank relaned by a custom two-lane YAML file (returned too)."""
     y = tmp_path / "lanes.yaml"
     y.write_text("plants: Botany, flowering plants, leaves, seeds and plant species.\n"
                  "other: Music, films, books, countries, transport and people.\n", encoding="utf-8")
     bank = _copy(wiki_bank, tmp_path / "bank")
     assert main(["bank", "lanes", str(bank.path), "--lanes", str(y), "--device", "cpu"]) == 0
-    bank = Bank.open(bank.path)
+    return Bank.open(bank.path), y
+
+
+def test_custom_yaml_two_lanes(wiki_bank, tmp_path):  # noqa: F811
+    bank, _ = _two_lane_bank(wiki_bank, tmp_path)
     lane = dict(zip(bank.articles.column("title").to_pylist(), bank.articles.column("lane").to_pylist(),
                     strict=True))
     assert lane["Anthophyta"] == "plants" and lane["Actrius"] == "other"
@@ -98,12 +103,7 @@ def test_context_lane_classifier_reuses_the_prototypes_that_labelled_the_article
     from vecrag.decode.cascade import lane_codes_of, predict_lanes
     from vecrag.eval.cascade_eval import context_lane_classifier
 
-    y = tmp_path / "lanes.yaml"
-    y.write_text("plants: Botany, flowering plants, leaves, seeds and plant species.\n"
-                 "other: Music, films, books, countries, transport and people.\n", encoding="utf-8")
-    bank = _copy(wiki_bank, tmp_path / "bank")
-    assert main(["bank", "lanes", str(bank.path), "--lanes", str(y), "--device", "cpu"]) == 0
-    bank = Bank.open(bank.path)
+    bank, y = _two_lane_bank(wiki_bank, tmp_path)
     codes, names = lane_codes_of(bank.lanes)
     protos, kind = context_lane_classifier(bank, names)
     assert kind == "prototypes (lanes.yaml)" and protos.shape == (2, bank.dim)

@@ -120,38 +120,77 @@ def _batches(vectors: np.ndarray, start: int, stop: int, progress: bool, desc: s
             bar.update(e - s)
 
 
+def resolve_build_device(device: str, kind: str) -> tuple[str, bool]:
+    """(faiss device, torch_ivf): ``--device cuda`` with a CUDA GPU that torch sees but a faiss without GPU
+    support (our H200 machine) trains and assigns IVF / IVF-PQ lists with torch (``vecrag.ivf_torch``); the
+    faiss index itself stays on the CPU. Everything else resolves as ``resolve_faiss_device``."""
+    from vecrag.index_gpu import faiss_gpu_count, resolve_faiss_device
+
+    if device == "cuda" and kind in ("ivf", "ivfpq") and faiss_gpu_count() == 0:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cpu", True
+    return resolve_faiss_device(device), False
+
+
 def build_from_vectors(vectors: np.ndarray, kind: str = "auto", *, device: str = "auto", threads: int | None = None,
                        progress: bool = True, seed: int = 0, **kw: Any) -> FaissIndex:
-    """Build an in-memory FAISS index over ``vectors`` (N x D unit rows; a memmap is fine). Not saved."""
+    """Build an in-memory FAISS index over ``vectors`` (N x D unit rows; a memmap is fine). Not saved.
+
+    IVF / IVF-PQ on cuda: faiss-gpu when faiss has it, else torch k-means + torch list assignment (see
+    :func:`resolve_build_device`). The result's ``trained_with`` says which: ``faiss-cpu``, ``faiss-gpu``
+    or ``torch-cuda``."""
     import faiss
 
-    from vecrag.index_gpu import gpu_train_index, resolve_faiss_device
+    from vecrag.index_gpu import gpu_train_index
 
     faiss.omp_set_num_threads(int(threads or os.cpu_count() or 1))
     n, dim = int(vectors.shape[0]), int(vectors.shape[1])
     kind, params = resolve_params(n, dim, kind, **kw)
-    dev = resolve_faiss_device(device)
+    dev, torch_ivf = resolve_build_device(device, kind)
     cpu = make_empty(kind, dim, params)
-    work, res = cpu, None
+    work, res, trained_with = cpu, None, "faiss-cpu"
     if dev == "cuda" and kind in ("ivf", "ivfpq"):
         got = gpu_train_index(cpu)
         if got is not None:
             work, res = got
-    if not work.is_trained:
+            trained_with = "faiss-gpu"
+    centroids = None
+    if torch_ivf:
+        from vecrag import ivf_torch
+
+        t = time.perf_counter()
+        sample = training_sample(vectors, kind, params, seed)
+        cents = ivf_torch.spherical_kmeans(sample, params["nlist"], seed=seed, device="cuda")
+        t_km = time.perf_counter() - t
+        ivf_torch.set_quantizer(cpu, cents, sample)  # faiss keeps the centroids; trains IVF-PQ codebooks
+        centroids, trained_with = ivf_torch.centroids_on(cents, "cuda"), "torch-cuda"
+        log.info("trained %s on cuda (torch k-means) in %.1f s (k-means %.1f s)", kind, time.perf_counter() - t,
+                 t_km)
+    elif not work.is_trained:
         t = time.perf_counter()
         work.train(training_sample(vectors, kind, params, seed))
-        log.info("trained %s in %.1f s", kind, time.perf_counter() - t)
+        log.info("trained %s on %s in %.1f s", kind, trained_with, time.perf_counter() - t)
     for _, x in _batches(vectors, 0, n, progress, f"index {kind}"):
-        work.add(x)
+        if centroids is not None:
+            ivf_torch.add_assigned(cpu, x, centroids, device="cuda")  # lists chosen on the GPU
+        else:
+            work.add(x)
     if work is not cpu:
         cpu = faiss.index_gpu_to_cpu(work)
         del work, res
-    return FaissIndex(cpu, kind, params, device=dev, vectors=vectors)
+    idx = FaissIndex(cpu, kind, params, device=dev, vectors=vectors)
+    idx.trained_with = trained_with  # type: ignore[attr-defined]
+    return idx
 
 
 def _build_ondisk(vectors: np.ndarray, kind: str, params: dict[str, Any], out_dir: Path, *, progress: bool,
                   seed: int) -> tuple[Any, str]:
-    """IVF(-PQ) with OnDiskInvertedLists: train, add shard by shard to files, merge into one .ivfdata."""
+    """IVF(-PQ) with OnDiskInvertedLists: train, add shard by shard to files, merge into one .ivfdata.
+
+    CPU only (faiss-cpu training and adds, even with ``--device cuda``): the torch GPU path of
+    :func:`build_from_vectors` is not wired in here yet."""
     import faiss
     from faiss.contrib.ondisk import merge_ondisk
 
@@ -210,13 +249,11 @@ def build_index(bank: Bank, kind: str = "auto", *, nlist: int | None = None, npr
     """
     import faiss
 
-    from vecrag.index_gpu import resolve_faiss_device
-
     t0 = time.perf_counter()
     kw = dict(nlist=nlist, nprobe=nprobe, m=m, nbits=nbits, ef_search=ef_search, ef_construction=ef_construction,
               refine=refine)
     kind, params = resolve_params(bank.n, bank.dim, kind, **kw)
-    dev = resolve_faiss_device(device)
+    dev, torch_ivf = resolve_build_device(device, kind)
     out_dir = index_dir(bank)
     out_dir.mkdir(parents=True, exist_ok=True)
     ivfdata = None
@@ -226,15 +263,17 @@ def build_index(bank: Bank, kind: str = "auto", *, nlist: int | None = None, npr
         faiss.omp_set_num_threads(int(threads or os.cpu_count() or 1))
         cpu, ivfdata = _build_ondisk(bank.vectors, kind, params, out_dir, progress=progress, seed=seed)
         params["on_disk"] = True
-        built = None
+        built, trained_with, torch_ivf = None, "faiss-cpu", False
     else:
-        built = build_from_vectors(bank.vectors, kind, device=dev, threads=threads, progress=progress, seed=seed, **kw)
-        cpu = built.cpu_index
+        built = build_from_vectors(bank.vectors, kind, device=device, threads=threads, progress=progress, seed=seed,
+                                   **kw)
+        cpu, trained_with = built.cpu_index, built.trained_with  # type: ignore[attr-defined]
     path = out_dir / f"{kind}.faiss"
     write_faiss_atomic(cpu, path)
     build_s = time.perf_counter() - t0
     record = {"type": kind, "file": f"{INDEX_DIR}/{kind}.faiss", "params": params, "ntotal": int(cpu.ntotal),
-              "dim": int(cpu.d), "metric": "inner_product", "build_s": round(build_s, 3), "built_on": dev,
+              "dim": int(cpu.d), "metric": "inner_product", "build_s": round(build_s, 3),
+              "built_on": "cuda" if torch_ivf else dev, "trained_with": trained_with,
               "faiss_version": faiss.__version__, "ivfdata": ivfdata,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     bank.update_manifest(index=record)
