@@ -137,7 +137,7 @@ def test_bad_cascade_config() -> None:
 
 
 def test_lane_centroids_use_only_the_chosen_chunks_and_predict_from_the_context() -> None:
-    from vecrag.decode.cascade import lane_centroids, predict_lanes
+    from vecrag.lanes import lane_centroids, predict_lanes
 
     e = np.eye(3, dtype=np.float32)
     vectors = np.stack([e[0], e[0], e[1], e[1], e[2]]).astype(np.float16)
@@ -150,3 +150,19 @@ def test_lane_centroids_use_only_the_chosen_chunks_and_predict_from_the_context(
     mask = np.array([[True, True], [True, False], [False, False]])
     assert predict_lanes(ctx, mask, cent).tolist() == [1, 0, -1]
     assert predict_lanes(ctx, mask, np.zeros((0, 3), np.float32)).tolist() == [-1, -1, -1]
+
+
+def test_prompt_lane_comes_from_the_lane_classifier_when_given() -> None:
+    """The rule `eval cascade` measures: the prompt's mean vector against the lane classifier (rows in sorted
+    lane-name order). Without a classifier: the lane of the bank chunk nearest to the last prompt vector."""
+    lanes = np.array(["x", "x", "y", "y"], dtype=object)
+    ps = load_profiles().policy_set("neutral")
+    clf = np.stack([BANK[3], BANK[0]]).astype(np.float32)  # "x" <- row 0 = BANK[3], "y" <- row 1 = BANK[0]
+    clf /= np.linalg.norm(clf, axis=1, keepdims=True)
+    for classifier, want in ((clf, "y"), (None, "x")):
+        dec = Decoder(BANK, ["a", "b", "c", "d"], lanes, ExactTorchIndex(BANK), HeuristicPredictor("last"),
+                      HeuristicPredictor("last"), ps, CascadeConfig(K=3, k=2), lane_classifier=classifier)
+        try:
+            assert dec.initial_lane([BANK[0]]) == want  # nearest chunk BANK[0] is in lane "x"
+        finally:
+            dec.close()

@@ -33,7 +33,7 @@ def test_generate_json_and_telemetry(lane_bank, tmp_path: Path, capsys: pytest.C
     lane = lane_bank.lanes[12]
     for s in steps:
         assert s["decision"] in ("SNAP", "BLEND", "NOVEL") and s["fallback"] is None
-        assert s["lane"] == lane  # inferred from the prompt's nearest bank chunk, then from used chunks
+        assert s["lane"] == lane  # predicted from the prompt by the bank's lane classifier, then from used chunks
         assert 0 <= s["text_id"] < lane_bank.n and s["text"] == lane_bank.texts[s["text_id"]]
         assert s["approx"] == (s["decision"] != "SNAP")
         assert s["latency_ms"]["total"] >= s["latency_ms"]["decide"] >= 0
@@ -55,7 +55,7 @@ def test_generate_text_output_and_lane_errors(lane_bank, capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert "unknown lane 'sports'" in err and "history, legal, science" in err
     assert main(["generate", str(lane_bank.path), "--prompt-ids", "0", "--profile", "wild"]) == 2
-    assert "conservative, creative, neutral" in capsys.readouterr().err
+    assert "conservative, creative, minilm, neutral" in capsys.readouterr().err
 
 
 def test_generate_emitted_vectors_extend_context(lane_bank) -> None:

@@ -100,8 +100,8 @@ def test_ingest_with_kmeans_lanes(real_encoder, wiki_jsonl, tmp_path):  # noqa: 
 
 def test_context_lane_classifier_reuses_the_prototypes_that_labelled_the_articles(wiki_bank, real_encoder,  # noqa: F811
                                                                                    tmp_path):
-    from vecrag.decode.cascade import lane_codes_of, predict_lanes
-    from vecrag.eval.cascade_eval import context_lane_classifier
+    from vecrag.decode.cascade import lane_codes_of
+    from vecrag.lanes import context_lane_classifier, predict_lanes
 
     bank, y = _two_lane_bank(wiki_bank, tmp_path)
     codes, names = lane_codes_of(bank.lanes)

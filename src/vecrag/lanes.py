@@ -17,6 +17,7 @@ All chunks of an article share its lane.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -28,6 +29,7 @@ import numpy as np
 
 from vecrag.errors import VecragError
 
+log = logging.getLogger(__name__)
 PRESET = Path(__file__).resolve().parent / "presets" / "lanes.yaml"
 KMEANS_SEED = 1234
 _STOP = set("""a an and the of in on at to for from by with as or is are was were be de la le les du des el
@@ -229,3 +231,64 @@ def relane_bank(bank_path: str | Path, spec_str: str, *, device: str = "auto", e
                        n_chunks=t.column("n_chunks").to_numpy(), titles=t.column("title").to_pylist(), embed=embed)
     bank.set_lanes(res.article_lanes, res.meta)
     return bank
+
+
+def lane_centroids(vectors: np.ndarray, codes: np.ndarray, use: np.ndarray | None = None,
+                   block: int = 1 << 16) -> np.ndarray:
+    """Normalised mean vector of each lane code (rows 0..max code) over the chunks where ``use`` is True
+    (e.g. the train split only, so that held-out articles do not shape the centroids); a lane with no
+    such chunk gets a zero row (never predicted)."""
+    n_lanes = int(codes.max()) + 1 if len(codes) and codes.max() >= 0 else 0
+    sums = np.zeros((n_lanes, vectors.shape[1]), np.float64)
+    for s in range(0, len(codes), block):
+        c = codes[s:s + block]
+        keep = (c >= 0) if use is None else (c >= 0) & use[s:s + block]
+        if keep.any():
+            onehot = np.zeros((n_lanes, int(keep.sum())), np.float32)
+            onehot[c[keep], np.arange(onehot.shape[1])] = 1.0
+            sums += onehot @ np.asarray(vectors[s:s + block][keep], np.float32)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def predict_lanes(ctx: np.ndarray, mask: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Lane code of each context from its own vectors only: the centroid nearest (cosine) to the mean of the
+    valid context vectors. -1 for an empty context or a bank without lanes."""
+    if len(centroids) == 0:
+        return np.full(len(ctx), -1, np.int64)
+    m = mask.astype(np.float32)[..., None]
+    mean = (ctx * m).sum(1) / np.maximum(m.sum(1), 1.0)
+    codes = np.argmax(mean @ centroids.T, axis=1).astype(np.int64)
+    return np.where(mask.any(1), codes, -1)
+
+
+def context_lane_classifier(bank: Any, names: list[str]) -> tuple[np.ndarray, str]:
+    """Unit vectors, one per lane code (``names`` order), to classify a context by its mean vector
+    (:func:`predict_lanes`), and what they are. Lanes built from description prototypes get the same
+    prototypes (re-embedded with the bank's encoder: the classifier that labelled the articles, applied to the
+    context alone); other lanes get centroids of the TRAIN split's chunks (held-out articles never shape them)."""
+    meta = bank.manifest.get("lanes") or {}
+    if meta.get("source") == "prototypes" and names:
+        path = Path(str(meta.get("file", "")))
+        if not path.is_file() and set(names) <= set(load_lane_descriptions(PRESET)):
+            path = PRESET  # built elsewhere (e.g. on a GPU machine) with the shipped lanes.yaml
+        if path.is_file():
+            desc = load_lane_descriptions(path)
+            if set(names) <= set(desc):
+                from vecrag.encode import load_encoder
+
+                enc = load_encoder(bank.encoder["name"], device="cpu")
+                protos = np.stack([enc.encode(desc[n]).mean(axis=0) for n in names]).astype(np.float32)
+                return protos / np.linalg.norm(protos, axis=1, keepdims=True), f"prototypes ({path.name})"
+        log.warning("lane descriptions %s not found: classifying contexts by train-split lane centroids", path)
+    from vecrag.decode.cascade import lane_codes_of
+
+    codes, _ = lane_codes_of(bank.lanes)
+    cent = lane_centroids(bank.vectors, codes, np.isin(bank.article_of, bank.split_articles("train")))
+    return cent, "train-split lane centroids"
+
+
+def bank_lane_classifier(bank: Any) -> np.ndarray | None:
+    """:func:`context_lane_classifier` for a bank's own lanes (sorted names), or None when it has none."""
+    names = sorted({str(x) for x in bank.lanes if x})
+    return context_lane_classifier(bank, names)[0] if names else None

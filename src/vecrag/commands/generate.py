@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from vecrag.decode.inverter import load_inverter
     from vecrag.decode.profiles import check_lane, load_profiles
     from vecrag.fsutil import append_jsonl
+    from vecrag.lanes import bank_lane_classifier
 
     if args.steps < 1:
         raise VecragError(f"--steps must be >= 1, got {args.steps}")
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     index = common.open_search(bank, args)
     cfg = common.cascade_config(args, policies.default.K)
     dec = Decoder(bank.vectors, bank.texts, bank.lanes, index, lvm, tower, policies, cfg, lane=args.lane,
-                  inverter=inverter, K=args.K, exclude_context=not args.keep_context_ids)
+                  inverter=inverter, K=args.K, exclude_context=not args.keep_context_ids,
+                  lane_classifier=None if args.lane else bank_lane_classifier(bank))
     tele = Path(args.telemetry) if args.telemetry else None
     if tele:
         tele.parent.mkdir(parents=True, exist_ok=True)

@@ -186,31 +186,3 @@ def lane_codes_of(lanes: np.ndarray) -> tuple[np.ndarray, list[str]]:
     lut = {n: i for i, n in enumerate(names)}
     return np.fromiter((lut.get(str(x), -1) for x in lanes), dtype=np.int64, count=len(lanes)), names
 
-
-def lane_centroids(vectors: np.ndarray, codes: np.ndarray, use: np.ndarray | None = None,
-                   block: int = 1 << 16) -> np.ndarray:
-    """Normalised mean vector of each lane code (rows 0..max code) over the chunks where ``use`` is True
-    (e.g. the train split only, so that held-out articles do not shape the centroids); a lane with no
-    such chunk gets a zero row (never predicted)."""
-    n_lanes = int(codes.max()) + 1 if len(codes) and codes.max() >= 0 else 0
-    sums = np.zeros((n_lanes, vectors.shape[1]), np.float64)
-    for s in range(0, len(codes), block):
-        c = codes[s:s + block]
-        keep = (c >= 0) if use is None else (c >= 0) & use[s:s + block]
-        if keep.any():
-            onehot = np.zeros((n_lanes, int(keep.sum())), np.float32)
-            onehot[c[keep], np.arange(onehot.shape[1])] = 1.0
-            sums += onehot @ np.asarray(vectors[s:s + block][keep], np.float32)
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    return (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-
-
-def predict_lanes(ctx: np.ndarray, mask: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Lane code of each context from its own vectors only: the centroid nearest (cosine) to the mean of the
-    valid context vectors. -1 for an empty context or a bank without lanes."""
-    if len(centroids) == 0:
-        return np.full(len(ctx), -1, np.int64)
-    m = mask.astype(np.float32)[..., None]
-    mean = (ctx * m).sum(1) / np.maximum(m.sum(1), 1.0)
-    codes = np.argmax(mean @ centroids.T, axis=1).astype(np.int64)
-    return np.where(mask.any(1), codes, -1)

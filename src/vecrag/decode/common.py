@@ -32,7 +32,9 @@ def add_model_arguments(p: argparse.ArgumentParser, *, lvm_default: str | None =
 
 
 def add_cascade_arguments(p: argparse.ArgumentParser, *, timeout_default: float = 50.0) -> None:
-    p.add_argument("--profile", default="neutral", help="decode profile: conservative, neutral, creative, or minilm (tuned for all-MiniLM-L6-v2 banks: blends below the seed's tau_novel)")
+    p.add_argument("--profile", default="neutral",
+                   help="decode profile: conservative, neutral, creative, or minilm (tuned for all-MiniLM-L6-v2 "
+                        "banks: blends below the seed's tau_novel)")
     p.add_argument("--profiles", default=None, metavar="FILE.yaml",
                    help="decode profiles file (default: the shipped presets/decode.yaml)")
     p.add_argument("--K", dest="K", type=int, default=None,

@@ -15,8 +15,10 @@ decode`` measures by default), the bank chunks already in the context window (ba
 used by earlier SNAP/BLEND steps) are removed from each step's shortlist, so generation moves on instead of
 re-emitting the chunk it just used; without it only the near-duplicate rule (c > 0.98) stops a re-snap.
 
-The context lane is ``--lane`` when given; otherwise the lane of the bank chunk nearest to the last prompt
-vector, then the lane of the most recently used bank chunk (SNAP/BLEND).
+The context lane is ``--lane`` when given; otherwise the lane predicted from the prompt's last L vectors by the
+bank's lane classifier (:func:`vecrag.lanes.context_lane_classifier`, the rule ``eval cascade`` / ``eval decode``
+measure), or without one the lane of the bank chunk nearest to the last prompt vector; after that, the lane
+of the most recently used bank chunk (SNAP/BLEND).
 """
 
 from __future__ import annotations
@@ -70,14 +72,17 @@ class Decoder:
     def __init__(self, vectors: np.ndarray, texts: list[str], lanes: np.ndarray | None, index: Any,
                  lvm: Predictor, tower: Predictor, policies: PolicySet, cfg: CascadeConfig | None = None,
                  *, lane: str | None = None, inverter: Any = None, K: int | None = None,
-                 exclude_context: bool = False):
+                 exclude_context: bool = False, lane_classifier: np.ndarray | None = None):
         """``K`` fixes the tower shortlist size; by default each step uses its lane policy's K.
-        ``exclude_context``: drop the context window's own bank chunks from every shortlist (module doc)."""
+        ``exclude_context``: drop the context window's own bank chunks from every shortlist (module doc).
+        ``lane_classifier``: one unit row per lane, in sorted lane-name order, to pick the prompt's lane."""
         self.vectors, self.texts = vectors, texts
         self.lvm, self.tower, self.policies = lvm, tower, policies
         self.lanes = lanes if lanes is not None else np.full(len(texts), "", dtype=object)
         codes, names = lane_codes_of(self.lanes)
         self.lane_lut = {n: i for i, n in enumerate(names)}
+        self.lane_names = names
+        self.lane_classifier = lane_classifier
         self.cascade = Cascade(index, vectors, cfg or CascadeConfig(), lane_codes=codes)
         self.fixed_lane = lane
         self.inverter = inverter
@@ -104,6 +109,12 @@ class Decoder:
             return self.fixed_lane
         if not self.lane_lut or not prompt:
             return ""
+        if self.lane_classifier is not None:
+            from vecrag.lanes import predict_lanes
+
+            ctx, mask = self._ctx(prompt, max(self.lvm.context_len, self.tower.context_len))
+            code = int(predict_lanes(ctx, mask, self.lane_classifier)[0])
+            return self.lane_names[code] if 0 <= code < len(self.lane_names) else ""
         _, ids, _ = self.cascade.guard.search(np.asarray(prompt[-1], np.float32)[None], 1)
         return str(self.lanes[ids[0, 0]]) if ids[0, 0] >= 0 else ""
 

@@ -12,29 +12,26 @@ target's text counts as a hit):
 - ``tower>lane(article)``  the same with the article's own lane label as the context lane: an upper bound
 - ``cascade``          fused + lane: the full cascade used by ``vecrag generate``
 
-The context lane is predicted from the context vectors alone (:func:`predict_lanes` with
-:func:`context_lane_classifier`: the lane prototypes for description-built lanes, else centroids of TRAIN-split
-chunks). The article's own label is not used for the main rows:
-lanes built from vectors (``--lanes default``, ``kmeans:K``) are chosen from the mean of ALL the article's
-chunks, the target included, so the label leaks a little of the target into the query; a live prompt has no
-such label. ``lane_accuracy`` reports how often the prediction equals the article's label.
+The context lane is predicted from the context vectors alone (:func:`vecrag.lanes.predict_lanes` with
+:func:`vecrag.lanes.context_lane_classifier`: the lane prototypes for description-built lanes, else
+centroids of TRAIN-split chunks), as ``vecrag generate`` does for a prompt. The article's own label is not
+used for the main rows: lanes built from vectors (``--lanes default``, ``kmeans:K``) are chosen from the
+mean of ALL the article's chunks, the target included, so the label leaks a little of the target into the
+query; a live prompt has no such label. ``lane_accuracy`` reports how often the prediction equals the article's label.
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vecrag.bank import Bank
-from vecrag.decode.cascade import fuse, lane_bonus, lane_centroids, lane_codes_of, predict_lanes, top_by
+from vecrag.decode.cascade import fuse, lane_bonus, lane_codes_of, top_by
 from vecrag.decode.predictors import HeuristicPredictor, Predictor
 from vecrag.eval.metrics import first_hit_rank, format_table, recall_table
+from vecrag.lanes import context_lane_classifier, predict_lanes
 from vecrag.sequences import Samples, gather_context
-
-log = logging.getLogger(__name__)
 
 HIT_KS = (1, 5, 10)
 HIT_RULES = "context ids excluded; a retrieved chunk with the target's text counts as a hit"
@@ -58,32 +55,6 @@ def predict(pred: Predictor, ctx: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def context_len(*preds: Predictor) -> int:
     return max(int(p.context_len) for p in preds)
-
-
-def context_lane_classifier(bank: Bank, names: list[str]) -> tuple[np.ndarray, str]:
-    """Unit vectors, one per lane code (``names`` order), to classify a context by its mean vector
-    (:func:`predict_lanes`), and what they are. Lanes built from description prototypes get the same
-    prototypes (re-embedded with the bank's encoder: the classifier that labelled the articles, applied to the
-    context alone); other lanes get centroids of the TRAIN split's chunks (held-out articles never shape them)."""
-    meta = bank.manifest.get("lanes") or {}
-    if meta.get("source") == "prototypes" and names:
-        from vecrag.lanes import PRESET, load_lane_descriptions
-
-        path = Path(str(meta.get("file", "")))
-        if not path.is_file() and set(names) <= set(load_lane_descriptions(PRESET)):
-            path = PRESET  # built elsewhere (e.g. on a GPU machine) with the shipped lanes.yaml
-        if path.is_file():
-            desc = load_lane_descriptions(path)
-            if set(names) <= set(desc):
-                from vecrag.encode import load_encoder
-
-                enc = load_encoder(bank.encoder["name"], device="cpu")
-                protos = np.stack([enc.encode(desc[n]).mean(axis=0) for n in names]).astype(np.float32)
-                return protos / np.linalg.norm(protos, axis=1, keepdims=True), f"prototypes ({path.name})"
-        log.warning("lane descriptions %s not found: classifying contexts by train-split lane centroids", path)
-    codes, _ = lane_codes_of(bank.lanes)
-    cent = lane_centroids(bank.vectors, codes, np.isin(bank.article_of, bank.split_articles("train")))
-    return cent, "train-split lane centroids"
 
 
 def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, index: Any, *, K: int = 500,

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 
 from vecrag.bank import Bank
-from vecrag.decode.cascade import Cascade, CascadeConfig, lane_codes_of, predict_lanes
+from vecrag.decode.cascade import Cascade, CascadeConfig, lane_codes_of
 from vecrag.decode.policy import KINDS, NOVEL, SNAP, Policy, alpha, decide_batch
 from vecrag.decode.predictors import Predictor
 from vecrag.decode.profiles import PolicySet
-from vecrag.eval.cascade_eval import context_lane_classifier, context_len, predict
+from vecrag.eval.cascade_eval import context_len, predict
+from vecrag.lanes import context_lane_classifier, predict_lanes
 from vecrag.sequences import Samples, gather_context
 
 SWEEP_SNAP = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))          # 0.80 .. 0.99
