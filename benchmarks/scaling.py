@@ -11,7 +11,10 @@ Bank vectors are random unit vectors (``--data clustered``: Gaussian blobs, clos
 generated with torch (on the GPU when ``--device cuda``) in chunks. Part (1) reuses the real trainer path of
 ``benchmarks/train_retriever.py`` (Trainer + RetrieverTask, ``measure``) on a random bank written once to
 ``--workdir`` (fp16, 20 chunks an article) and reused by later commands. Part (2) uses ``vecrag.index``:
-FAISS indexes are built and searched on the CPU (faiss-cpu: our GPU machine has no faiss-gpu); ``torch`` is
+FAISS indexes are searched on the CPU (faiss-cpu: our GPU machine has no faiss-gpu); with ``--device cuda``
+IVF / IVF-PQ are built through ``build_from_vectors(device="cuda")``, i.e. k-means and list assignment in
+torch on the GPU (``vecrag.ivf_torch``; faiss-gpu instead where installed), and each row's params say which
+path trained it (``train=torch-cuda``, ``faiss-gpu`` or ``faiss-cpu``); ``torch`` is
 ``ExactTorchIndex`` on ``--device`` (fp16 on CUDA), the GPU search path we measure. IVF uses nlist =
 4 sqrt(N) and sweeps ``--nprobes``; IVF-PQ uses ``--pq-m`` x ``--nbits`` codes, with and without exact
 re-ranking of ``--refine`` x k candidates. The exact fp32 ground truth is computed once per size for the
@@ -246,16 +249,17 @@ def index_one_size(args: argparse.Namespace, res: Results, n: int) -> None:
             kw: dict[str, Any] = {"nlist": args.nlist or default_nlist(n)}
             if kind == "ivfpq":
                 kw.update(m=args.pq_m, nbits=args.nbits, refine=0)
-            idx = build_from_vectors(x, kind, device="cpu", threads=args.threads, progress=False,
+            idx = build_from_vectors(x, kind, device=args.device, threads=args.threads, progress=False,
                                      seed=args.seed, **kw)
             build_s = time.perf_counter() - t
-            say(f"  {kind} built in {build_s:.1f} s ({kw})")
+            train = getattr(idx, "trained_with", "faiss-cpu")
+            say(f"  {kind} built in {build_s:.1f} s ({kw}, train={train})")
             for nprobe in args.nprobes:
                 idx.set_search_params(nprobe=nprobe)
                 for refine in ([0, args.refine] if kind == "ivfpq" and args.refine else [0]):
                     idx.refine = refine  # re-rank refine*k PQ candidates with the exact vectors
                     extra = {"refine": refine} if kind == "ivfpq" else {}
-                    measure(kind, idx, build_s, "cpu", **{**kw, "nprobe": nprobe, **extra})
+                    measure(kind, idx, build_s, idx.device, **{**kw, "nprobe": nprobe, **extra, "train": train})
         else:
             raise SystemExit(f"unknown index type {kind!r}")
         del idx

@@ -3,11 +3,15 @@ IVF-PQ coarse quantizer of a faiss index with preassigned adds."""
 
 from __future__ import annotations
 
+import logging
+
 import faiss
 import numpy as np
 import pytest
 
-from vecrag import ivf_torch
+from tests.conftest import make_synthetic_bank
+from vecrag import index_build, ivf_torch
+from vecrag.errors import VecragError
 from vecrag.index_build import make_empty, resolve_params, training_sample
 
 
@@ -48,12 +52,14 @@ def test_kmeans_objective_close_to_faiss() -> None:
     assert obj[0] >= obj[1] - 0.01, obj  # mean inner product to the nearest centroid
 
 
-def test_empty_clusters_are_reseeded() -> None:
+def test_empty_clusters_are_reseeded(caplog: pytest.LogCaptureFixture) -> None:
     # 3 distinct points repeated: 6 centroids start on (at most 3) distinct points, so ties leave clusters
     # empty in every iteration; each must come back as a unit training point, never zero / NaN
     base = _unit(np.random.default_rng(0).standard_normal((3, 16)))
     x = np.repeat(base, 100, axis=0)
+    caplog.set_level(logging.DEBUG, logger="vecrag.ivf_torch")
     c = ivf_torch.spherical_kmeans(x, 6, seed=0)
+    assert "3 empty clusters re-seeded" in caplog.text
     assert np.isfinite(c).all()
     np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-5)
     assert (np.abs(c @ base.T).max(axis=1) > 0.999).all()  # every centroid sits on one of the points
@@ -87,7 +93,7 @@ def _build_torch(x: np.ndarray, kind: str, params: dict) -> faiss.Index:
 
 
 def _recall(ids: np.ndarray, gt: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / gt.shape[1] for a, b in zip(ids, gt)]))
+    return float(np.mean([len(set(a) & set(b)) / gt.shape[1] for a, b in zip(ids, gt, strict=True)]))
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +120,7 @@ def test_ivf_flat_with_torch_quantizer_is_exact_at_full_nprobe(data20k) -> None:
 
 def test_ivfpq_with_torch_quantizer_matches_faiss_training(data20k) -> None:
     x, q, gt = data20k
-    _, params = resolve_params(len(x), 64, "ivfpq", nlist=64, m=8, nbits=8)
+    _, params = resolve_params(len(x), 64, "ivfpq", nlist=64, m=32, nbits=5)
     ours = _build_torch(x, "ivfpq", params)
     ref = make_empty("ivfpq", 64, params)
     ref.train(training_sample(x, "ivfpq", params, seed=0))
@@ -122,4 +128,35 @@ def test_ivfpq_with_torch_quantizer_matches_faiss_training(data20k) -> None:
     faiss.extract_index_ivf(ref).nprobe = params["nlist"]
     assert ours.ntotal == ref.ntotal == len(x)
     r_ours, r_ref = _recall(ours.search(q, 10)[1], gt), _recall(ref.search(q, 10)[1], gt)
-    assert r_ours >= r_ref - 0.03, (r_ours, r_ref)  # same PQ training; only the coarse k-means differs
+    # measured 0.586 vs 0.5895 (at 32x8: 0.814 vs 0.8135, 20x slower to train): the PQ training is faiss's
+    # in both; only the coarse k-means (and its random start) differs
+    assert r_ref > 0.5 and r_ours >= r_ref - 0.03, (r_ours, r_ref)
+
+
+def test_cuda_without_faiss_gpu_resolves_to_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from vecrag import index_gpu
+
+    monkeypatch.setattr(index_gpu, "faiss_gpu_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert index_build.resolve_build_device("cuda", "ivfpq") == ("cpu", "cuda")
+    assert index_build.resolve_build_device("cpu", "ivf") == ("cpu", None)
+    with pytest.raises(VecragError):  # flat / HNSW: no torch path; still needs faiss-gpu as before
+        index_build.resolve_build_device("cuda", "flat")
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_build_index_wiring_through_the_torch_path(kind: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the path build_from_vectors takes on cuda, pointed at the CPU so that it runs here
+    monkeypatch.setattr(index_build, "resolve_build_device", lambda device, kind: ("cpu", "cpu"))
+    bank = make_synthetic_bank(tmp_path / "bank", n_articles=100, per_article=12, dim=16)
+    kw = {"nlist": 16, "nprobe": 16} if kind == "ivf" else {"nlist": 16, "nprobe": 16, "m": 8, "nbits": 6}
+    idx = index_build.build_index(bank, kind, device="cuda", progress=False, **kw)
+    rec = bank.manifest["index"]
+    assert idx.trained_with == rec["trained_with"] == "torch-cpu" and rec["ntotal"] == bank.n == idx.ntotal
+    q = bank.vectors_f32(np.arange(0, bank.n, 7))
+    exact = faiss.IndexFlatIP(bank.dim)
+    exact.add(bank.vectors_f32(np.arange(bank.n)))
+    r = _recall(idx.search(q, 10)[1], exact.search(q, 10)[1])
+    assert r == 1.0 if kind == "ivf" else r > 0.8  # ivfpq: exact re-ranking of refine*k (default 4) candidates

@@ -120,18 +120,18 @@ def _batches(vectors: np.ndarray, start: int, stop: int, progress: bool, desc: s
             bar.update(e - s)
 
 
-def resolve_build_device(device: str, kind: str) -> tuple[str, bool]:
-    """(faiss device, torch_ivf): ``--device cuda`` with a CUDA GPU that torch sees but a faiss without GPU
-    support (our H200 machine) trains and assigns IVF / IVF-PQ lists with torch (``vecrag.ivf_torch``); the
-    faiss index itself stays on the CPU. Everything else resolves as ``resolve_faiss_device``."""
+def resolve_build_device(device: str, kind: str) -> tuple[str, str | None]:
+    """(faiss device, torch device or None): ``--device cuda`` with a CUDA GPU that torch sees but a faiss
+    without GPU support (our H200 machine) trains and assigns IVF / IVF-PQ lists with torch on ``cuda``
+    (``vecrag.ivf_torch``); the faiss index itself stays on the CPU. Else as ``resolve_faiss_device``."""
     from vecrag.index_gpu import faiss_gpu_count, resolve_faiss_device
 
     if device == "cuda" and kind in ("ivf", "ivfpq") and faiss_gpu_count() == 0:
         import torch
 
         if torch.cuda.is_available():
-            return "cpu", True
-    return resolve_faiss_device(device), False
+            return "cpu", "cuda"
+    return resolve_faiss_device(device), None
 
 
 def build_from_vectors(vectors: np.ndarray, kind: str = "auto", *, device: str = "auto", threads: int | None = None,
@@ -148,7 +148,7 @@ def build_from_vectors(vectors: np.ndarray, kind: str = "auto", *, device: str =
     faiss.omp_set_num_threads(int(threads or os.cpu_count() or 1))
     n, dim = int(vectors.shape[0]), int(vectors.shape[1])
     kind, params = resolve_params(n, dim, kind, **kw)
-    dev, torch_ivf = resolve_build_device(device, kind)
+    dev, torch_dev = resolve_build_device(device, kind)
     cpu = make_empty(kind, dim, params)
     work, res, trained_with = cpu, None, "faiss-cpu"
     if dev == "cuda" and kind in ("ivf", "ivfpq"):
@@ -157,24 +157,24 @@ def build_from_vectors(vectors: np.ndarray, kind: str = "auto", *, device: str =
             work, res = got
             trained_with = "faiss-gpu"
     centroids = None
-    if torch_ivf:
+    if torch_dev is not None:
         from vecrag import ivf_torch
 
         t = time.perf_counter()
         sample = training_sample(vectors, kind, params, seed)
-        cents = ivf_torch.spherical_kmeans(sample, params["nlist"], seed=seed, device="cuda")
+        cents = ivf_torch.spherical_kmeans(sample, params["nlist"], seed=seed, device=torch_dev)
         t_km = time.perf_counter() - t
         ivf_torch.set_quantizer(cpu, cents, sample)  # faiss keeps the centroids; trains IVF-PQ codebooks
-        centroids, trained_with = ivf_torch.centroids_on(cents, "cuda"), "torch-cuda"
-        log.info("trained %s on cuda (torch k-means) in %.1f s (k-means %.1f s)", kind, time.perf_counter() - t,
-                 t_km)
+        centroids, trained_with = ivf_torch.centroids_on(cents, torch_dev), f"torch-{torch_dev}"
+        log.info("trained %s on %s (torch k-means) in %.1f s (k-means %.1f s)", kind, torch_dev,
+                 time.perf_counter() - t, t_km)
     elif not work.is_trained:
         t = time.perf_counter()
         work.train(training_sample(vectors, kind, params, seed))
         log.info("trained %s on %s in %.1f s", kind, trained_with, time.perf_counter() - t)
     for _, x in _batches(vectors, 0, n, progress, f"index {kind}"):
         if centroids is not None:
-            ivf_torch.add_assigned(cpu, x, centroids, device="cuda")  # lists chosen on the GPU
+            ivf_torch.add_assigned(cpu, x, centroids, device=torch_dev)  # lists chosen on the GPU
         else:
             work.add(x)
     if work is not cpu:
@@ -253,7 +253,7 @@ def build_index(bank: Bank, kind: str = "auto", *, nlist: int | None = None, npr
     kw = dict(nlist=nlist, nprobe=nprobe, m=m, nbits=nbits, ef_search=ef_search, ef_construction=ef_construction,
               refine=refine)
     kind, params = resolve_params(bank.n, bank.dim, kind, **kw)
-    dev, torch_ivf = resolve_build_device(device, kind)
+    dev, torch_dev = resolve_build_device(device, kind)
     out_dir = index_dir(bank)
     out_dir.mkdir(parents=True, exist_ok=True)
     ivfdata = None
@@ -263,7 +263,7 @@ def build_index(bank: Bank, kind: str = "auto", *, nlist: int | None = None, npr
         faiss.omp_set_num_threads(int(threads or os.cpu_count() or 1))
         cpu, ivfdata = _build_ondisk(bank.vectors, kind, params, out_dir, progress=progress, seed=seed)
         params["on_disk"] = True
-        built, trained_with, torch_ivf = None, "faiss-cpu", False
+        built, trained_with, torch_dev = None, "faiss-cpu", None
     else:
         built = build_from_vectors(bank.vectors, kind, device=device, threads=threads, progress=progress, seed=seed,
                                    **kw)
@@ -273,7 +273,7 @@ def build_index(bank: Bank, kind: str = "auto", *, nlist: int | None = None, npr
     build_s = time.perf_counter() - t0
     record = {"type": kind, "file": f"{INDEX_DIR}/{kind}.faiss", "params": params, "ntotal": int(cpu.ntotal),
               "dim": int(cpu.d), "metric": "inner_product", "build_s": round(build_s, 3),
-              "built_on": "cuda" if torch_ivf else dev, "trained_with": trained_with,
+              "built_on": torch_dev or dev, "trained_with": trained_with,
               "faiss_version": faiss.__version__, "ivfdata": ivfdata,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     bank.update_manifest(index=record)

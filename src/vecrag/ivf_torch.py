@@ -90,7 +90,8 @@ def assign(x: np.ndarray, centroids: np.ndarray | torch.Tensor, *, device: str =
            rows: int | None = None) -> np.ndarray:
     """Index (int64) of each row's maximum-inner-product centroid, computed on ``device`` in chunks."""
     c = centroids if isinstance(centroids, torch.Tensor) else centroids_on(centroids, device)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    xa = np.ascontiguousarray(x, dtype=np.float32)
+    xt = torch.from_numpy(xa if xa.flags.writeable else xa.copy())  # a read-only memmap view: torch warns
     return _assign_t(xt, c, rows or chunk_rows(len(c)))[0].cpu().numpy()
 
 
