@@ -8,8 +8,10 @@
 #
 # Environment: VECRAG (command, default vecrag), DEVICE (cuda), EPOCHS (4), TRAIN_TIMEOUT (s, 600; a run
 # killed by it is evaluated from its best checkpoint), THREADS (torch threads per trainer, 3),
-# RET_MODES (one retriever per mining mode, "none sync async": the no-mining run is the control and the
-# samples/s of the three, trained side by side, are the cost of mining), RET_ARGS (overrides for every
+# RET_RUNS (one retriever per NAME:OVERRIDE[,OVERRIDE...] item, default "none:mining.mode=none
+# sync:mining.mode=sync async:mining.mode=async": the no-mining run is the control and the samples/s of the
+# three, trained side by side, are the cost of mining; e.g. RET_RUNS="sync:mining.mode=sync
+# k256:mining.mode=sync,mining.k=256 rel0:mining.mode=sync,mining.rel=0"), RET_ARGS (overrides for every
 # retriever, e.g. "train.lr=1e-4"), SCHED (curriculum), LVM_NCE (LVM InfoNCE weights, "0.1"),
 # MAX_SAMPLES (cascade/decode test samples, 10000), SKIP_TRAIN (1: evaluate existing runs only),
 # INGEST_ARGS (extra ingest flags, e.g. --max-articles 40).
@@ -20,7 +22,8 @@ DEV="${DEVICE:-cuda}"
 EP="${EPOCHS:-4}"
 TT="${TRAIN_TIMEOUT:-600}"
 TH="${THREADS:-3}"
-RET_MODES="${RET_MODES:-none sync async}"  # one retriever per mining mode, trained side by side on the one GPU
+RET_RUNS="${RET_RUNS:-none:mining.mode=none sync:mining.mode=sync async:mining.mode=async}"
+RET_NAMES=$(for r in $RET_RUNS; do printf '%s ' "${r%%:*}"; done)
 RET_ARGS="${RET_ARGS:-train.lr=2e-4}"
 SCHED="${SCHED:-0-0:none;1-1:8@0.3-0.95;2-99:16@0.3-0.97}"
 LVM_NCE="${LVM_NCE:-0.1}"    # one LVM per InfoNCE weight
@@ -52,7 +55,7 @@ if [ ! -f "$BANK/manifest.json" ]; then
 fi
 $V bank info "$BANK"
 
-stamp "train: retrievers (mining $RET_MODES) + LVMs (nce $LVM_NCE) in parallel (epochs $EP, timeout ${TT}s each)"
+stamp "train: retrievers ($RET_RUNS) + LVMs (nce $LVM_NCE) in parallel (epochs $EP, timeout ${TT}s each)"
 ret() {  # name, extra overrides
   local name="$1"; shift
   timeout "$TT" $V train retriever "$BANK" --config retriever-gpu "train.epochs=$EP" "train.torch_threads=$TH" \
@@ -70,7 +73,10 @@ lvm() {
 if [ -z "${SKIP_TRAIN:-}" ]; then
 $V eval baselines "$BANK" --split test --context 10 --backend torch --device "$DEV" --quiet \
   --out "$W/eval/baselines-test.json" > "$W/eval/baselines-test.txt" 2>&1 &
-for m in $RET_MODES; do ret "ret-$m" "mining.mode=$m" & done
+for r in $RET_RUNS; do
+  IFS=, read -ra ov <<< "${r#*:}"
+  ret "ret-${r%%:*}" "${ov[@]}" &
+done
 for w in $LVM_NCE; do lvm "lvm-nce$w" "loss.w_nce=$w" & done
 wait
 fi
@@ -78,12 +84,12 @@ cat "$W/train-status.txt" "$W/eval/baselines-test.txt"
 
 # BM25 and encoder-on-text ran above (eval baselines, same bank, split and queries) while the GPU trained
 stamp "eval retrievers (test split, full bank, every vector baseline re-measured beside each tower)"
-for m in $RET_MODES; do
+for m in $RET_NAMES; do
   $V eval retriever "$W/runs/ret-$m" --split test --backend torch --device "$DEV" --quiet \
     | tee "$W/eval/retriever-$m.txt"
 done
 # training speed of each mining mode, side by side on the same GPU and bank (median of the train records)
-python3 - "$W/runs" $RET_MODES <<'EOF'
+python3 - "$W/runs" $RET_NAMES <<'EOF'
 import json, statistics, sys
 from pathlib import Path
 for m in sys.argv[2:]:
