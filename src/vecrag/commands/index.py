@@ -14,6 +14,8 @@ atomically), recording type and parameters in the manifest. --type auto picks ex
 sub-quantizers of nbits) and re-ranks refine*k candidates exactly with the bank vectors (--refine 0 turns
 this off); --on-disk keeps its inverted lists in a memory-mapped file for banks larger than RAM.
 --device auto uses the GPU(s) when faiss has GPU support (one GPU, or sharded over all visible GPUs).
+--device cuda with only faiss-cpu installed (and a GPU torch sees) trains IVF / IVF-PQ with a torch k-means
+on the GPU and assigns the vectors to their lists there; the index itself is searched on the CPU.
 Prints the build time and, for approximate types, Recall@10 against exact search (fp32) on 1,000 bank
 vectors sampled as queries (ids drawn with a fixed seed) and queries/s for that batch; both are recorded in
 manifest["index"] (recall_at_10, recall_queries, queries_per_s).
