@@ -60,7 +60,11 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     resolve_config(cfg, bank)
     task = RetrieverTask(bank, cfg)
     try:
-        Trainer(task, cfg.train, run_dir, run_config=cfg, quiet=True).fit()
+        if args.profile_out:
+            run_profiled(Trainer(task, cfg.train, run_dir, run_config=cfg, quiet=True), args,
+                         Path(args.profile_out) / f"profile-{bank.n}-{mode}.txt")
+        else:
+            Trainer(task, cfg.train, run_dir, run_config=cfg, quiet=True).fit()
     finally:
         task.close()
     recs = [r for r in read_jsonl(run_dir / "log.jsonl") if r["kind"] == "train"]
@@ -68,6 +72,24 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     st = task.stats()
     return {"samples_per_s": float(np.median(sps)), "hits": st.get("miner_hits", 0.0),
             "fallbacks": st.get("miner_fallbacks", 0.0), "rss_mb": recs[-1]["rss_mb"] if recs else float("nan")}
+
+
+def run_profiled(trainer, args, out: Path) -> None:
+    """``trainer.fit()`` under torch.profiler (every thread: the async miner's ops show up too); writes the
+    ops by self CPU time and, on CUDA, by self CUDA time, so a slow mode can be attributed in one run.
+    The profiler slows the run: use its table for shares, the unprofiled run for samples/s."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        trainer.fit()
+    ka = prof.key_averages()
+    parts = [ka.table(sort_by="self_cpu_time_total", row_limit=25)]
+    if args.device == "cuda":
+        parts.append(ka.table(sort_by="self_cuda_time_total", row_limit=15))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n\n".join(parts), encoding="utf-8")
+    print(f"profile written to {out}", file=sys.stderr)
 
 
 def main() -> int:
@@ -87,6 +109,8 @@ def main() -> int:
     p.add_argument("--backend", default="faiss", choices=["faiss", "torch"])
     p.add_argument("--timeout", type=float, default=0.05, help="async wait before falling back (s)")
     p.add_argument("--workdir", default=None, help="where to write the random banks (default: a temp dir)")
+    p.add_argument("--profile-out", default=None, metavar="DIR",
+                   help="run each cell under torch.profiler and write its op table to DIR (slower: for shares only)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from vecrag.runtime import set_threads
