@@ -13,7 +13,10 @@ On held-out articles, against the FULL bank, with the shared hit rules (context 
 hit), on the same queries: heuristic baselines (last, ewma), the query tower alone (and its R@K, the
 ceiling of any re-rank), the LVM prediction as the query, the tower top-K re-ranked by cos(LVM, candidate)
 alone, by the fusion w_tower * tower score + w_lvm * cos(LVM, candidate), by the lane bonus alone, and the
-full cascade (fusion + lane). Writes cascade_eval-SPLIT.json atomically.
+full cascade (fusion + lane). The context's lane is predicted from the context vectors, as `vecrag generate`
+does for a prompt (the bank's lane prototypes, else train-split lane centroids); the row
+tower>lane(article) uses the article's own lane label instead, an upper bound (for lanes built from vectors
+that label saw the target chunk). Writes cascade_eval-SPLIT.json atomically.
 """
 
 
