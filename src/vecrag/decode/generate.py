@@ -66,6 +66,17 @@ class Step:
         return out
 
 
+def window(ctx: list[np.ndarray], L: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``L`` context vectors, right-aligned in [1, L, D], with the mask of real slots."""
+    out = np.zeros((1, L, dim), np.float32)
+    mask = np.zeros((1, L), bool)
+    tail = ctx[-L:]
+    if tail:
+        out[0, L - len(tail):] = np.stack(tail)
+        mask[0, L - len(tail):] = True
+    return out, mask
+
+
 class Decoder:
     """Generation over one bank: owns the cascade (and its search thread); close() when done."""
 
@@ -95,14 +106,7 @@ class Decoder:
         return self.cascade.fallbacks
 
     def _ctx(self, ctx: list[np.ndarray], L: int) -> tuple[np.ndarray, np.ndarray]:
-        d = self.vectors.shape[1]
-        out = np.zeros((1, L, d), np.float32)
-        mask = np.zeros((1, L), bool)
-        tail = ctx[-L:]
-        if tail:
-            out[0, L - len(tail):] = np.stack(tail)
-            mask[0, L - len(tail):] = True
-        return out, mask
+        return window(ctx, L, self.vectors.shape[1])
 
     def initial_lane(self, prompt: list[np.ndarray]) -> str:
         if self.fixed_lane is not None:

@@ -79,6 +79,7 @@ class Decoding:
         return self.state.hits(np.array([[score]], np.float32), np.array([[i]], np.int64))[0][0]
 
     def next(self, req: Any) -> dict[str, Any]:
+        from vecrag.decode.generate import window
         from vecrag.decode.policy import decide, novel
 
         dec = self._decoder(req.profile or self.default_profile)
@@ -132,17 +133,6 @@ class Decoding:
     def close(self) -> None:
         for d in self._decoders.values():
             d.close()
-
-
-def window(ctx: list[np.ndarray], L: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """The last ``L`` context vectors, right-aligned in [1, L, D], with the mask of real slots."""
-    out = np.zeros((1, L, dim), np.float32)
-    mask = np.zeros((1, L), bool)
-    tail = ctx[-L:]
-    if tail:
-        out[0, L - len(tail):] = np.stack(tail)
-        mask[0, L - len(tail):] = True
-    return out, mask
 
 
 def _num(x: float) -> float | None:
