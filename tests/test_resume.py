@@ -99,3 +99,36 @@ def test_resume_refuses_overrides_and_missing_runs(tmp_path):
     out = subprocess.run(cli("train", "lvm", "--resume", str(tmp_path / "run"), "train.lr=1"), env=env(),
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "no BANK or overrides" in out.stderr
+
+
+def test_resume_from_each_kind_of_checkpoint_is_bit_identical(tmp_path):
+    """The SIGKILL test lands wherever the timing puts it; this one resumes, deterministically, from the
+    checkpoints a kill can leave as the newest: a step checkpoint in the first epoch, an epoch's pre-validation
+    checkpoint (killed during validation), and the first step checkpoint after it (mid-epoch, past a val)."""
+    import shutil
+
+    bank = make_synthetic_bank(tmp_path / "bank", n_articles=60, per_article=12)
+    ref = tmp_path / "ref"
+    overrides = [o for o in OVERRIDES if not o.startswith("train.keep_last")] + ["train.keep_last=1000"]
+    subprocess.run(cli("train", "lvm", str(bank.path), "--config", "lvm-tiny", *overrides, "--out", str(ref),
+                       "--quiet"), env=env(), cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    want = final_weights(ref)
+    index = json.loads((ref / "checkpoints" / "index.json").read_text())["files"]
+    seq = {n: e["seq"] for n, e in index.items()}
+    after_preval = min((n for n in seq if n.startswith("step-") and seq[n] > seq["epoch-1-preval.pt"]), key=seq.get)
+    for name in ("step-8.pt", "epoch-1-preval.pt", after_preval):
+        run = tmp_path / f"from-{name}"
+        shutil.copytree(ref, run)
+        keep = {n: e for n, e in index.items() if e["seq"] <= seq[name]}  # as if killed right after `name`
+        (run / "checkpoints" / "index.json").write_text(json.dumps({"files": keep}))
+        for f in (run / "checkpoints").glob("*.pt"):
+            if f.name not in keep:
+                f.unlink()
+        out = subprocess.run(cli("train", "lvm", "--resume", str(run), "--quiet"), env=env(), cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        resumed = [r for r in read_jsonl(run / "log.jsonl") if r.get("event") == "resume"]
+        assert resumed[-1]["checkpoint"] == name
+        got = final_weights(run)
+        for k in want:
+            assert torch.equal(want[k], got[k]), f"{k} differs after resuming from {name}"
