@@ -22,6 +22,7 @@ does not change them).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import re
@@ -328,10 +329,20 @@ class AsyncMiner:
         try:
             core = self.make_core()  # its own index handle
             self._tower.to(core.device)  # the copy lives where the core feeds it inputs (cuda when training there)
+            stream = None
+            if core.device.type == "cuda":
+                # its own (non-blocking) CUDA stream: on the shared default stream each .cpu() in this thread
+                # would also wait for the trainer's queued kernels, and the trainer's syncs for the miner's
+                torch.cuda.synchronize(core.device)  # the bank and tower copies above are on the default stream
+                stream = torch.cuda.Stream(core.device)
         except Exception:
             log.exception("async miner could not open its index")
             self.counters["errors"] += 1
             return
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            self._loop(gen, core)
+
+    def _loop(self, gen: int, core: MiningCore) -> None:
         while not self._stop.is_set() and gen == self._gen:
             with self._cond:
                 job = self._next_job()
