@@ -137,8 +137,8 @@ def resolve_config(cfg: RetrieverConfig, bank) -> RetrieverConfig:
 def bank_tensor(vectors: np.ndarray, device: torch.device) -> torch.Tensor:
     """The bank (fp16/fp32 as stored) as a torch tensor for the training step's row gathers: copied once to
     a CUDA device (every step then gathers positives, queue and mined negatives without touching the host;
-    fp16, 768 B a 384-D vector), else a zero-copy view of the memory map (``index_select`` + ``float`` was
-    ~4x faster than numpy fancy indexing + ``astype`` on this CPU, docs/benchmarks.md)."""
+    fp16, 768 B a 384-D vector), else a zero-copy view of the memory map (on the CPU the training speed was
+    the same as with numpy fancy indexing, within noise: docs/benchmarks.md)."""
     with warnings.catch_warnings():  # the memory map is read-only; nothing writes through this view
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         t = torch.from_numpy(vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors))
