@@ -112,6 +112,9 @@ def test_context_lane_classifier_reuses_the_prototypes_that_labelled_the_article
     means = article_means(bank.vectors, t.column("first_chunk").to_numpy(), t.column("n_chunks").to_numpy())
     got = predict_lanes(means[:, None, :], np.ones((len(means), 1), bool), protos)
     assert [names[i] for i in got] == t.column("lane").to_pylist()
+    bank.manifest["encoder"] = {**bank.manifest["encoder"], "name": "no-such/encoder"}  # in memory only
+    cent, kind = context_lane_classifier(bank, names)  # the encoder cannot load: centroids, no crash
+    assert kind == "train-split lane centroids" and cent.shape == (2, bank.dim)
     y.unlink()  # descriptions gone (and not the shipped preset's names): train-split centroids instead
     cent, kind = context_lane_classifier(bank, names)
     assert kind == "train-split lane centroids" and cent.shape == (2, bank.dim)

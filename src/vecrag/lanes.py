@@ -277,10 +277,13 @@ def context_lane_classifier(bank: Any, names: list[str]) -> tuple[np.ndarray, st
             if set(names) <= set(desc):
                 from vecrag.encode import load_encoder
 
-                enc = load_encoder(bank.encoder["name"], device="cpu")
-                protos = np.stack([enc.encode(desc[n]).mean(axis=0) for n in names]).astype(np.float32)
-                return protos / np.linalg.norm(protos, axis=1, keepdims=True), f"prototypes ({path.name})"
-        log.warning("lane descriptions %s not found: classifying contexts by train-split lane centroids", path)
+                try:
+                    enc = load_encoder(bank.encoder["name"], device="cpu")
+                    protos = np.stack([enc.encode(desc[n]).mean(axis=0) for n in names]).astype(np.float32)
+                    return protos / np.linalg.norm(protos, axis=1, keepdims=True), f"prototypes ({path.name})"
+                except Exception as e:  # noqa: BLE001 -- any failure to embed: the centroids still work
+                    log.warning("cannot embed the lane descriptions with %s (%s)", bank.encoder.get("name"), e)
+        log.warning("lane prototypes unavailable (%s): classifying contexts by train-split lane centroids", path)
     from vecrag.decode.cascade import lane_codes_of
 
     codes, _ = lane_codes_of(bank.lanes)

@@ -35,7 +35,10 @@ class Decoding:
         self.bank_lanes = sorted({str(x) for x in state.bank.lanes if x})
         codes, names = lane_codes_of(state.bank.lanes)
         self.lane_codes, self.lane_lut = codes, {n: i for i, n in enumerate(names)}
-        self._lane_clf: tuple[np.ndarray | None] | None = None  # built with the first decoder
+        from vecrag.lanes import bank_lane_classifier
+
+        # how a text context's lane is chosen (the rule `eval cascade` measures); built once, at start-up
+        self.lane_classifier = bank_lane_classifier(state.bank)
         self._decoders: dict[str, Any] = {}
 
     def describe(self) -> dict[str, Any]:
@@ -66,13 +69,9 @@ class Decoding:
             cfg = CascadeConfig(K=policies.default.K, k=min(10, policies.default.K), timeout_ms=self.timeout_ms)
             bank = self.state.bank
             # as `vecrag generate` and `eval decode`: the context's own chunks are never snapped back to
-            if self._lane_clf is None:
-                from vecrag.lanes import bank_lane_classifier
-
-                self._lane_clf = (bank_lane_classifier(bank),)
             self._decoders[profile] = Decoder(bank.vectors, bank.texts, bank.lanes, self.state.index, self.lvm,
                                               self.tower, policies, cfg, exclude_context=True,
-                                              lane_classifier=self._lane_clf[0])
+                                              lane_classifier=self.lane_classifier)
         return self._decoders[profile]
 
     def _hit(self, i: int, score: float) -> dict[str, Any]:
