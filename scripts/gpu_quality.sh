@@ -126,8 +126,11 @@ EOF
 }
 R=$(best ret R@10); L=$(best lvm cos)
 stamp "cascade + decode with retriever $R and LVM $L on $MS test samples"
-$V eval cascade "$BANK" --lvm "$W/runs/$L" --retriever "$W/runs/$R" --split test --backend torch --device "$DEV" \
-  --max-samples "$MS" --out "$W/eval" --quiet | tee "$W/eval/cascade.txt"
+# the LVM fusion weight: a grid on val (to choose) and on test (to report), from one search each
+for sp in val test; do
+  $V eval cascade "$BANK" --lvm "$W/runs/$L" --retriever "$W/runs/$R" --split "$sp" --backend torch --device "$DEV" \
+    --max-samples "$MS" --w-lvm-grid 0,0.1,0.25,0.5,1 --out "$W/eval" --quiet | tee "$W/eval/cascade-$sp.txt"
+done
 for p in conservative neutral creative; do
   $V eval decode "$BANK" --lvm "$W/runs/$L" --retriever "$W/runs/$R" --split test --backend torch \
     --device "$DEV" --profile "$p" --max-samples "$MS" --out "$W/eval" --quiet | tee "$W/eval/decode-$p.txt"

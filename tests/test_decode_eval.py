@@ -134,9 +134,16 @@ def test_eval_commands_write_outputs(tmp_path: Path, capsys: pytest.CaptureFixtu
               "decode_sweep-test-conservative.png"):
         assert (out / f).stat().st_size > 0
     assert (out / "decode_sweep-test-conservative.png").read_bytes()[:4] == b"\x89PNG"
-    assert main(["eval", "cascade", *args, "--K", "5", "--k", "1"]) == 0
+    assert main(["eval", "cascade", *args, "--K", "5", "--k", "1", "--w-lvm-grid", "0,0.5"]) == 0
     assert "cascade" in capsys.readouterr().out
     saved = json.loads((out / "cascade_eval-test.json").read_text())
     assert set(saved["rows"]) >= {"baseline:last", "baseline:ewma:0.5", "tower", "lvm-query", "tower>fused",
                                   "tower>lane", "tower>lane(article)", "cascade"}
     assert "lane_accuracy" in saved
+    rows = saved["rows"]  # w_lvm 0 re-ranks by the tower score alone: the tower's own order, the same hits
+    assert {k: rows["tower>fused(w_lvm=0)"][k] for k in ("Hit@1", "Hit@5", "Hit@10", "MRR@10")} == \
+        {k: rows["tower"][k] for k in ("Hit@1", "Hit@5", "Hit@10", "MRR@10")}
+    assert "tower>fused(w_lvm=0.5)" in rows
+    with pytest.raises(SystemExit) as e:  # a negative weight is refused by argparse
+        main(["eval", "cascade", *args, "--w-lvm-grid", "0,-1"])
+    assert e.value.code == 2 and "LVM weights must be >= 0" in capsys.readouterr().err

@@ -31,7 +31,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--w-tower", type=float, default=1.0, help="fusion weight on the tower score")
     p.add_argument("--w-lvm", type=float, default=1.0, help="fusion weight on cos(LVM prediction, candidate)")
     p.add_argument("--lane-lambda", type=float, default=0.05, help="lane bonus")
+    p.add_argument("--w-lvm-grid", type=_grid, default=(), metavar="W1,W2,...",
+                   help="also report tower>fused at each of these LVM weights (one search: cheap); choose the "
+                        "weight on --split val, report it on test")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+
+
+def _grid(s: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(x) for x in s.split(",") if x.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from e
+    if any(w < 0 for w in out):
+        raise argparse.ArgumentTypeError(f"LVM weights must be >= 0, got {s!r}")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     samples = common.eval_samples(bank, args)
     index = common.open_search(bank, args)
     rep = run_cascade_eval(bank, samples, lvm, tower, index, K=args.K, k=args.k, w_tower=args.w_tower,
-                           w_lvm=args.w_lvm, lane_lambda=args.lane_lambda,
+                           w_lvm=args.w_lvm, lane_lambda=args.lane_lambda, w_lvm_grid=args.w_lvm_grid,
                            progress=not args.quiet and sys.stderr.isatty())
     rep["index"] = index.describe() if hasattr(index, "describe") else repr(index)
     path = common.out_dir(args, bank) / f"cascade_eval-{args.split}.json"

@@ -60,7 +60,7 @@ def context_len(*preds: Predictor) -> int:
 def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, index: Any, *, K: int = 500,
                      k: int = 10, w_tower: float = 1.0, w_lvm: float = 1.0, lane_lambda: float = 0.05,
                      baselines: tuple[Predictor, ...] | None = None, batch: int = 64,
-                     progress: bool = False) -> dict[str, Any]:
+                     w_lvm_grid: tuple[float, ...] = (), progress: bool = False) -> dict[str, Any]:
     """Ranks for every stage; returns the report dict (rows of Hit@k / MRR@10 with CIs)."""
     L = context_len(lvm, tower)
     if baselines is None:
@@ -72,6 +72,8 @@ def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predic
     n = len(samples)
     names = [f"baseline:{b.name.removeprefix('heuristic:')}" for b in baselines] + [
         "tower", "lvm-query", "tower>lvm-rerank", "tower>fused", "tower>lane", "tower>lane(article)", "cascade"]
+    grid = {f"tower>fused(w_lvm={w:g})": float(w) for w in w_lvm_grid}
+    names += list(grid)
     lane_hits = lane_total = 0
     ranks = {m: np.full(n, -1, np.int64) for m in names}
     tower_rank_K = np.full(n, -1, np.int64)
@@ -109,6 +111,7 @@ def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predic
                     "tower>lane(article)": fuse(t_scores, lvm_s, ids, w_tower=1.0, w_lvm=0.0,
                                                 lane_bonus=lane_bonus(ids, codes, article_lane, lane_lambda)),
                     "cascade": fuse(t_scores, lvm_s, ids, w_tower=w_tower, w_lvm=w_lvm, lane_bonus=bonus)}
+        variants.update({name: fuse(t_scores, lvm_s, ids, w_tower=w_tower, w_lvm=w) for name, w in grid.items()})
         for name, sc in variants.items():
             order = top_by(sc, ids.shape[1])
             ranks[name][sl] = first_hit_rank(np.take_along_axis(ids, order, 1), tgt, ctx_ids=ctx_ids,
