@@ -134,15 +134,23 @@ def resolve_config(cfg: RetrieverConfig, bank) -> RetrieverConfig:
     return cfg
 
 
-def bank_tensor(vectors: np.ndarray, device: torch.device) -> torch.Tensor:
+def bank_tensor(vectors: np.ndarray, device: torch.device, max_frac: float = 0.5) -> torch.Tensor:
     """The bank (fp16/fp32 as stored) as a torch tensor for the training step's row gathers: copied once to
-    a CUDA device (every step then gathers positives, queue and mined negatives without touching the host;
+    a CUDA device when it takes at most ``max_frac`` of the free GPU memory (every step then gathers
+    positives, queue and mined negatives without touching the host;
     fp16, 768 B a 384-D vector), else a zero-copy view of the memory map (on the CPU the training speed was
     the same as with numpy fancy indexing, within noise: docs/benchmarks.md)."""
     with warnings.catch_warnings():  # the memory map is read-only; nothing writes through this view
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         t = torch.from_numpy(vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors))
-    return t.to(device) if device.type == "cuda" else t
+    if device.type != "cuda":
+        return t
+    free, _ = torch.cuda.mem_get_info(device)
+    if t.nbytes > max_frac * free:  # a bank too large for the GPU stays on the host: slower, never an OOM
+        log.warning("bank (%.1f GB) is over %.0f %% of free GPU memory (%.1f GB): training gathers its rows on "
+                    "the host", t.nbytes / 1e9, 100 * max_frac, free / 1e9)
+        return t
+    return t.to(device)
 
 
 class RetrieverTask:
