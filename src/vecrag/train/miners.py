@@ -95,7 +95,9 @@ class MiningCore:
     def mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int = 0) -> MineResult:
         # sync mining is called inside the trainer's bf16 autocast region: without this the scores come back
         # as bf16 tensors, which numpy cannot take (and bf16 rounding would blur the cosine bands)
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+        no_amp = (torch.autocast(self.device.type, enabled=False) if self.device.type in ("cuda", "cpu")
+                  else contextlib.nullcontext())  # (older torch builds reject other device types here)
+        with torch.no_grad(), no_amp:
             return self._mine(tower, idx, phase, version)
 
     def _mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int) -> MineResult:
