@@ -96,7 +96,7 @@ class MiningCore:
         # sync mining is called inside the trainer's bf16 autocast region: without this the scores come back
         # as bf16 tensors, which numpy cannot take (and bf16 rounding would blur the cosine bands)
         no_amp = (torch.autocast(self.device.type, enabled=False) if self.device.type in ("cuda", "cpu")
-                  else contextlib.nullcontext())  # bf16 autocast is only ever on for cuda (loop.py)
+                  else contextlib.nullcontext())  # amp "auto" is bf16 on cuda only (loop.py); cpu for amp=bf16
         with torch.no_grad(), no_amp:
             return self._mine(tower, idx, phase, version)
 
