@@ -69,8 +69,9 @@ def resolve_faiss_device(device: str) -> str:
         raise VecragError("--device cuda needs faiss with GPU support and a visible GPU; this faiss has "
                           f"{'no GPU support' if not _has_gpu_build() else 'no GPU visible'}",
                           hint="install faiss-gpu (conda: faiss-gpu, pip: faiss-gpu-cu12), or use "
-                               "--device cpu; `open_index(bank, backend='torch')` searches exactly on a GPU "
-                               "without faiss")
+                               "--device cpu; with a CUDA GPU that torch sees, IVF / IVF-PQ builds use it "
+                               "without faiss-gpu, and `open_index(bank, backend='torch')` searches exactly on "
+                               "a GPU")
     return device
 
 
