@@ -100,12 +100,11 @@ def test_ingest_with_kmeans_lanes(real_encoder, wiki_jsonl, tmp_path):  # noqa: 
 
 def test_context_lane_classifier_reuses_the_prototypes_that_labelled_the_articles(wiki_bank, real_encoder,  # noqa: F811
                                                                                    tmp_path):
-    from vecrag.decode.cascade import lane_codes_of
-    from vecrag.lanes import context_lane_classifier, predict_lanes
+    from vecrag.lanes import context_lane_classifier, lane_codes_of, predict_lanes
 
     bank, y = _two_lane_bank(wiki_bank, tmp_path)
     codes, names = lane_codes_of(bank.lanes)
-    protos, kind = context_lane_classifier(bank, names)
+    protos, kind = context_lane_classifier(bank)
     assert kind == "prototypes (lanes.yaml)" and protos.shape == (2, bank.dim)
     # the same classifier as the assignment: a whole article's mean vector gets its own label back
     t = bank.articles
@@ -113,9 +112,9 @@ def test_context_lane_classifier_reuses_the_prototypes_that_labelled_the_article
     got = predict_lanes(means[:, None, :], np.ones((len(means), 1), bool), protos)
     assert [names[i] for i in got] == t.column("lane").to_pylist()
     bank.manifest["encoder"] = {**bank.manifest["encoder"], "name": "no-such/encoder"}  # in memory only
-    cent, kind = context_lane_classifier(bank, names)  # the encoder cannot load: centroids, no crash
+    cent, kind = context_lane_classifier(bank)  # the encoder cannot load: centroids, no crash
     assert kind == "train-split lane centroids" and cent.shape == (2, bank.dim)
     y.unlink()  # descriptions gone (and not the shipped preset's names): train-split centroids instead
-    cent, kind = context_lane_classifier(bank, names)
+    cent, kind = context_lane_classifier(bank)
     assert kind == "train-split lane centroids" and cent.shape == (2, bank.dim)
     np.testing.assert_allclose(np.linalg.norm(cent, axis=1), 1.0, atol=1e-5)

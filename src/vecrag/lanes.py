@@ -127,14 +127,20 @@ def _accumulate(sums: np.ndarray, rows: np.ndarray, v: np.ndarray) -> None:
     sums[rows[starts]] += np.add.reduceat(v.astype(np.float64), starts, axis=0)
 
 
-def assign_prototypes(means: np.ndarray, descriptions: dict[str, list[str]],
-                      embed: Callable[[list[str]], np.ndarray]) -> LaneResult:
-    names = list(descriptions)
+def lane_prototypes(descriptions: dict[str, list[str]], names: list[str],
+                    embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """One unit row per lane of ``names``: the normalised mean of its embedded descriptions."""
     protos = []
     for name in names:
         v = embed(descriptions[name]).mean(axis=0)
         protos.append(v / max(float(np.linalg.norm(v)), 1e-12))
-    P = np.asarray(protos, dtype=np.float32)
+    return np.asarray(protos, dtype=np.float32)
+
+
+def assign_prototypes(means: np.ndarray, descriptions: dict[str, list[str]],
+                      embed: Callable[[list[str]], np.ndarray]) -> LaneResult:
+    names = list(descriptions)
+    P = lane_prototypes(descriptions, names, embed)
     if P.shape[1] != means.shape[1]:
         raise VecragError(f"lane prototypes are {P.shape[1]}-D but the bank is {means.shape[1]}-D",
                           hint="embed the lane descriptions with the bank's encoder")
@@ -233,6 +239,13 @@ def relane_bank(bank_path: str | Path, spec_str: str, *, device: str = "auto", e
     return bank
 
 
+def lane_codes_of(lanes: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Integer lane code per chunk (-1 for the empty lane) and the code -> name list (sorted names)."""
+    names = sorted({str(x) for x in lanes if x})
+    lut = {n: i for i, n in enumerate(names)}
+    return np.fromiter((lut.get(str(x), -1) for x in lanes), dtype=np.int64, count=len(lanes)), names
+
+
 def lane_centroids(vectors: np.ndarray, codes: np.ndarray, use: np.ndarray | None = None,
                    block: int = 1 << 16) -> np.ndarray:
     """Normalised mean vector of each lane code (rows 0..max code) over the chunks where ``use`` is True
@@ -262,13 +275,17 @@ def predict_lanes(ctx: np.ndarray, mask: np.ndarray, centroids: np.ndarray) -> n
     return np.where(mask.any(1), codes, -1)
 
 
-def context_lane_classifier(bank: Any, names: list[str]) -> tuple[np.ndarray, str]:
-    """Unit vectors, one per lane code (``names`` order), to classify a context by its mean vector
+def context_lane_classifier(bank: Any) -> tuple[np.ndarray, str]:
+    """Unit vectors, one per lane code (:func:`lane_codes_of` order), to classify a context by its mean vector
     (:func:`predict_lanes`), and what they are. Lanes built from description prototypes get the same
     prototypes (re-embedded with the bank's encoder: the classifier that labelled the articles, applied to the
-    context alone); other lanes get centroids of the TRAIN split's chunks (held-out articles never shape them)."""
+    context alone); other lanes get centroids of the TRAIN split's chunks (held-out articles never shape them).
+    A bank without lanes gets no rows (every context: lane -1)."""
+    codes, names = lane_codes_of(bank.lanes)
+    if not names:
+        return np.zeros((0, bank.dim), np.float32), "none"
     meta = bank.manifest.get("lanes") or {}
-    if meta.get("source") == "prototypes" and names:
+    if meta.get("source") == "prototypes":
         path = Path(str(meta.get("file", "")))
         if not path.is_file() and set(names) <= set(load_lane_descriptions(PRESET)):
             path = PRESET  # built elsewhere (e.g. on a GPU machine) with the shipped lanes.yaml
@@ -279,19 +296,9 @@ def context_lane_classifier(bank: Any, names: list[str]) -> tuple[np.ndarray, st
 
                 try:
                     enc = load_encoder(bank.encoder["name"], device="cpu")
-                    protos = np.stack([enc.encode(desc[n]).mean(axis=0) for n in names]).astype(np.float32)
-                    return protos / np.linalg.norm(protos, axis=1, keepdims=True), f"prototypes ({path.name})"
+                    return lane_prototypes(desc, names, enc.encode), f"prototypes ({path.name})"
                 except Exception as e:  # noqa: BLE001 -- any failure to embed: the centroids still work
                     log.warning("cannot embed the lane descriptions with %s (%s)", bank.encoder.get("name"), e)
         log.warning("lane prototypes unavailable (%s): classifying contexts by train-split lane centroids", path)
-    from vecrag.decode.cascade import lane_codes_of
-
-    codes, _ = lane_codes_of(bank.lanes)
     cent = lane_centroids(bank.vectors, codes, np.isin(bank.article_of, bank.split_articles("train")))
     return cent, "train-split lane centroids"
-
-
-def bank_lane_classifier(bank: Any) -> np.ndarray | None:
-    """:func:`context_lane_classifier` for a bank's own lanes (sorted names), or None when it has none."""
-    names = sorted({str(x) for x in bank.lanes if x})
-    return context_lane_classifier(bank, names)[0] if names else None

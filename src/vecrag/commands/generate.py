@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from vecrag.decode.inverter import load_inverter
     from vecrag.decode.profiles import check_lane, load_profiles
     from vecrag.fsutil import append_jsonl
-    from vecrag.lanes import bank_lane_classifier
+    from vecrag.lanes import context_lane_classifier
 
     if args.steps < 1:
         raise VecragError(f"--steps must be >= 1, got {args.steps}")
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = common.cascade_config(args, policies.default.K)
     dec = Decoder(bank.vectors, bank.texts, bank.lanes, index, lvm, tower, policies, cfg, lane=args.lane,
                   inverter=inverter, K=args.K, exclude_context=not args.keep_context_ids,
-                  lane_classifier=None if args.lane else bank_lane_classifier(bank))
+                  lane_classifier=None if args.lane else context_lane_classifier(bank)[0])
     tele = Path(args.telemetry) if args.telemetry else None
     if tele:
         tele.parent.mkdir(parents=True, exist_ok=True)

@@ -179,10 +179,3 @@ class Cascade:
     def close(self) -> None:
         self.guard.close()
 
-
-def lane_codes_of(lanes: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Integer lane code per chunk (-1 for the empty lane) and the code -> name list."""
-    names = sorted({str(x) for x in lanes if x})
-    lut = {n: i for i, n in enumerate(names)}
-    return np.fromiter((lut.get(str(x), -1) for x in lanes), dtype=np.int64, count=len(lanes)), names
-

@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from vecrag.decode.cascade import Cascade, CascadeConfig, CascadeResult, lane_codes_of
+from vecrag.decode.cascade import Cascade, CascadeConfig, CascadeResult
 from vecrag.decode.policy import SNAP, Decision, decide, novel
 from vecrag.decode.predictors import Predictor
 from vecrag.decode.profiles import PolicySet
+from vecrag.lanes import lane_codes_of
 
 
 @dataclass

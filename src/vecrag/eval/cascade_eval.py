@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from vecrag.bank import Bank
-from vecrag.decode.cascade import fuse, lane_bonus, lane_codes_of, top_by
+from vecrag.decode.cascade import fuse, lane_bonus, top_by
 from vecrag.decode.predictors import HeuristicPredictor, Predictor
 from vecrag.eval.metrics import first_hit_rank, format_table, recall_table
-from vecrag.lanes import context_lane_classifier, predict_lanes
+from vecrag.lanes import context_lane_classifier, lane_codes_of, predict_lanes
 from vecrag.sequences import Samples, gather_context
 
 HIT_KS = (1, 5, 10)
@@ -66,9 +66,9 @@ def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predic
     if baselines is None:
         baselines = (HeuristicPredictor("last", context_len=L), HeuristicPredictor("ewma", 0.5, context_len=L))
     tg = bank.text_group
-    codes, lane_names = lane_codes_of(bank.lanes)
+    codes, _ = lane_codes_of(bank.lanes)
     has_lanes = bool((codes >= 0).any())
-    centroids, classifier = context_lane_classifier(bank, lane_names) if has_lanes else (np.zeros((0, 1)), "")
+    centroids, classifier = context_lane_classifier(bank)
     n = len(samples)
     names = [f"baseline:{b.name.removeprefix('heuristic:')}" for b in baselines] + [
         "tower", "lvm-query", "tower>lvm-rerank", "tower>fused", "tower>lane", "tower>lane(article)", "cascade"]

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from vecrag.bank import Bank
-from vecrag.decode.cascade import Cascade, CascadeConfig, lane_codes_of
+from vecrag.decode.cascade import Cascade, CascadeConfig
 from vecrag.decode.policy import KINDS, NOVEL, SNAP, Policy, alpha, decide_batch
 from vecrag.decode.predictors import Predictor
 from vecrag.decode.profiles import PolicySet
 from vecrag.eval.cascade_eval import context_len, predict
-from vecrag.lanes import context_lane_classifier, predict_lanes
+from vecrag.lanes import context_lane_classifier, lane_codes_of, predict_lanes
 from vecrag.sequences import Samples, gather_context
 
 SWEEP_SNAP = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))          # 0.80 .. 0.99
@@ -58,12 +58,12 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
     near-duplicate rule (c > near_dup) keeps the decoder from snapping back onto them.
     """
     L = context_len(lvm, tower)
-    codes, lane_names = lane_codes_of(bank.lanes)
+    codes, _ = lane_codes_of(bank.lanes)
     tg = bank.text_group
     cas = Cascade(index, bank.vectors, CascadeConfig(K=cfg.K, k=cfg.k, w_tower=cfg.w_tower, w_lvm=cfg.w_lvm,
                                                      lane_lambda=cfg.lane_lambda, timeout_ms=None),
                   lane_codes=codes)
-    centroids = context_lane_classifier(bank, lane_names)[0] if (codes >= 0).any() else np.zeros((0, 1))
+    centroids = context_lane_classifier(bank)[0]
     sweep_policy = policies.default
     n = len(samples)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in (

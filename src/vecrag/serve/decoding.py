@@ -27,18 +27,16 @@ DEFAULT_RETRIEVER = "heuristic:last"
 class Decoding:
     def __init__(self, state: Any, lvm: Any, tower: Any, profiles: Any, *, default_profile: str = "neutral",
                  timeout_ms: float | None = 50.0):
-        from vecrag.decode.cascade import lane_codes_of
+        from vecrag.lanes import context_lane_classifier, lane_codes_of
 
         self.state, self.lvm, self.tower, self.profiles = state, lvm, tower, profiles
         self.default_profile = default_profile
         self.timeout_ms = timeout_ms
-        self.bank_lanes = sorted({str(x) for x in state.bank.lanes if x})
         codes, names = lane_codes_of(state.bank.lanes)
+        self.bank_lanes = names
         self.lane_codes, self.lane_lut = codes, {n: i for i, n in enumerate(names)}
-        from vecrag.lanes import bank_lane_classifier
-
         # how a text context's lane is chosen (the rule `eval cascade` measures); built once, at start-up
-        self.lane_classifier = bank_lane_classifier(state.bank)
+        self.lane_classifier = context_lane_classifier(state.bank)[0]
         self._decoders: dict[str, Any] = {}
 
     def describe(self) -> dict[str, Any]:
