@@ -179,7 +179,7 @@ class RetrieverTask:
         self._sync: SyncMiner | None = None
         self._async: AsyncMiner | None = None
         self._refreshed = -1
-        self.bank_t: torch.Tensor | None = None  # the bank as a torch tensor where the training runs (attach)
+        self.bank_t = bank_tensor(bank.vectors, torch.device("cpu"))  # moved to the training device by attach()
         self._val_cache: dict | None = None
         self._val_index = None
 
@@ -192,9 +192,8 @@ class RetrieverTask:
     def _vecs(self, ids: np.ndarray) -> torch.Tensor:
         """float32 rows of the bank for ``ids`` (any shape; -1 reads row 0, masked by the caller)."""
         ids = np.asarray(ids, np.int64)
-        bt = self.bank_t if self.bank_t is not None else bank_tensor(self.bank.vectors, torch.device("cpu"))
-        flat = torch.from_numpy(np.where(ids >= 0, ids, 0).reshape(-1)).to(bt.device)
-        return bt.index_select(0, flat).float().reshape(*ids.shape, self.bank.dim).to(self.device)
+        flat = torch.from_numpy(np.where(ids >= 0, ids, 0).reshape(-1)).to(self.bank_t.device)
+        return self.bank_t.index_select(0, flat).float().reshape(*ids.shape, self.bank.dim).to(self.device)
 
     def _context(self, ctx_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Context vectors [n, L, D] (zeros where padded) and the mask, on the training device."""
