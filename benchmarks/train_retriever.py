@@ -30,6 +30,13 @@ from vecrag.bank import EncoderInfo, write_bank  # noqa: E402
 
 
 def random_bank(path: Path, n: int, dim: int, per_article: int = 20, seed: int = 0):
+    """Write (or reuse, when ``path`` already holds one of this shape) a bank of random unit vectors."""
+    from vecrag.bank import Bank
+
+    if (path / "manifest.json").is_file():
+        bank = Bank.open(path)
+        if bank.n == n and bank.dim == dim:
+            return bank
     rng = np.random.default_rng(seed)
     vecs = np.empty((n, dim), np.float16)
     for s in range(0, n, 65536):
@@ -52,26 +59,35 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     over = [f"train.batch_size={args.batch}", f"train.grad_accum={args.accum}", f"train.max_steps={args.steps}",
             f"train.log_every={args.log_every}", f"train.device={args.device}", f"train.context={args.context}",
             "train.val_max_queries=20", "train.epochs=1", "train.tensorboard=false", "train.patience=0",
-            f"mining.mode={mode}", f"mining.schedule=0:{args.neg}@-1.0-1.0", f"mining.k={args.k}",
+            f"mining.mode={mode.split('-')[0]}", f"mining.worker={'process' if mode == 'async-proc' else 'thread'}",
+            f"mining.schedule=0:{args.neg}@-1.0-1.0", f"mining.k={args.k}",
             f"mining.backend={args.backend}", "mining.fallback=inbatch", "mining.ttl=1000",
             f"mining.timeout={args.timeout}", "mining.refresh_every=10", "mining.lookahead=8",
             f"model.hidden={args.hidden}", "val_backend=torch"]
     cfg = load_config(RetrieverConfig, "retriever-default", over)
     resolve_config(cfg, bank)
+    import torch
+
+    if args.device == "cuda":  # each cell's own peak (the trainer process; a miner process is not counted)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     task = RetrieverTask(bank, cfg)
     try:
+        trainer = Trainer(task, cfg.train, run_dir, run_config=cfg, quiet=True)
+        if task._async is not None:  # the async miner starts with the trainer: time the steps, not its start-up
+            task._async._ready.wait(300)
         if args.profile_out:
-            run_profiled(Trainer(task, cfg.train, run_dir, run_config=cfg, quiet=True), args,
-                         Path(args.profile_out) / f"profile-{bank.n}-{mode}.txt")
+            run_profiled(trainer, args, Path(args.profile_out) / f"profile-{bank.n}-{mode}.txt")
         else:
-            Trainer(task, cfg.train, run_dir, run_config=cfg, quiet=True).fit()
+            trainer.fit()
     finally:
         task.close()
     recs = [r for r in read_jsonl(run_dir / "log.jsonl") if r["kind"] == "train"]
     sps = [r["samples_per_s"] for r in recs[1:]] or [r["samples_per_s"] for r in recs]
     st = task.stats()
     return {"samples_per_s": float(np.median(sps)), "hits": st.get("miner_hits", 0.0),
-            "fallbacks": st.get("miner_fallbacks", 0.0), "rss_mb": recs[-1]["rss_mb"] if recs else float("nan")}
+            "fallbacks": st.get("miner_fallbacks", 0.0), "rss_mb": recs[-1]["rss_mb"] if recs else float("nan"),
+            "gpu_mb": max((r.get("cuda_mem_mb", 0.0) for r in recs), default=0.0)}
 
 
 def run_profiled(trainer, args, out: Path) -> None:
@@ -97,7 +113,8 @@ def main() -> int:
     p.add_argument("--sizes", default="100000,1000000", help="bank sizes (comma-separated)")
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--modes", default="none,sync,async")
+    p.add_argument("--modes", default="none,sync,async,async-proc",
+                   help="none, sync, async (miner thread), async-proc (miner process: mining.worker=process)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--accum", type=int, default=1)
     p.add_argument("--context", type=int, default=10)
@@ -130,12 +147,12 @@ def main() -> int:
     print(f"\nretriever training throughput: device {args.device}, threads {threads}, batch {args.batch} x accum "
           f"{args.accum}, context {args.context}, GRU hidden {args.hidden}, dim {args.dim}, k {args.k}, "
           f"{args.neg} negatives, mining backend {args.backend}")
-    print(f"{'bank':>9} {'mining':>7} {'samples/s':>10} {'vs none':>8} {'async hits':>10} {'fallbacks':>9} "
-          f"{'rss MB':>8}")
+    print(f"{'bank':>9} {'mining':>10} {'samples/s':>10} {'vs none':>8} {'async hits':>10} {'fallbacks':>9} "
+          f"{'rss MB':>8} {'GPU MB':>8}")
     for n, mode, r in rows:
         rel = r["samples_per_s"] / base[n] if n in base else float("nan")
-        print(f"{n:>9} {mode:>7} {r['samples_per_s']:>10.0f} {100 * rel:>7.0f}% {r['hits']:>10.0f} "
-              f"{r['fallbacks']:>9.0f} {r['rss_mb']:>8.0f}")
+        print(f"{n:>9} {mode:>10} {r['samples_per_s']:>10.0f} {100 * rel:>7.0f}% {r['hits']:>10.0f} "
+              f"{r['fallbacks']:>9.0f} {r['rss_mb']:>8.0f} {r['gpu_mb']:>8.0f}")
     return 0
 
 

@@ -187,3 +187,52 @@ def test_mining_on_cuda_uses_the_gpu_and_mines(bank, tmp_path, mode):
     assert st["mining_mined_sync"] + st["mining_mined_async"] > 0
     core = task._core()
     assert core.searcher.device.startswith("cuda") and core.device.type == "cuda"
+
+
+def test_async_process_worker_mines_and_survives_a_crash(bank, tmp_path):
+    """mining.worker=process: the mining runs in a spawned child (no GIL shared with the trainer). Its results
+    are used (hits), and a child that dies mid-job (crash@20) is counted and replaced; training completes."""
+    cfg = from_dict(RetrieverConfig, {
+        "val_backend": "torch", "model": {"hidden": 16},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "device": "cpu", "context": 4, "val_max_queries": 50,
+                  "tensorboard": False, "patience": 0},
+        "mining": {"schedule": "0-1:4@0.0-0.99", "k": 32, "mode": "async", "worker": "process", "fault": "crash@20",
+                   "timeout": 5.0, "fallback": "sync", "ttl": 50, "lookahead": 8}})
+    validate_config(cfg)
+    resolve_config(cfg, bank)
+    task = RetrieverTask(bank, cfg)
+    try:
+        trainer = Trainer(task, cfg.train, tmp_path / "run", run_config=cfg, quiet=True)  # starts the miner
+        assert task._async._ready.wait(120), "the miner process did not start"
+        result = trainer.fit()
+    finally:
+        task.close()
+    st = task.stats()
+    assert result["step"] == 2 * task.trainer.steps_per_epoch
+    assert st["miner_errors"] == 1 and st["miner_worker_restarts"] == 1
+    assert st["miner_hits"] >= 15 and st["mining_mined_sync"] + st["mining_mined_async"] == result["step"]
+    assert all(not c.proc.is_alive() for c in task._async._cores)  # close() stopped the child
+
+
+def test_process_worker_mines_what_the_thread_core_mines(bank):
+    """The child rebuilds the trainer's MiningCore from a CoreSpec: same weights, same negatives."""
+    from vecrag.config import from_dict
+    from vecrag.train.miner_process import ProcessCore, spec_for
+
+    cfg = from_dict(RetrieverConfig, {"train": {"context": 4, "device": "cpu"}, "model": {"hidden": 16},
+                                      "mining": {"k": 32}})
+    task = RetrieverTask(bank, cfg)
+    core = task._core()
+    idx = np.arange(0, 200, 3)
+    phase = Phase(0, 0, 4, 0.0, 0.99)
+    want = core.mine(task.model.query, idx, phase, 5)
+    proc = ProcessCore(spec_for(task), stall=60)
+    try:
+        got = proc.mine(task.model.query, idx, phase, 5)
+    finally:
+        proc.close()
+    assert got.version == 5 and set(got.negatives) == set(want.negatives)
+    for s in idx:
+        np.testing.assert_array_equal(got.negatives[int(s)], want.negatives[int(s)])
+    assert got.stats.neg_n == want.stats.neg_n > 0
+    assert not proc.proc.is_alive()

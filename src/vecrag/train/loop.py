@@ -196,17 +196,19 @@ class Trainer(TrainerLogging):
             lr = lr_at(self.step, lr=cfg.lr, lr_min=cfg.lr_min, warmup=self.warmup, total=self.total_steps)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
-            step_loss = 0.0
+            # loss, stats and grad norm stay device tensors until a log step reads them: a float() per step
+            # would make the CPU wait for the GPU's queue every step (docs/benchmarks.md, "host syncs")
+            step_loss = torch.zeros((), device=self.device)
             for j, idx in enumerate(idxs):                # gradient accumulation: mean over the whole group
                 with self._no_sync(j < len(idxs) - 1):
                     with self._autocast():
                         loss, stats = self._loss(idx)
                     (loss * (self.world * len(idx) / total)).backward()  # world = 1: len(idx) / total
-                step_loss += float(loss.detach()) * len(idx) / total
+                step_loss += loss.detach().float() * (len(idx) / total)
                 for k, v in stats.items():
-                    window[k] = window.get(k, 0.0) + float(v) / len(idxs)
-            grad_norm = (float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
-                         if cfg.clip_norm > 0 else float("nan"))
+                    window[k] = window.get(k, 0.0) + v / len(idxs)
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                         if cfg.clip_norm > 0 else None)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
@@ -215,9 +217,11 @@ class Trainer(TrainerLogging):
             window["n"] += 1
             window["samples"] += sum(len(i) for i in idxs)   # this rank's (summed over ranks when logged)
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss * self.world:.4f}", lr=f"{lr:.2e}")  # rank 0's rows, rescaled
+            if not bar.disable and self.step % 10 == 0:  # rank 0's rows, rescaled (a sync: not every step)
+                bar.set_postfix(loss=f"{float(step_loss) * self.world:.4f}", lr=f"{lr:.2e}")
             if self.step % cfg.log_every == 0:
-                self._log_train(window, lr, grad_norm, time.perf_counter() - t0)
+                self._log_train(window, lr, float("nan") if grad_norm is None else float(grad_norm),
+                                time.perf_counter() - t0)
                 window, t0 = {"loss": 0.0, "n": 0, "samples": 0}, time.perf_counter()
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                 self._save(f"step-{self.step}.pt")

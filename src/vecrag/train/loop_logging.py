@@ -77,7 +77,8 @@ class TrainerLogging:
             out[k] = sum(vals) / len(vals)
         return out
 
-    def _log_train(self, window: dict[str, float], lr: float, grad_norm: float, seconds: float) -> None:
+    def _log_train(self, window: dict[str, Any], lr: float, grad_norm: float, seconds: float) -> None:
+        window = {k: float(v) for k, v in window.items()}  # device tensors are read here, once per log step
         if self.world > 1:
             window = self._reduce_window(window)
         if not self.is_main:

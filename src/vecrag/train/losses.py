@@ -76,16 +76,21 @@ class NegativeMasker:
         return cos >= 1.0 - self.dup_eps
 
     def mask(self, pos_ids: np.ndarray, cand_ids: np.ndarray, pos_vecs: torch.Tensor,
-             cand_vecs: torch.Tensor) -> tuple[torch.Tensor, dict[str, int]]:
+             cand_vecs: torch.Tensor) -> tuple[torch.Tensor, dict[str, int | torch.Tensor]]:
+        """The combined mask on the vectors' device and the count of each part; ``dupvec`` (identical
+        vectors not masked by ids) stays a device tensor, so that the training step never waits for the GPU
+        (read it when logging)."""
+        from vecrag.runtime import to_device
+
         parts = self.id_mask(pos_ids, cand_ids)
         m = np.zeros(parts["pad"].shape, dtype=bool)
         for v in parts.values():
             m |= v
-        vec = self.vector_mask(pos_vecs.detach(), cand_vecs.detach()).cpu().numpy()
-        counts = {k: int(v.sum()) for k, v in parts.items() if k != "pad"}
-        counts["dupvec"] = int((vec & ~m).sum())
-        m |= vec
-        return torch.from_numpy(m).to(pos_vecs.device), counts
+        counts: dict[str, int | torch.Tensor] = {k: int(v.sum()) for k, v in parts.items() if k != "pad"}
+        vec = self.vector_mask(pos_vecs.detach(), cand_vecs.detach())
+        mt = to_device(m, vec.device)
+        counts["dupvec"] = (vec & ~mt).sum()
+        return mt | vec, counts
 
 
 class MemoryBankQueue:
@@ -134,9 +139,10 @@ class InfoNCELoss(nn.Module):
         self.margin = float(margin)
 
     def forward(self, q: torch.Tensor, pos: torch.Tensor, neg_sets: list[tuple[torch.Tensor, torch.Tensor]]
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``q``, ``pos``: [B, D] unit. ``neg_sets``: (vectors [K, D] shared or [B, K, D] per sample,
-        mask [B, K] bool, True = excluded). Returns the mean loss and stats."""
+        mask [B, K] bool, True = excluded). Returns the mean loss and stats (0-d tensors on q's device: the
+        trainer reads them only when it logs, so a step never waits for the GPU)."""
         pos_cos = (q * pos).sum(-1)
         logits = [((pos_cos - self.margin) / self.tau)[:, None]]
         n_valid = torch.zeros(q.shape[0], device=q.device)
@@ -151,6 +157,6 @@ class InfoNCELoss(nn.Module):
             neg_max = torch.maximum(neg_max, cos.detach().max(1).values)
         z = torch.cat(logits, dim=1).float()
         loss = (torch.logsumexp(z, dim=1) - z[:, 0]).mean()
-        stats = {"pos_cos": float(pos_cos.detach().mean()), "n_neg": float(n_valid.mean()),
-                 "acc": float((pos_cos.detach() > neg_max).float().mean())}
+        stats = {"pos_cos": pos_cos.detach().mean(), "n_neg": n_valid.mean(),
+                 "acc": (pos_cos.detach() > neg_max).float().mean()}
         return loss, stats

@@ -76,7 +76,8 @@ def vector_groups(vectors: np.ndarray) -> np.ndarray:
 
 def lvm_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LVMLossConfig,
              groups: torch.Tensor | None = None, *, cands: torch.Tensor | None = None,
-             cand_groups: torch.Tensor | None = None, offset: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+             cand_groups: torch.Tensor | None = None, offset: int = 0
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted loss on unit vectors and its parts; ``groups`` (exact-duplicate id per target) masks
     duplicates of the positive out of the InfoNCE negatives. ``cands`` / ``cand_groups``: the InfoNCE
     candidates when they are more than this batch's targets (all ranks' targets under torchrun; row ``i``'s
@@ -86,7 +87,8 @@ def lvm_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LVMLossConfig,
     l_cos = (1.0 - cos).mean()
     l_mse = ((pred - target) ** 2).mean()
     loss = cfg.w_cos * l_cos + cfg.w_mse * l_mse
-    stats = {"cos": float(cos.detach().mean()), "loss_cos": float(l_cos.detach()), "loss_mse": float(l_mse.detach())}
+    # 0-d tensors: the trainer reads them when it logs (a float() here would wait for the GPU every step)
+    stats = {"cos": cos.detach().mean(), "loss_cos": l_cos.detach(), "loss_mse": l_mse.detach()}
     if cfg.w_nce > 0:
         cands = target if cands is None else cands.float()
         cand_groups = groups if cand_groups is None else cand_groups
@@ -100,8 +102,8 @@ def lvm_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LVMLossConfig,
             logits = logits.masked_fill(dup, float("-inf"))
         l_nce = F.cross_entropy(logits, labels)
         loss = loss + cfg.w_nce * l_nce
-        stats["loss_nce"] = float(l_nce.detach())
-        stats["nce_acc"] = float((logits.detach().argmax(1) == labels).float().mean())
+        stats["loss_nce"] = l_nce.detach()
+        stats["nce_acc"] = (logits.detach().argmax(1) == labels).float().mean()
     return loss, stats
 
 

@@ -62,6 +62,10 @@ def make_searcher(bank, backend: str = "torch", device: str = "cpu"):
     return FaissIndex(flat, "flat", device="cpu")
 
 
+class WorkerGone(RuntimeError):
+    """A mining worker that will not come back (a process core past its restarts): the miner disables itself."""
+
+
 @dataclass
 class MineResult:
     negatives: dict[int, np.ndarray]  # sample id -> int64 [n_neg] (-1 padded)
@@ -153,11 +157,12 @@ class SyncMiner:
         return self.core.mine(tower, idx, phase, step)
 
 
-_FAULT = re.compile(r"^(raise|hang)@(\d+)(?::([0-9.]+))?$")
+_FAULT = re.compile(r"^(raise|hang|crash)@(\d+)(?::([0-9.]+))?$")
 
 
 def parse_faults(spec: str | None) -> dict[int, tuple[str, float]]:
-    """``"raise@3,hang@5:2.5"`` -> {3: ("raise", 0), 5: ("hang", 2.5)} (N counts mining jobs from 1)."""
+    """``"raise@3,hang@5:2.5"`` -> {3: ("raise", 0), 5: ("hang", 2.5)} (N counts mining jobs from 1).
+    ``crash@N`` kills the miner process during job N (``mining.worker: process``; a thread miner raises)."""
     out: dict[int, tuple[str, float]] = {}
     for part in (spec or "").split(","):
         part = part.strip()
@@ -165,7 +170,7 @@ def parse_faults(spec: str | None) -> dict[int, tuple[str, float]]:
             continue
         m = _FAULT.match(part)
         if not m or (m.group(1) == "hang" and m.group(3) is None):
-            raise VecragError(f"malformed mining fault {part!r}", hint='write "raise@N" or "hang@N:SECONDS"')
+            raise VecragError(f"malformed mining fault {part!r}", hint='write "raise@N", "crash@N" or "hang@N:SECONDS"')
         out[int(m.group(2))] = (m.group(1), float(m.group(3) or 0.0))
     return out
 
@@ -210,6 +215,8 @@ class AsyncMiner:
         self.wait_ms = 0.0
         self._capacity = 0
         self._thread: threading.Thread | None = None
+        self._cores: list = []  # every core opened (a process core is a child process to stop at close)
+        self._ready = threading.Event()  # a core is open: until then get() falls back without waiting
         self._last_advance: float | None = None
         self._step_s: float | None = None  # EMA of the trainer's time per position change
         self._job_s: float | None = None   # EMA of one mining job's time
@@ -249,7 +256,8 @@ class AsyncMiner:
             self.counters["fallbacks"] += 1
             return None
         t0 = time.monotonic()
-        deadline = t0 + self.cfg.timeout
+        # while the miner is still opening its index (seconds for a process or a large bank) waiting is pointless
+        deadline = t0 + (self.cfg.timeout if self._ready.is_set() else 0.0)
         want = [(int(epoch), int(i)) for i in idx]
         with self._cond:
             while not all(i in self._results for i in want):
@@ -278,6 +286,7 @@ class AsyncMiner:
         out["miner_queue_depth"] = float(depth)
         out["miner_wait_ms"] = self.wait_ms
         out["miner_disabled"] = float(self.disabled)
+        out["miner_worker_restarts"] = float(sum(getattr(c, "restarts", 0) for c in self._cores))
         return out
 
     def close(self) -> None:
@@ -286,6 +295,9 @@ class AsyncMiner:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+        for core in self._cores:
+            if hasattr(core, "close"):
+                core.close()
 
     # ---- supervision -------------------------------------------------------------------------------
     def _watchdog(self) -> None:
@@ -329,7 +341,8 @@ class AsyncMiner:
 
     def _run(self, gen: int) -> None:
         try:
-            core = self.make_core()  # its own index handle
+            core = self.make_core()  # its own index handle (or its own process: vecrag.train.miner_process)
+            self._cores.append(core)
             self._tower.to(core.device)  # the copy lives where the core feeds it inputs (cuda when training there)
             stream = None
             if core.device.type == "cuda":
@@ -341,6 +354,7 @@ class AsyncMiner:
             log.exception("async miner could not open its index")
             self.counters["errors"] += 1
             return
+        self._ready.set()
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             self._loop(gen, core)
 
@@ -363,14 +377,27 @@ class AsyncMiner:
                 self._jobs += 1
                 self.counters["jobs"] += 1
                 fault = self.faults.get(self._jobs)
-                if fault and fault[0] == "raise":
+                if fault and fault[0] == "crash" and hasattr(core, "crash"):
+                    core.crash()  # the child dies; core.mine below fails and the next job starts a fresh one
+                elif fault and fault[0] in ("raise", "crash"):
                     raise RuntimeError(f"injected miner fault at job {self._jobs}")
                 if fault and fault[0] == "hang":
                     self._stop.wait(fault[1])
+                if hasattr(core, "alive") and not core.alive():  # a miner process died: start a fresh one
+                    self._ready.clear()  # (seconds) meanwhile the trainer falls back without waiting
+                    self._busy_since = None
+                    core.restart()
+                    self._ready.set()
+                    self._busy_since = time.monotonic()
                 t_job = time.monotonic()
                 res = core.mine(self._tower, idx, phase, version)
                 dt = time.monotonic() - t_job
                 self._job_s = dt if self._job_s is None else 0.8 * self._job_s + 0.2 * dt
+            except WorkerGone as err:
+                log.error("async miner disabled, falling back for the rest of the run: %s", err)
+                self.counters["errors"] += 1
+                self.disabled = True
+                return
             except Exception:
                 log.exception("async miner failed on epoch %d batch %d (counted; training continues)", e, j)
                 self.counters["errors"] += 1

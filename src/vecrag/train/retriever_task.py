@@ -38,6 +38,7 @@ from vecrag.config import TrainConfig, check
 from vecrag.eval.heuristics import heuristic_query
 from vecrag.eval.metrics import recall_table
 from vecrag.models.towers import RetrieverModel, TowerConfig
+from vecrag.runtime import to_device
 from vecrag.sequences import gather_context, make_samples
 from vecrag.train import distributed as dd
 from vecrag.train.curriculum import Curriculum, FilterConfig, MiningStats
@@ -78,10 +79,11 @@ class MiningConfig:
     timeout: float = 2.0       # async: seconds to wait for a result
     refresh_every: int = 10    # async: optimizer steps between weight copies (must be <= ttl)
     lookahead: int = 4         # async: micro-batches mined ahead
+    worker: str = field(default="thread", metadata={"choices": ("thread", "process")})  # async: where mining runs
     fallback: str = field(default="sync", metadata={"choices": ("sync", "inbatch")})
     stall: float = 60.0        # async: replace a thread whose job runs longer than this (s)
     max_restarts: int = 3
-    fault: str = ""            # fault injection for tests: "raise@N", "hang@N:SECONDS" (comma-separated)
+    fault: str = ""            # fault injection for tests: "raise@N", "crash@N", "hang@N:SECONDS" (comma-sep.)
 
     def validate(self) -> None:
         Curriculum.parse(self.schedule, base=self.schedule_base)
@@ -188,16 +190,18 @@ class RetrieverTask:
         self.trainer = trainer
         self.device = trainer.device
         self.bank_t = bank_tensor(self.bank.vectors, self.device)
+        if self.cfg.mining.mode == "async" and self._async is None:
+            self._start_async(trainer.step)  # now: it opens its index (or process) while the first epochs run
 
     def _vecs(self, ids: np.ndarray) -> torch.Tensor:
         """float32 rows of the bank for ``ids`` (any shape; -1 reads row 0, masked by the caller)."""
         ids = np.asarray(ids, np.int64)
-        flat = torch.from_numpy(np.where(ids >= 0, ids, 0).reshape(-1)).to(self.bank_t.device)
-        return self.bank_t.index_select(0, flat).float().reshape(*ids.shape, self.bank.dim).to(self.device)
+        flat = to_device(np.where(ids >= 0, ids, 0).reshape(-1), self.bank_t.device)
+        return to_device(self.bank_t.index_select(0, flat), self.device).float().reshape(*ids.shape, self.bank.dim)
 
     def _context(self, ctx_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Context vectors [n, L, D] (zeros where padded) and the mask, on the training device."""
-        mask = torch.from_numpy(ctx_ids >= 0).to(self.device)
+        mask = to_device(ctx_ids >= 0, self.device)
         return self._vecs(ctx_ids) * mask[..., None], mask
 
     def _core(self, searcher=None) -> MiningCore:
@@ -247,7 +251,16 @@ class RetrieverTask:
 
         acfg = AsyncConfig(ttl=m.ttl, timeout=m.timeout, refresh_every=m.refresh_every, lookahead=m.lookahead,
                            stall=m.stall, max_restarts=m.max_restarts)
-        self._async = AsyncMiner(self._core, self.model.query, batch_at, self.curriculum.phase_for, acfg,
+        make_core = self._core
+        if m.worker == "process":  # no GIL shared with the trainer (vecrag.train.miner_process)
+            from vecrag.train.miner_process import ProcessCore, spec_for
+
+            spec = spec_for(self)
+
+            def make_core() -> ProcessCore:
+                return ProcessCore(spec, stall=m.stall, max_restarts=m.max_restarts)
+
+        self._async = AsyncMiner(make_core, self.model.query, batch_at, self.curriculum.phase_for, acfg,
                                  fault=m.fault or None, version=step, n_batches=n_batches)
         self._refreshed = step
         self._async.start()
@@ -282,7 +295,7 @@ class RetrieverTask:
         loss, stats = self.loss_fn(q, pos, neg_sets)
         self.queue.push(all_ids)
         for name, c in masked.items():
-            stats[f"masked_{name}"] = float(sum(c.values()))
+            stats[f"masked_{name}"] = sum(c.values())  # a device tensor: read when logged
         return loss, stats
 
     @torch.no_grad()
