@@ -3,9 +3,10 @@
 ``MiningCore.mine`` for a batch of queries against a bank of random unit vectors: the tower forward, the
 context gather, candidate scoring (cos to the query and to the positive), masks and negative selection. The
 search itself is replaced by random candidate ids (on a GPU it is under a millisecond at 1M x 384 fp16), so
-the table isolates the CPU-side post-processing that made sync mining slow on the H200
-(docs/bugs-and-fixes.md, "Mining on CUDA"). Rows: the numpy path over the memory-mapped bank (the CPU
-default) and the resident path (``ExactTorchIndex.gather``; the GPU default, forced here on ``--device``).
+the table isolates the post-processing that made sync mining slow on the H200 (docs/bugs-and-fixes.md,
+"Mining on CUDA"). Rows: bank rows read from the memory map on the host (the CPU default), rows gathered from
+the resident copy (``ExactTorchIndex.gather``; the GPU default, forced here on ``--device``), and the resident
+path with the real exact search (``+ search``).
 A second table times what the TRAINING step then does with the result in every mining mode (async cannot
 hide it): gathering the mined negatives' vectors (batch x 8) and the memory-bank queue (4,096 ids) from the
 memory-mapped bank as fp32, as ``RetrieverTask._vecs`` does.
@@ -45,6 +46,10 @@ class RandomCandidates(ExactTorchIndex):
         ids = np.random.default_rng(len(queries)).integers(0, self.ntotal, (len(queries), k))
         return np.zeros(ids.shape, np.float32), ids
 
+    def search_tensor(self, qt: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        _, ids = self.search(np.zeros((len(qt), 1), np.float32), k)
+        return torch.zeros(ids.shape, device=self.device), torch.from_numpy(ids).to(self.device)
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -62,14 +67,16 @@ def main() -> int:
         samples = make_samples(bank, "train", min_context=1)
         masker = NegativeMasker(ChunkMeta.from_bank(bank), window=2)
         search = RandomCandidates(bank.vectors, device=args.device)
+        exact = ExactTorchIndex(bank.vectors, device=args.device)
         tower = QueryTower(bank.dim, TowerConfig(hidden=256)).to(args.device)
         phase = Phase(0, 0, 8, -1.0, 1.0)
         rng = np.random.default_rng(0)
         print(f"bank {args.size:,} x 384, batch {args.batch}, k {args.k} + {args.context}, device {args.device}, "
               f"torch threads {torch.get_num_threads()}")
         print(f"{'path':>10} {'ms per step (median)':>21} {'min':>8}")
-        for name, resident in (("numpy", False), ("resident", True)):
-            core = MiningCore(bank.vectors, samples, args.context, masker, FilterConfig(), args.k, search,
+        for name, resident, searcher in (("host rows", False, search), ("resident", True, search),
+                                         ("+ search", True, exact)):
+            core = MiningCore(bank.vectors, samples, args.context, masker, FilterConfig(), args.k, searcher,
                               args.device)
             core.use_resident = resident
             times = []

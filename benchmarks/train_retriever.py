@@ -86,6 +86,7 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     sps = [r["samples_per_s"] for r in recs[1:]] or [r["samples_per_s"] for r in recs]
     st = task.stats()
     return {"samples_per_s": float(np.median(sps)), "hits": st.get("miner_hits", 0.0),
+            "job_ms": st.get("miner_job_ms", float("nan")),
             "fallbacks": st.get("miner_fallbacks", 0.0), "rss_mb": recs[-1]["rss_mb"] if recs else float("nan"),
             "gpu_mb": max((r.get("cuda_mem_mb", 0.0) for r in recs), default=0.0)}
 
@@ -148,11 +149,11 @@ def main() -> int:
           f"{args.accum}, context {args.context}, GRU hidden {args.hidden}, dim {args.dim}, k {args.k}, "
           f"{args.neg} negatives, mining backend {args.backend}")
     print(f"{'bank':>9} {'mining':>10} {'samples/s':>10} {'vs none':>8} {'async hits':>10} {'fallbacks':>9} "
-          f"{'rss MB':>8} {'GPU MB':>8}")
+          f"{'rss MB':>8} {'GPU MB':>8} {'miner ms':>8}")
     for n, mode, r in rows:
         rel = r["samples_per_s"] / base[n] if n in base else float("nan")
         print(f"{n:>9} {mode:>10} {r['samples_per_s']:>10.0f} {100 * rel:>7.0f}% {r['hits']:>10.0f} "
-              f"{r['fallbacks']:>9.0f} {r['rss_mb']:>8.0f} {r['gpu_mb']:>8.0f}")
+              f"{r['fallbacks']:>9.0f} {r['rss_mb']:>8.0f} {r['gpu_mb']:>8.0f} {r['job_ms']:>8.1f}")
     return 0
 
 

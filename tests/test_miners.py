@@ -71,6 +71,12 @@ def test_sync_mining_obeys_band_filters_and_masks(bank, backend):
         best = np.flatnonzero(ok)[np.argsort(-sc[ok], kind="stable")][: len(got)]
         np.testing.assert_allclose(np.sort(sc[got]), np.sort(sc[best]), atol=1e-5)
     assert n_found > 0.5 * len(idx) * phase.n_neg  # not vacuous
+    # the training step masks only padding in mined sets: the masker must find nothing else to remove
+    negs = np.stack([res.negatives[int(s)] for s in idx])
+    pos_ids = samples.target[idx]
+    _, counts = NegativeMasker(meta, window=window).mask(pos_ids, negs, torch.from_numpy(allv[pos_ids]),
+                                                         torch.from_numpy(allv[np.clip(negs, 0, None)]))
+    assert {k: int(v) for k, v in counts.items()} == {"self": 0, "text": 0, "window": 0, "dupvec": 0}
     st = res.stats.summary()
     assert st["samples"] == len(idx) and 0 <= st["pct_short"] <= 100
 

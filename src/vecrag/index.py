@@ -150,14 +150,20 @@ class ExactTorchIndex(SearchIndex):
             blk = np.array(self._source[s:s + self.block_rows], dtype=np.float32)
             yield s, torch.from_numpy(blk).to(self.device, self.dtype)
 
-    def gather(self, ids: np.ndarray) -> Any | None:
-        """Rows ``ids`` of the resident bank as a float32 tensor on this index's device (None when the bank is
-        not resident). Miners use it to score candidates without re-reading the memory-mapped bank."""
+    @property
+    def is_resident(self) -> bool:
+        """The bank is held in memory (on this index's device): ``gather`` works."""
+        return self._blocks is not None
+
+    def gather(self, ids: Any) -> Any | None:
+        """Rows ``ids`` (numpy or a tensor) of the resident bank as a float32 tensor on this index's device (None
+        when the bank is not resident). Miners use it to score candidates without re-reading the memory map."""
         import torch
 
         if self._blocks is None:
             return None
-        ids_t = torch.as_tensor(np.asarray(ids, np.int64), device=self.device)
+        ids_t = (ids.to(self.device) if isinstance(ids, torch.Tensor)
+                 else torch.as_tensor(np.asarray(ids, np.int64), device=self.device))
         if len(self._blocks) == 1:
             return self._blocks[0][ids_t].float()
         out = torch.empty((len(ids_t), self.dim), dtype=torch.float32, device=self.device)
@@ -167,6 +173,28 @@ class ExactTorchIndex(SearchIndex):
             if len(sel):
                 out[sel] = blk[ids_t[sel] - b * self.block_rows].float()
         return out
+
+    def search_tensor(self, qt: Any, k: int) -> tuple[Any, Any]:
+        """Top-``k`` (scores, ids) of a query tensor, as tensors on this index's device (no copy to the host:
+        the GPU miner keeps working on them). ``k`` must be at most ``ntotal``; queries are one chunk."""
+        import torch
+
+        qt = qt.to(self.device, self.dtype)
+        best_s = best_i = None
+        for start, blk in self._iter_blocks():
+            s = qt @ blk.T  # fp16 on CUDA: top-k on the half scores, no fp32 copy of the block
+            if s.device.type == "cpu" and s.dtype != torch.float32:
+                s = s.float()
+            top_s, top_i = torch.topk(s, min(k, blk.shape[0]), dim=1)
+            top_i = top_i + start
+            del s
+            if best_s is not None:
+                top_s = torch.cat([best_s, top_s], 1)
+                top_i = torch.cat([best_i, top_i], 1)
+                top_s, j = torch.topk(top_s, min(k, top_s.shape[1]), dim=1)
+                top_i = torch.gather(top_i, 1, j)
+            best_s, best_i = top_s, top_i
+        return best_s, best_i
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -181,21 +209,7 @@ class ExactTorchIndex(SearchIndex):
         chunk = self.query_chunk_size()
         with torch.inference_mode():
             for qs in range(0, n, chunk):
-                qt = torch.from_numpy(q[qs:qs + chunk]).to(self.device, self.dtype)
-                best_s = best_i = None
-                for start, blk in self._iter_blocks():
-                    s = qt @ blk.T  # fp16 on CUDA: top-k on the half scores, no fp32 copy of the block
-                    if s.device.type == "cpu" and s.dtype != torch.float32:
-                        s = s.float()
-                    top_s, top_i = torch.topk(s, min(kk, blk.shape[0]), dim=1)
-                    top_i = top_i + start
-                    del s
-                    if best_s is not None:
-                        top_s = torch.cat([best_s, top_s], 1)
-                        top_i = torch.cat([best_i, top_i], 1)
-                        top_s, j = torch.topk(top_s, min(kk, top_s.shape[1]), dim=1)
-                        top_i = torch.gather(top_i, 1, j)
-                    best_s, best_i = top_s, top_i
+                best_s, best_i = self.search_tensor(torch.from_numpy(q[qs:qs + chunk]), kk)
                 scores[qs:qs + chunk, :kk] = best_s.float().cpu().numpy()
                 ids[qs:qs + chunk, :kk] = best_i.cpu().numpy()
         return scores, ids

@@ -30,21 +30,6 @@ def set_threads(torch_threads: int | None = None, faiss_threads: int | None = No
     return {"torch": tt, "faiss": ft}
 
 
-def to_device(a, device):
-    """A numpy array (or host tensor) on ``device`` without stalling the CPU on CUDA: a copy from pageable
-    memory first waits for every kernel already queued on the stream (a hidden sync), so it is staged in
-    pinned memory and copied with ``non_blocking`` (the caching host allocator keeps the staging block until
-    the copy is done). Elsewhere a plain ``.to``."""
-    import numpy as np
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
-    device = torch.device(device)
-    if device.type != "cuda" or t.device.type != "cpu":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 def openmp_runtimes() -> list[str]:
     """Distinct OpenMP runtime libraries mapped into this process (Linux; empty elsewhere)."""
     maps = Path("/proc/self/maps")

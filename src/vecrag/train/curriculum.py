@@ -168,35 +168,49 @@ class MiningStats:
         return "\n".join(f"{a.ljust(w)}  {b}" for a, b in rows)
 
 
-def select_negatives(cand_ids: np.ndarray, cand_q: np.ndarray, cand_pos: np.ndarray, pos_q: np.ndarray,
-                     masked: np.ndarray, phase: Phase, filt: FilterConfig) -> tuple[np.ndarray, MiningStats]:
+def select_negatives(cand_ids, cand_q, cand_pos, pos_q, masked, phase: Phase, filt: FilterConfig
+                     ) -> tuple[np.ndarray, MiningStats]:
     """Apply masks, filters and the band to [B, K] candidates (sorted by cos to the query, best first).
 
     ``cand_q`` = cos(query, cand), ``cand_pos`` = cos(cand, positive), ``pos_q`` [B] = cos(query, positive),
-    ``masked`` [B, K] True for masked candidates (and padding). Returns int64 [B, n_neg] ids (-1 where a
-    sample lacks enough negatives, which is counted) and the round's statistics.
+    ``masked`` [B, K] True for masked candidates (and padding). numpy arrays or torch tensors; the work runs
+    where the tensors are (the GPU miner's stay on the GPU) and ends in ONE copy to the host. Returns int64
+    [B, n_neg] ids (-1 where a sample lacks enough negatives, which is counted) and the round's statistics.
     """
+    import torch
+
+    def t(a):
+        return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
+
+    cand_ids, cand_q, cand_pos, pos_q, masked = map(t, (cand_ids, cand_q, cand_pos, pos_q, masked))
     B, K = cand_ids.shape
-    st = MiningStats(n_samples=B, n_candidates=B * K)
+    n_neg = phase.n_neg
     gone = masked | (cand_ids < 0)
-    st.removed["mask"] = int(gone.sum())
-    rules = [("dup", cand_pos > filt.dup if filt.dup < 1.0 else np.zeros_like(gone)),
-             ("rel", cand_q > filt.rel * pos_q[:, None] if filt.rel > 0 else np.zeros_like(gone)),
+    counts = [gone.sum()]
+    rules = [("dup", cand_pos > filt.dup if filt.dup < 1.0 else None),
+             ("rel", cand_q > filt.rel * pos_q[:, None] if filt.rel > 0 else None),
              ("band", (cand_q < phase.lo) | (cand_q > phase.hi))]
-    for name, hit in rules:
-        new = hit & ~gone
-        st.removed[name] = int(new.sum())
+    for _, hit in rules:
+        new = hit & ~gone if hit is not None else torch.zeros_like(gone)
+        counts.append(new.sum())
         gone |= new
     keep = ~gone
-    rank = np.cumsum(keep, axis=1)              # 1-based rank of each kept candidate in its row
-    chosen = keep & (rank <= phase.n_neg)       # the first n_neg kept candidates of each row
-    rows, cols = np.nonzero(chosen)
-    out = np.full((B, phase.n_neg), -1, dtype=np.int64)
-    out[rows, rank[rows, cols] - 1] = cand_ids[rows, cols]
-    st.n_short = int((chosen.sum(1) < phase.n_neg).sum())
-    v = cand_q[rows, cols].astype(np.float64)
-    st.neg_n = len(rows)
-    st.neg_sum, st.neg_sq = float(v.sum()), float((v * v).sum())
-    p = pos_q.astype(np.float64)
-    st.pos_sum, st.pos_sq = float(p.sum()), float((p * p).sum())
-    return out, st
+    rank = torch.cumsum(keep, dim=1)              # 1-based rank of each kept candidate in its row
+    chosen = keep & (rank <= n_neg)               # the first n_neg kept candidates of each row
+    # scatter the chosen ids to their slots; everything else lands in a spare column n_neg that is dropped
+    slot = torch.where(chosen, rank - 1, torch.full_like(rank, n_neg))
+    out = torch.full((B, n_neg + 1), -1, dtype=torch.int64, device=cand_ids.device)
+    out.scatter_(1, slot, torch.where(chosen, cand_ids.long(), torch.full_like(cand_ids, -1, dtype=torch.int64)))
+    n_chosen = chosen.sum(1)
+    v, p = torch.where(chosen, cand_q.double(), 0.0), pos_q.double()  # (padding's -inf * 0 would be nan)
+    counts += [(n_chosen < n_neg).sum(), n_chosen.sum()]
+    # one host copy: ids (exact in float64 below 2**53), counts, then the score sums
+    packed = torch.cat([out[:, :n_neg].reshape(-1).double(), torch.stack(counts).double(),
+                        torch.stack([v.sum(), (v * v).sum(), p.sum(), (p * p).sum()])]).cpu().numpy()
+    ids = packed[:B * n_neg].astype(np.int64).reshape(B, n_neg)
+    c = packed[B * n_neg:B * n_neg + len(counts)].astype(np.int64)
+    neg_sum, neg_sq, pos_sum, pos_sq = packed[B * n_neg + len(counts):].tolist()
+    st = MiningStats(n_samples=B, n_candidates=B * K, n_short=int(c[-2]), neg_n=int(c[-1]),
+                     neg_sum=neg_sum, neg_sq=neg_sq, pos_sum=pos_sum, pos_sq=pos_sq)
+    st.removed = {"mask": int(c[0]), **{name: int(x) for (name, _), x in zip(rules, c[1:4], strict=True)}}
+    return ids, st

@@ -45,26 +45,41 @@ class NegativeMasker:
 
     def __init__(self, meta: ChunkMeta, *, window: int = 0, dup_eps: float = 1e-6):
         self.meta = meta
+        self._on: dict[str, tuple] = {}  # device -> the meta arrays there
         self.window = int(window)
         self.dup_eps = float(dup_eps)
 
-    def id_mask(self, pos_ids: np.ndarray, cand_ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Masks from ids alone: ``pad``, ``self``, ``text``, ``window`` (each [B, K], disjoint not required)."""
-        pos = np.asarray(pos_ids, np.int64)[:, None]
-        cand = np.asarray(cand_ids, np.int64)
-        if cand.ndim == 1:
-            cand = np.broadcast_to(cand[None, :], (pos.shape[0], cand.shape[0]))
-        pad = cand < 0
-        c = np.where(pad, 0, cand)
-        out = {"pad": pad, "self": (cand == pos) & ~pad}
-        tg = self.meta.text_group
-        out["text"] = (tg[c] == tg[pos]) & ~pad if tg is not None else np.zeros_like(pad)
-        if self.window >= 0:
-            same = self.meta.article[c] == self.meta.article[pos]
-            near = np.abs(self.meta.position[c] - self.meta.position[pos]) <= self.window
-            out["window"] = same & near & ~pad
+    def _meta(self, like):
+        """(article, position, text group) as numpy arrays, or as tensors on ``like``'s device (cached)."""
+        m = self.meta
+        if not isinstance(like, torch.Tensor):
+            return m.article, m.position, m.text_group
+        key = str(like.device)
+        if key not in self._on:
+            self._on[key] = tuple(None if a is None else torch.from_numpy(np.array(a, np.int64)).to(like.device)
+                                  for a in (m.article, m.position, m.text_group))
+        return self._on[key]
+
+    def id_mask(self, pos_ids, cand_ids) -> dict:
+        """Masks from ids alone: ``pad``, ``self``, ``text``, ``window`` (each [B, K], disjoint not required).
+        numpy in, numpy out; torch tensors in, tensors out on their device (the GPU miner)."""
+        if isinstance(cand_ids, torch.Tensor):
+            pos = torch.as_tensor(pos_ids, dtype=torch.int64, device=cand_ids.device)[:, None]
+            cand = cand_ids.long() if cand_ids.dim() == 2 else cand_ids.long()[None, :].expand(pos.shape[0], -1)
         else:
-            out["window"] = np.zeros_like(pad)
+            pos = np.asarray(pos_ids, np.int64)[:, None]
+            cand = np.asarray(cand_ids, np.int64)
+            if cand.ndim == 1:
+                cand = np.broadcast_to(cand[None, :], (pos.shape[0], cand.shape[0]))
+        article, position, tg = self._meta(cand)
+        pad = cand < 0
+        c = cand * ~pad  # padding reads row 0, masked below
+        out = {"pad": pad, "self": (cand == pos) & ~pad}
+        out["text"] = (tg[c] == tg[pos]) & ~pad if tg is not None else pad & False
+        if self.window >= 0:
+            out["window"] = (article[c] == article[pos]) & (abs(position[c] - position[pos]) <= self.window) & ~pad
+        else:
+            out["window"] = pad & False
         return out
 
     def vector_mask(self, pos_vecs: torch.Tensor, cand_vecs: torch.Tensor) -> torch.Tensor:
@@ -80,15 +95,13 @@ class NegativeMasker:
         """The combined mask on the vectors' device and the count of each part; ``dupvec`` (identical
         vectors not masked by ids) stays a device tensor, so that the training step never waits for the GPU
         (read it when logging)."""
-        from vecrag.runtime import to_device
-
         parts = self.id_mask(pos_ids, cand_ids)
         m = np.zeros(parts["pad"].shape, dtype=bool)
         for v in parts.values():
             m |= v
         counts: dict[str, int | torch.Tensor] = {k: int(v.sum()) for k, v in parts.items() if k != "pad"}
         vec = self.vector_mask(pos_vecs.detach(), cand_vecs.detach())
-        mt = to_device(m, vec.device)
+        mt = torch.from_numpy(m).to(vec.device)
         counts["dupvec"] = (vec & ~mt).sum()
         return mt | vec, counts
 

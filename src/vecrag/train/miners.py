@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from vecrag.errors import VecragError
-from vecrag.sequences import Samples, gather_context
+from vecrag.sequences import Samples
 from vecrag.train.curriculum import FilterConfig, MiningStats, Phase, select_negatives
 from vecrag.train.losses import NegativeMasker
 
@@ -89,12 +89,12 @@ class MiningCore:
         self.use_resident: bool | None = None  # None = auto (see _resident)
 
     def _resident(self) -> bool:
-        """Score candidates on the searcher's resident bank (``gather``)? Default: when it lives on a GPU."""
-        if not hasattr(self.searcher, "gather"):
+        """Read bank rows from the searcher's resident copy (``gather``)? Default: whenever it has one."""
+        if not getattr(self.searcher, "is_resident", False):
             return False
-        if self.use_resident is not None:
-            return self.use_resident
-        return str(getattr(self.searcher, "device", "cpu")).startswith("cuda")
+        # default: yes, on a GPU and on the host (a 2-core CPU mined a 256-query batch of a 100k bank in 37 ms
+        # from the resident fp32 copy vs 55 ms reading the memory map: benchmarks/mining_step.py)
+        return self.use_resident if self.use_resident is not None else True
 
     def mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int = 0) -> MineResult:
         # sync mining is called inside the trainer's bf16 autocast region: without this the scores come back
@@ -104,44 +104,46 @@ class MiningCore:
         with torch.no_grad(), no_amp:
             return self._mine(tower, idx, phase, version)
 
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """float32 bank rows of ``ids`` (all >= 0): from the searcher's resident copy (on its GPU), else read
+        from the memory-mapped bank on the host."""
+        if self._resident():
+            return self.searcher.gather(ids)
+        return torch.from_numpy(np.asarray(self.vectors[ids.numpy()], np.float32))
+
     def _mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int) -> MineResult:
+        # Everything runs where the bank rows are: on the GPU with a resident searcher (one host copy at the end,
+        # in select_negatives: the miner's per-step syncs and numpy work were most of a mining step on the H200,
+        # docs/bugs-and-fixes.md), else on the host.
         idx = np.asarray(idx, np.int64)
-        ctx_ids = self.samples.context_ids(self.L, idx)
-        ctx, mask = gather_context(self.vectors, ctx_ids)
+        dev = torch.device(self.searcher.device) if self._resident() else torch.device("cpu")
+        ctx_ids = torch.from_numpy(self.samples.context_ids(self.L, idx)).to(dev)
+        pos_ids = torch.from_numpy(self.samples.target[idx]).to(dev)
+        cmask = ctx_ids >= 0
+        ctx = self._rows(ctx_ids.clamp(min=0).reshape(-1)).reshape(*ctx_ids.shape, -1) * cmask[..., None]
         was_training = tower.training
         tower.eval()
         try:
-            q = tower(torch.from_numpy(ctx).to(self.device), torch.from_numpy(mask).to(self.device))
+            q = tower(ctx.to(self.device), cmask.to(self.device)).float().to(dev)
         finally:
             tower.train(was_training)
-        q = q.float().cpu().numpy()
         k = min(self.k + self.L, len(self.vectors))
-        _, cand = self.searcher.search(q, k)
-        pos_ids = self.samples.target[idx]
+        if hasattr(self.searcher, "search_tensor"):
+            cand = self.searcher.search_tensor(q, k)[1].to(dev)
+        else:  # faiss: numpy in and out
+            cand = torch.from_numpy(self.searcher.search(q.cpu().numpy(), k)[1]).to(dev)
         valid = cand >= 0
-        # on the GPU copy of the bank: gathering + fp16->fp32-converting B*k memory-mapped rows in numpy was
-        # most of a mining step on the H200 (~50 ms of 68 at 1M, docs/bugs-and-fixes.md)
-        rows = (self.searcher.gather(np.concatenate([np.where(valid, cand, 0).reshape(-1), pos_ids]))
-                if self._resident() else None)  # None: no resident copy
-        if rows is not None:
-            cvec, pvec = rows[:cand.size].reshape(*cand.shape, -1), rows[cand.size:]
-            qt = torch.from_numpy(q).to(rows.device)
-            cand_q = torch.einsum("bd,bkd->bk", qt, cvec).cpu().numpy()
-            cand_pos = torch.einsum("bd,bkd->bk", pvec, cvec).cpu().numpy()
-            pos_q = (qt * pvec).sum(-1).cpu().numpy()
-        else:  # numpy: on a CPU, small torch ops pay OpenMP wake-ups (PASSIVE) and were slower here
-            cvec = np.asarray(self.vectors[np.where(valid, cand, 0).reshape(-1)], np.float32).reshape(*cand.shape, -1)
-            pvec = np.asarray(self.vectors[pos_ids], np.float32)
-            cand_q = np.einsum("bd,bkd->bk", q, cvec)
-            cand_pos = np.einsum("bd,bkd->bk", pvec, cvec)
-            pos_q = np.einsum("bd,bd->b", q, pvec)
+        rows = self._rows(torch.cat([cand.clamp(min=0).reshape(-1), pos_ids]))
+        cvec, pvec = rows[:cand.numel()].reshape(*cand.shape, -1), rows[cand.numel():]
+        cand_q = torch.einsum("bd,bkd->bk", q, cvec)
+        cand_pos = torch.einsum("bd,bkd->bk", pvec, cvec)
+        pos_q = (q * pvec).sum(-1)
         parts = self.masker.id_mask(pos_ids, cand)
-        masked = ~valid | parts["self"] | parts["text"] | parts["window"]
-        masked |= cand_pos >= 1.0 - self.masker.dup_eps
-        masked |= ((cand[:, :, None] == ctx_ids[:, None, :]) & (ctx_ids[:, None, :] >= 0)).any(2)
-        cand_q = np.where(valid, cand_q, -np.inf)
-        order = np.argsort(-cand_q, axis=1, kind="stable")
-        take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
+        masked = ~valid | parts["self"] | parts["text"] | parts["window"] | (cand_pos >= 1.0 - self.masker.dup_eps)
+        masked |= ((cand[:, :, None] == ctx_ids[:, None, :]) & cmask[:, None, :]).any(2)  # the sample's context
+        cand_q = cand_q.masked_fill(~valid, float("-inf"))
+        order = torch.sort(cand_q, dim=1, descending=True, stable=True).indices
+        take = lambda a: torch.gather(a, 1, order)  # noqa: E731
         neg, st = select_negatives(take(cand), take(cand_q), take(cand_pos), pos_q, take(masked), phase,
                                    self.filters)
         return MineResult({int(s): neg[j] for j, s in enumerate(idx)}, st, version)
@@ -287,6 +289,7 @@ class AsyncMiner:
         out["miner_wait_ms"] = self.wait_ms
         out["miner_disabled"] = float(self.disabled)
         out["miner_worker_restarts"] = float(sum(getattr(c, "restarts", 0) for c in self._cores))
+        out["miner_job_ms"] = 1000.0 * (self._job_s or 0.0)  # EMA of one job (a batch mined), IPC included
         return out
 
     def close(self) -> None:

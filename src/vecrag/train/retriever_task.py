@@ -38,7 +38,6 @@ from vecrag.config import TrainConfig, check
 from vecrag.eval.heuristics import heuristic_query
 from vecrag.eval.metrics import recall_table
 from vecrag.models.towers import RetrieverModel, TowerConfig
-from vecrag.runtime import to_device
 from vecrag.sequences import gather_context, make_samples
 from vecrag.train import distributed as dd
 from vecrag.train.curriculum import Curriculum, FilterConfig, MiningStats
@@ -196,12 +195,12 @@ class RetrieverTask:
     def _vecs(self, ids: np.ndarray) -> torch.Tensor:
         """float32 rows of the bank for ``ids`` (any shape; -1 reads row 0, masked by the caller)."""
         ids = np.asarray(ids, np.int64)
-        flat = to_device(np.where(ids >= 0, ids, 0).reshape(-1), self.bank_t.device)
-        return to_device(self.bank_t.index_select(0, flat), self.device).float().reshape(*ids.shape, self.bank.dim)
+        flat = torch.from_numpy(np.where(ids >= 0, ids, 0).reshape(-1)).to(self.bank_t.device)
+        return self.bank_t.index_select(0, flat).to(self.device).float().reshape(*ids.shape, self.bank.dim)
 
     def _context(self, ctx_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Context vectors [n, L, D] (zeros where padded) and the mask, on the training device."""
-        mask = to_device(ctx_ids >= 0, self.device)
+        mask = torch.from_numpy(ctx_ids >= 0).to(self.device)
         return self._vecs(ctx_ids) * mask[..., None], mask
 
     def _core(self, searcher=None) -> MiningCore:
@@ -289,9 +288,9 @@ class RetrieverTask:
         if mined is not None:
             nid = np.stack([mined[int(i)] for i in idx])
             nv = self.model.doc(self._vecs(nid))
-            m, c = self.masker.mask(pos_ids, nid, pos, nv)
-            neg_sets.append((nv, m))
-            masked["mined"] = c
+            # the miners removed all the masker would (the same rules on the same bank: tests/test_miners.py),
+            # so only the -1 padding of samples short of negatives is masked here
+            neg_sets.append((nv, torch.from_numpy(nid < 0).to(self.device)))
         loss, stats = self.loss_fn(q, pos, neg_sets)
         self.queue.push(all_ids)
         for name, c in masked.items():

@@ -1,0 +1,70 @@
+"""What the async gap is made of: training samples/s with mined-shaped negatives that cost no mining (not a test).
+
+``static`` feeds every step ``--neg`` negatives per sample from a table drawn once (random ids, -1 never), in
+the same ``{sample id: ids}`` form the miners return, so the step pays everything a mined batch costs the trainer
+(row gathers, masks, the larger InfoNCE) and nothing of the mining itself. Side by side with ``none`` and the
+async miner (thread and process) in one run::
+
+    python benchmarks/negatives_cost.py --size 1000000 --device cuda --steps 400 --batch 256
+
+``static`` / ``none`` is the cost of using negatives; ``async`` / ``static`` the cost of the miner running beside
+the trainer (GPU sharing, GIL, hand-over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_retriever import measure, random_bank  # noqa: E402
+
+from vecrag.train.retriever_task import RetrieverTask  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=100_000)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--modes", default="none,static,sync,async,async-proc")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--neg", type=int, default=8)
+    p.add_argument("--workdir", default=None)
+    args = p.parse_args()
+    # the fields train_retriever.measure reads
+    args.accum, args.context, args.hidden, args.k, args.backend = 1, 10, 256, 64, "torch"
+    args.timeout, args.log_every, args.profile_out = 0.05, 20 if args.steps >= 200 else 5, None
+    from vecrag.runtime import set_threads
+
+    threads = set_threads()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="vecrag-negcost-"))
+    bank = random_bank(work / f"bank-{args.size}", args.size, 384)
+    table = np.random.default_rng(0).integers(0, bank.n, (bank.n, args.neg))  # by sample id (< bank.n)
+    orig = RetrieverTask._mined
+    rows = []
+    for mode in args.modes.split(","):
+        if mode == "static":
+            RetrieverTask._mined = lambda self, idx, step: {int(i): table[int(i)] for i in idx}  # noqa: E731
+            r = measure(bank, work / f"run-static-{np.random.randint(1 << 30)}", "sync", args)
+            RetrieverTask._mined = orig
+        else:
+            r = measure(bank, work / f"run-{mode}-{np.random.randint(1 << 30)}", mode, args)
+        rows.append((mode, r))
+        print(f"  {mode}: {r['samples_per_s']:.0f} samples/s", file=sys.stderr)
+    base = dict(rows).get("none", {}).get("samples_per_s", float("nan"))
+    print(f"\nnegatives cost: device {args.device}, threads {threads}, bank {bank.n}, batch {args.batch}, "
+          f"{args.neg} negatives, GRU hidden 256, context 10")
+    print(f"{'mode':>10} {'samples/s':>10} {'vs none':>8} {'hits':>6} {'fallbacks':>9} {'miner ms':>8}")
+    for mode, r in rows:
+        print(f"{mode:>10} {r['samples_per_s']:>10.0f} {100 * r['samples_per_s'] / base:>7.0f}% {r['hits']:>6.0f} "
+              f"{r['fallbacks']:>9.0f} {r['job_ms']:>8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
