@@ -193,6 +193,19 @@ def test_mining_on_cuda_uses_the_gpu_and_mines(bank, tmp_path, mode):
     assert st["mining_mined_sync"] + st["mining_mined_async"] > 0
     core = task._core()
     assert core.searcher.device.startswith("cuda") and core.device.type == "cuda"
+    # one copy of the bank on the GPU: the miner's searcher and the validation index are views of bank_t
+    assert core.searcher._blocks[0].data_ptr() == task.bank_t.data_ptr() == task._val_index._blocks[0].data_ptr()
+
+
+def test_exact_index_over_a_tensor_shares_its_memory(bank):
+    from vecrag.index import ExactTorchIndex
+
+    t = torch.from_numpy(bank.vectors_f32())
+    shared = ExactTorchIndex(t, block_rows=100)
+    assert shared._blocks[0].data_ptr() == t.data_ptr() and len(shared._blocks) == -(-bank.n // 100)
+    q = bank.vectors_f32()[:20]
+    for a, b in zip(shared.search(q, 7), ExactTorchIndex(bank.vectors).search(q, 7), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_async_process_worker_mines_and_survives_a_crash(bank, tmp_path):

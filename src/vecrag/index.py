@@ -98,6 +98,9 @@ class ExactTorchIndex(SearchIndex):
     of ``block_rows`` (fp16 by default: 2 bytes a value, 7.7 GB for 10M x 384; scores within ~1e-3, so
     near-ties may swap order); on CPU it is held as fp32, or, with ``resident=False``, converted block by
     block at search time (memory-light, slower). ``dtype=torch.float32`` on CUDA gives exact fp32 scores.
+    ``vectors`` may also be a tensor already on ``device`` (the trainer's resident bank): its blocks are then
+    views of it, so the trainer, its validation and its miners hold ONE copy of the bank on the GPU (at 10M x
+    384 fp16, 7.7 GB each; four copies were allocated before, docs/scaling.md).
 
     Memory beyond the bank is bounded: queries are searched ``chunk`` at a time, with ``chunk`` chosen so
     that one score block (``chunk x block_rows``) holds at most ``max_elems`` values (default 2**26 on CPU,
@@ -120,7 +123,9 @@ class ExactTorchIndex(SearchIndex):
         self.params = {"dtype": str(self.dtype).replace("torch.", ""), "resident": resident}
         self._source = vectors
         self._blocks: list[Any] | None = None
-        if resident or self.device != "cpu":
+        if isinstance(vectors, torch.Tensor):  # zero-copy views when it already has this device and dtype
+            self._blocks = list(vectors.to(self.device, self.dtype).split(block_rows))
+        elif resident or self.device != "cpu":
             self._blocks = []
             try:
                 for s in range(0, self.ntotal, block_rows):
@@ -370,13 +375,20 @@ def _manifest_index(bank: Bank) -> dict[str, Any] | None:
     return m.get("index") or None
 
 
-def open_index(bank: Bank, backend: str = "auto", device: str = "auto", **kwargs: Any) -> SearchIndex:
+def open_index(bank: Bank, backend: str = "auto", device: str = "auto", *, vectors: Any = None,
+               **kwargs: Any) -> SearchIndex:
     """The bank's saved FAISS index (``faiss``), an exact torch search (``torch``), or ``auto``: the saved
-    index when there is one and faiss imports, else exact search."""
+    index when there is one and faiss imports, else exact search. ``vectors``: a tensor of the bank already
+    on ``device`` for exact search to share (ExactTorchIndex)."""
+    def exact() -> ExactTorchIndex:
+        src = bank.vectors if vectors is None else vectors
+        return ExactTorchIndex(src, device="auto" if device == "auto" else device,
+                               dtype=None if vectors is None else vectors.dtype)
+
     if backend not in ("auto", "faiss", "torch"):
         raise VecragError(f"unknown search backend {backend!r}", hint="choose auto, faiss or torch")
     if backend == "torch":
-        return ExactTorchIndex(bank.vectors, device="auto" if device == "auto" else device)
+        return exact()
     has_faiss = True
     try:
         import faiss  # noqa: F401
@@ -385,7 +397,7 @@ def open_index(bank: Bank, backend: str = "auto", device: str = "auto", **kwargs
     if backend == "faiss" or (has_faiss and _manifest_index(bank) is not None):
         return load_index(bank, device=device, **kwargs)
     log.info("no saved index%s: exact search with torch", "" if has_faiss else " usable (faiss not installed)")
-    return ExactTorchIndex(bank.vectors, device=device)
+    return exact()
 
 
 def recall_vs_exact(index: SearchIndex, exact: SearchIndex, queries: np.ndarray, k: int = 10) -> float:

@@ -43,12 +43,16 @@ from vecrag.train.losses import NegativeMasker
 log = logging.getLogger(__name__)
 
 
-def make_searcher(bank, backend: str = "torch", device: str = "cpu"):
+def make_searcher(bank, backend: str = "torch", device: str = "cpu", vectors: torch.Tensor | None = None):
     """A fresh search handle over the FULL bank: ``torch`` (exact matmul top-k), ``faiss`` (the bank's saved
-    index, else an exact in-memory IndexFlatIP) or ``auto`` (saved index if any, else torch)."""
+    index, else an exact in-memory IndexFlatIP) or ``auto`` (saved index if any, else torch). ``vectors``: the
+    bank as a tensor already on ``device`` for a torch searcher to share instead of copying (a handle of its
+    own over read-only memory: safe from any thread)."""
     from vecrag.index import ExactTorchIndex, FaissIndex, _manifest_index, load_index
 
     if backend == "torch" or (backend == "auto" and _manifest_index(bank) is None):
+        if vectors is not None:
+            return ExactTorchIndex(vectors, device=device, dtype=vectors.dtype)
         return ExactTorchIndex(bank.vectors, device=device)
     if backend not in ("faiss", "auto"):
         raise VecragError(f"unknown mining backend {backend!r}", hint="mining.backend: torch, faiss or auto")

@@ -208,7 +208,11 @@ class RetrieverTask:
         # torch exact search runs where the tower runs (the bank on the GPU when training there); faiss on CPU
         where = str(self.device) if self.device.type == "cuda" else "cpu"
         return MiningCore(self.bank.vectors, self.train, self.L, self.masker, self.filters, m.k,
-                          searcher or make_searcher(self.bank, m.backend, where), self.device)
+                          searcher or make_searcher(self.bank, m.backend, where, self._gpu_bank()), self.device)
+
+    def _gpu_bank(self) -> torch.Tensor | None:
+        """The resident bank tensor when it is on a GPU: exact searchers (mining, validation) share it."""
+        return self.bank_t if self.bank_t.device.type == "cuda" else None
 
     def _mined(self, idx: np.ndarray, step: int) -> dict[int, np.ndarray] | None:
         epoch = self.trainer.epoch if self.trainer is not None else 0
@@ -331,7 +335,8 @@ class RetrieverTask:
                               hint="re-split the bank (`vecrag bank split`) or lower min_context")
         q, vc = self._encode_val()
         if self._val_index is None:
-            self._val_index = open_index(self.bank, backend=self.cfg.val_backend, device=str(self.device))
+            self._val_index = open_index(self.bank, backend=self.cfg.val_backend, device=str(self.device),
+                                         vectors=self._gpu_bank())
         raw = self._val_index
         if self.model.doc.is_identity:
             index = raw
