@@ -1,8 +1,8 @@
 """What the async gap is made of: training samples/s with mined-shaped negatives that cost no mining (not a test).
 
 ``static`` feeds every step ``--neg`` negatives per sample from a table drawn once (random ids, -1 never), in
-the same ``{sample id: ids}`` form the miners return, so the step pays everything a mined batch costs the trainer
-(row gathers, masks, the larger InfoNCE) and nothing of the mining itself. Side by side with ``none`` and the
+the same [batch, n_neg] form the miners hand over, so the step pays everything a mined batch costs the trainer
+(row gathers, the padding mask, the larger InfoNCE) and nothing of the mining itself. Side by side with ``none`` and the
 async miner (thread and process) in one run::
 
     python benchmarks/negatives_cost.py --size 1000000 --device cuda --steps 400 --batch 256
@@ -49,7 +49,7 @@ def main() -> int:
     rows = []
     for mode in args.modes.split(","):
         if mode == "static":
-            RetrieverTask._mined = lambda self, idx, step: {int(i): table[int(i)] for i in idx}  # noqa: E731
+            RetrieverTask._mined = lambda self, idx, step: table[np.asarray(idx)]  # noqa: E731
             r = measure(bank, work / f"run-static-{np.random.randint(1 << 30)}", "sync", args)
             RetrieverTask._mined = orig
         else:

@@ -255,3 +255,22 @@ def test_process_worker_mines_what_the_thread_core_mines(bank):
         np.testing.assert_array_equal(got.negatives[int(s)], want.negatives[int(s)])
     assert got.stats.neg_n == want.stats.neg_n > 0
     assert not proc.proc.is_alive()
+
+
+def test_async_store_hands_over_whole_batches_by_sample_ids():
+    """The store holds mined batches; get() returns one only for exactly the same sample ids (aligned rows)
+    with weights at most ttl steps old, and counts a miss or a stale drop otherwise."""
+    from vecrag.train.miners import AsyncConfig, AsyncMiner
+
+    miner = AsyncMiner(lambda: None, QueryTower(8, TowerConfig(hidden=4)), lambda e, i: None, lambda e: None,
+                       AsyncConfig(ttl=5, timeout=0.01))
+    miner._ready.set()
+    ids, neg = np.array([7, 3, 9]), np.array([[1, 2], [4, -1], [5, 6]])
+    miner._results[(0, 7)] = (ids, neg, 10)
+    np.testing.assert_array_equal(miner.get(ids, step=12, epoch=0), neg)
+    assert miner.get(ids, step=12, epoch=0) is None  # handed over once
+    miner._results[(0, 7)] = (ids, neg, 10)
+    assert miner.get(np.array([7, 9, 3]), step=12, epoch=0) is None  # same first sample, other batch
+    miner._results[(1, 7)] = (ids, neg, 10)
+    assert miner.get(ids, step=16, epoch=1) is None  # 6 steps old > ttl 5
+    assert (miner.counters["hits"], miner.counters["misses"], miner.counters["stale"]) == (1, 2, 1)

@@ -9,7 +9,9 @@ sample id** (the index of the training sample), never by batch position.
 ``AsyncMiner`` owns its own search index handle and its own copy of the query tower, refreshed from the
 trainer every ``refresh_every`` optimizer steps (the state_dict is copied under a lock; the copy's
 version is the step of the weights). It mines the batches the trainer will reach next (the sampler is
-deterministic: ``batch_at(epoch, i)``) and keeps the results in a bounded dict keyed by (epoch, sample id). The
+deterministic: ``batch_at(epoch, i)``) and keeps the results in a bounded store of whole batches, keyed by
+(epoch, first sample id) and handed over only when the batch's sample ids all match (a sample occurs once per
+epoch), as one [B, n_neg] array aligned with the trainer's batch (no per-sample Python on the trainer's side). The
 trainer takes a result only when it is at most ``ttl`` optimizer steps old and waits at most ``timeout``
 seconds for it; otherwise it falls back (sync mining or in-batch negatives only). A miner exception is
 logged and counted; a dead or stalled thread is replaced (at most ``max_restarts`` times, then the miner is
@@ -72,9 +74,15 @@ class WorkerGone(RuntimeError):
 
 @dataclass
 class MineResult:
-    negatives: dict[int, np.ndarray]  # sample id -> int64 [n_neg] (-1 padded)
+    ids: np.ndarray        # int64 [B]: the sample ids mined, in order
+    neg: np.ndarray        # int64 [B, n_neg]: row j = sample ids[j]'s negatives (-1 padded)
     stats: MiningStats
-    version: int                      # optimizer step of the tower weights used
+    version: int           # optimizer step of the tower weights used
+
+    @property
+    def negatives(self) -> dict[int, np.ndarray]:
+        """sample id -> its negatives."""
+        return {int(s): self.neg[j] for j, s in enumerate(self.ids)}
 
 
 class MiningCore:
@@ -150,7 +158,7 @@ class MiningCore:
         take = lambda a: torch.gather(a, 1, order)  # noqa: E731
         neg, st = select_negatives(take(cand), take(cand_q), take(cand_pos), pos_q, take(masked), phase,
                                    self.filters)
-        return MineResult({int(s): neg[j] for j, s in enumerate(idx)}, st, version)
+        return MineResult(idx, neg, st, version)
 
 
 class SyncMiner:
@@ -208,7 +216,8 @@ class AsyncMiner:
         self._tower = copy.deepcopy(tower).cpu().eval()
         self._pending: tuple[dict[str, torch.Tensor], int] | None = None
         self.version = version
-        self._results: OrderedDict[tuple[int, int], tuple[np.ndarray, int]] = OrderedDict()  # (epoch, sample id)
+        # (epoch, first sample id) -> (sample ids, negatives [B, n_neg], version): whole mined batches
+        self._results: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, int]] = OrderedDict()
         self._done: set[tuple[int, int]] = set()
         self._cursor = (0, 0)
         self._jobs = 0
@@ -219,7 +228,6 @@ class AsyncMiner:
         self.round_stats = MiningStats()
         self.counters = dict.fromkeys(("hits", "stale", "misses", "fallbacks", "errors", "restarts", "jobs"), 0)
         self.wait_ms = 0.0
-        self._capacity = 0
         self._thread: threading.Thread | None = None
         self._cores: list = []  # every core opened (a process core is a child process to stop at close)
         self._ready = threading.Event()  # a core is open: until then get() falls back without waiting
@@ -255,35 +263,37 @@ class AsyncMiner:
             self._cond.notify_all()
         self._watchdog()
 
-    def get(self, idx: np.ndarray, step: int, epoch: int) -> dict[int, np.ndarray] | None:
-        """Negatives for every sample in ``idx`` (of ``epoch``: a sample recurs once per epoch) if fresh
-        (mined with weights at most ``ttl`` steps old) and ready within ``timeout`` seconds; else None."""
+    def get(self, idx: np.ndarray, step: int, epoch: int) -> np.ndarray | None:
+        """Negatives [len(idx), n_neg] for the samples ``idx`` (of ``epoch``: a sample recurs once per epoch),
+        row j for sample idx[j], if fresh (mined with weights at most ``ttl`` steps old) and ready within
+        ``timeout`` seconds; else None."""
         if self.disabled:
             self.counters["fallbacks"] += 1
             return None
         t0 = time.monotonic()
         # while the miner is still opening its index (seconds for a process or a large bank) waiting is pointless
         deadline = t0 + (self.cfg.timeout if self._ready.is_set() else 0.0)
-        want = [(int(epoch), int(i)) for i in idx]
+        idx = np.asarray(idx, np.int64)
+        key = (int(epoch), int(idx[0])) if len(idx) else (int(epoch), -1)
         with self._cond:
-            while not all(i in self._results for i in want):
+            while key not in self._results:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stop.is_set():
                     break
                 self._cond.wait(timeout=min(left, 0.05))
-            got = {i: self._results.pop(i) for i in want if i in self._results}
+            got = self._results.pop(key, None)
         self.wait_ms += 1000.0 * (time.monotonic() - t0)
-        if len(got) < len(want):
+        if got is None or not np.array_equal(got[0], idx):  # keyed by sample ids: all of them must match
             self.counters["misses"] += 1
             self.counters["fallbacks"] += 1
             self._watchdog()
             return None
-        if any(step - v > self.cfg.ttl for _, v in got.values()):
+        if step - got[2] > self.cfg.ttl:
             self.counters["stale"] += 1
             self.counters["fallbacks"] += 1
             return None
         self.counters["hits"] += 1
-        return {i[1]: n for i, (n, _) in got.items()}
+        return got[1]
 
     def stats(self) -> dict[str, float]:
         with self._lock:
@@ -415,11 +425,10 @@ class AsyncMiner:
             if gen != self._gen:
                 return
             with self._cond:
-                self._capacity = max(self._capacity, len(idx) * (self.cfg.lookahead + 1))
-                for sid, neg in res.negatives.items():
-                    self._results[(e, sid)] = (neg, res.version)
-                    self._results.move_to_end((e, sid))
-                while len(self._results) > self._capacity:
+                key = (e, int(res.ids[0]))
+                self._results[key] = (res.ids, res.neg, res.version)
+                self._results.move_to_end(key)
+                while len(self._results) > self.cfg.lookahead + 1:  # bounded: the oldest batch goes
                     self._results.popitem(last=False)
                 self.round_stats.merge(res.stats)
                 self._cond.notify_all()

@@ -214,7 +214,8 @@ class RetrieverTask:
         """The resident bank tensor when it is on a GPU: exact searchers (mining, validation) share it."""
         return self.bank_t if self.bank_t.device.type == "cuda" else None
 
-    def _mined(self, idx: np.ndarray, step: int) -> dict[int, np.ndarray] | None:
+    def _mined(self, idx: np.ndarray, step: int) -> np.ndarray | None:
+        """Mined negatives [len(idx), n_neg] for the batch (row j for sample idx[j]; -1 padded), or None."""
         epoch = self.trainer.epoch if self.trainer is not None else 0
         phase = self.curriculum.phase_for(epoch)
         m = self.cfg.mining
@@ -240,7 +241,7 @@ class RetrieverTask:
         res = self._sync.mine(self.model.query, idx, phase, step)
         self.round.merge(res.stats)
         self.counters["mined_sync"] += 1
-        return res.negatives
+        return res.neg
 
     def _start_async(self, step: int) -> None:
         m, tr = self.cfg.mining, self.trainer
@@ -290,7 +291,7 @@ class RetrieverTask:
             neg_sets.append((qv, m))
             masked["queue"] = c
         if mined is not None:
-            nid = np.stack([mined[int(i)] for i in idx])
+            nid = mined
             nv = self.model.doc(self._vecs(nid))
             # the miners removed all the masker would (the same rules on the same bank: tests/test_miners.py),
             # so only the -1 padding of samples short of negatives is masked here
