@@ -274,3 +274,13 @@ def test_async_store_hands_over_whole_batches_by_sample_ids():
     miner._results[(1, 7)] = (ids, neg, 10)
     assert miner.get(ids, step=16, epoch=1) is None  # 6 steps old > ttl 5
     assert (miner.counters["hits"], miner.counters["misses"], miner.counters["stale"]) == (1, 2, 1)
+
+
+def test_validation_and_miners_share_one_bank_copy_on_the_cpu(bank, tmp_path):
+    """One float32 copy of the bank per training process on the CPU: validation, a sync miner's searcher and the
+    async miner thread search views of it (each used to make its own)."""
+    _, task, _ = _run(bank, tmp_path / "run", {"mode": "async", "timeout": 1.0, "ttl": 50, "fallback": "sync"},
+                      {"epochs": 1})
+    ptrs = {task._val_index._blocks[0].data_ptr(), task._core().searcher._blocks[0].data_ptr(),
+            task._async._cores[0].searcher._blocks[0].data_ptr(), task._bank_f32.data_ptr()}
+    assert len(ptrs) == 1

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -182,6 +183,8 @@ class RetrieverTask:
         self._refreshed = -1
         self.bank_t = bank_tensor(bank.vectors, torch.device("cpu"))  # moved to the training device by attach()
         self._val_cache: dict | None = None
+        self._bank_f32: torch.Tensor | None = None
+        self._search_lock = threading.Lock()
         self._val_index = None
 
     # ---- Task protocol ---------------------------------------------------------------------------------
@@ -208,11 +211,18 @@ class RetrieverTask:
         # torch exact search runs where the tower runs (the bank on the GPU when training there); faiss on CPU
         where = str(self.device) if self.device.type == "cuda" else "cpu"
         return MiningCore(self.bank.vectors, self.train, self.L, self.masker, self.filters, m.k,
-                          searcher or make_searcher(self.bank, m.backend, where, self._gpu_bank()), self.device)
+                          searcher or make_searcher(self.bank, m.backend, where, self._search_bank()), self.device)
 
-    def _gpu_bank(self) -> torch.Tensor | None:
-        """The resident bank tensor when it is on a GPU: exact searchers (mining, validation) share it."""
-        return self.bank_t if self.bank_t.device.type == "cuda" else None
+    def _search_bank(self) -> torch.Tensor:
+        """The bank as exact torch searchers hold it, ONE copy shared by validation and every miner of this
+        process: the resident fp16 rows on a GPU (``bank_t``), a float32 copy made once on the CPU (each
+        searcher used to make its own: two fp32 copies of a 10M bank are 31 GB)."""
+        if self.bank_t.device.type == "cuda":
+            return self.bank_t
+        with self._search_lock:  # the async miner thread may ask at the same time as validation
+            if self._bank_f32 is None:
+                self._bank_f32 = torch.from_numpy(np.array(self.bank.vectors, dtype=np.float32))
+        return self._bank_f32
 
     def _mined(self, idx: np.ndarray, step: int) -> np.ndarray | None:
         """Mined negatives [len(idx), n_neg] for the batch (row j for sample idx[j]; -1 padded), or None."""
@@ -337,7 +347,7 @@ class RetrieverTask:
         q, vc = self._encode_val()
         if self._val_index is None:
             self._val_index = open_index(self.bank, backend=self.cfg.val_backend, device=str(self.device),
-                                         vectors=self._gpu_bank())
+                                         vectors=self._search_bank())
         raw = self._val_index
         if self.model.doc.is_identity:
             index = raw
