@@ -157,19 +157,17 @@ class InfoNCELoss(nn.Module):
         mask [B, K] bool, True = excluded). Returns the mean loss and stats (0-d tensors on q's device: the
         trainer reads them only when it logs, so a step never waits for the GPU)."""
         pos_cos = (q * pos).sum(-1)
-        logits = [((pos_cos - self.margin) / self.tau)[:, None]]
-        n_valid = torch.zeros(q.shape[0], device=q.device)
-        neg_max = torch.full((q.shape[0],), -2.0, device=q.device)
+        cols = [(pos_cos - self.margin)[:, None]]
         for vecs, mask in neg_sets:
             if vecs.numel() == 0:
                 continue
             cos = q @ vecs.T if vecs.dim() == 2 else torch.einsum("bd,bkd->bk", q, vecs)
-            cos = cos.masked_fill(mask, float("-inf"))
-            logits.append(cos / self.tau)
-            n_valid += (~mask).sum(1)
-            neg_max = torch.maximum(neg_max, cos.detach().max(1).values)
-        z = torch.cat(logits, dim=1).float()
+            cols.append(cos.masked_fill(mask, float("-inf")))
+        # one scaling, one logsumexp and the stats over all sets at once (the step is launch-bound on a GPU)
+        z = torch.cat(cols, dim=1).float() / self.tau
         loss = (torch.logsumexp(z, dim=1) - z[:, 0]).mean()
-        stats = {"pos_cos": pos_cos.detach().mean(), "n_neg": n_valid.mean(),
-                 "acc": (pos_cos.detach() > neg_max).float().mean()}
+        negs = z[:, 1:].detach()  # -inf where masked
+        best = negs.max(1).values if negs.shape[1] else torch.full_like(z[:, 0], float("-inf"))
+        stats = {"pos_cos": pos_cos.detach().mean(), "n_neg": torch.isfinite(negs).sum(1).float().mean(),
+                 "acc": (pos_cos.detach().float() / self.tau > best).float().mean()}
         return loss, stats
