@@ -14,6 +14,7 @@ top-k) for ``--k`` candidates and keeps ``--neg`` negatives per sample.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -68,6 +69,7 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     resolve_config(cfg, bank)
     import torch
 
+    gc.collect()  # the previous cell's trainer <-> task cycle holds its bank copies (10M fp32 on a CPU: 15 GB)
     if args.device == "cuda":  # each cell's own peak (the trainer process; a miner process is not counted)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
