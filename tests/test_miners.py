@@ -274,6 +274,12 @@ def test_async_store_hands_over_whole_batches_by_sample_ids():
     miner._results[(1, 7)] = (ids, neg, 10)
     assert miner.get(ids, step=16, epoch=1) is None  # 6 steps old > ttl 5
     assert (miner.counters["hits"], miner.counters["misses"], miner.counters["stale"]) == (1, 2, 1)
+    # a resume rebases the miner: a result mined before it (version 10 < 14) is stale even within ttl
+    miner.rebase(QueryTower(8, TowerConfig(hidden=4)), 14)
+    miner._results[(2, 7)] = (ids, neg, 10)
+    assert miner.get(ids, step=15, epoch=2) is None and miner.counters["stale"] == 2
+    miner._results[(2, 7)] = (ids, neg, 14)
+    np.testing.assert_array_equal(miner.get(ids, step=15, epoch=2), neg)
 
 
 def test_validation_and_miners_share_one_bank_copy_on_the_cpu(bank, tmp_path):
@@ -284,3 +290,41 @@ def test_validation_and_miners_share_one_bank_copy_on_the_cpu(bank, tmp_path):
     ptrs = {task._val_index._blocks[0].data_ptr(), task._core().searcher._blocks[0].data_ptr(),
             task._async._cores[0].searcher._blocks[0].data_ptr(), task._bank_f32.data_ptr()}
     assert len(ptrs) == 1
+
+
+def test_resumed_async_run_rebases_its_miner_and_finishes(bank, tmp_path):
+    """The async miner starts with the trainer, before a resume loads the checkpoint: the resume must rebase it
+    (results mined with the pre-resume weights are never used) and the resumed run trains to the end."""
+    cfg = from_dict(RetrieverConfig, {
+        "val_backend": "torch", "model": {"hidden": 16},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "device": "cpu", "context": 4, "val_max_queries": 50,
+                  "tensorboard": False, "patience": 0},
+        "mining": {"schedule": "0-1:4@0.0-0.99", "k": 32, "mode": "async", "timeout": 1.0, "ttl": 50,
+                   "fallback": "sync"}})
+    validate_config(cfg)
+    resolve_config(cfg, bank)
+    cfg.train.ckpt_every = 30
+    first = RetrieverTask(bank, cfg)
+    loss = first.loss
+
+    def killed_at_step_100(idx, step):  # the run dies mid-way, in its second epoch
+        if step == 100:
+            raise KeyboardInterrupt
+        return loss(idx, step)
+
+    first.loss = killed_at_step_100
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(first, cfg.train, tmp_path / "run", run_config=cfg, quiet=True).fit()
+    finally:
+        first.close()
+    task = RetrieverTask(bank, cfg)
+    try:
+        trainer = Trainer.resume(tmp_path / "run", task, cfg.train, run_config=cfg, quiet=True)
+        assert trainer.step > 0 and task._async._min_version == trainer.step
+        result = trainer.fit()
+    finally:
+        task.close()
+    st = task.stats()
+    assert result["step"] == 2 * trainer.steps_per_epoch
+    assert st["mining_mined_sync"] + st["mining_mined_async"] > 0 and st["miner_errors"] == 0

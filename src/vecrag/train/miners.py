@@ -231,6 +231,7 @@ class AsyncMiner:
         self._thread: threading.Thread | None = None
         self._cores: list = []  # every core opened (a process core is a child process to stop at close)
         self._ready = threading.Event()  # a core is open: until then get() falls back without waiting
+        self._min_version = version      # results mined with older weights are never used (see rebase)
         self._last_advance: float | None = None
         self._step_s: float | None = None  # EMA of the trainer's time per position change
         self._job_s: float | None = None   # EMA of one mining job's time
@@ -248,6 +249,15 @@ class AsyncMiner:
         sd = {k: v.detach().to("cpu", copy=True) for k, v in tower.state_dict().items()}
         with self._lock:
             self._pending = (sd, int(step))
+
+    def rebase(self, tower: torch.nn.Module, step: int) -> None:
+        """The trainer's weights jumped (a resume loaded a checkpoint at ``step``): results mined before are
+        dropped, even ones still in flight (their version is older), and mining continues with ``tower``."""
+        self.refresh(tower, step)
+        with self._cond:
+            self._results.clear()
+            self._done.clear()
+            self._min_version = int(step)
 
     def advance(self, epoch: int, batch: int) -> None:
         """The trainer is at micro-batch ``batch`` of ``epoch``; mine from here on."""
@@ -288,7 +298,7 @@ class AsyncMiner:
             self.counters["fallbacks"] += 1
             self._watchdog()
             return None
-        if step - got[2] > self.cfg.ttl:
+        if step - got[2] > self.cfg.ttl or got[2] < self._min_version:
             self.counters["stale"] += 1
             self.counters["fallbacks"] += 1
             return None

@@ -384,6 +384,9 @@ class RetrieverTask:
         self.counters.update({k: int(v) for k, v in d.get("counters", {}).items()})
         if "round" in d:
             self.round = MiningStats(**d["round"])
+        if self._async is not None and self.trainer is not None:  # resumed: the weights (and step) just changed
+            self._async.rebase(self.model.query, self.trainer.step)
+            self._refreshed = self.trainer.step
 
     def stats(self) -> dict[str, float]:
         out = {f"mining_{k}": float(v) for k, v in self.counters.items()}
