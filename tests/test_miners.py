@@ -15,10 +15,11 @@ from vecrag.errors import VecragError
 from vecrag.fsutil import read_jsonl
 from vecrag.models.towers import QueryTower, TowerConfig
 from vecrag.sequences import make_samples
+from vecrag.train.async_miner import parse_faults
 from vecrag.train.curriculum import FilterConfig, Phase
 from vecrag.train.loop import Trainer
 from vecrag.train.losses import ChunkMeta, NegativeMasker
-from vecrag.train.miners import MiningCore, SyncMiner, make_searcher, parse_faults
+from vecrag.train.miners import MiningCore, SyncMiner, make_searcher
 from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
 
 
@@ -260,7 +261,7 @@ def test_process_worker_mines_what_the_thread_core_mines(bank):
 def test_async_store_hands_over_whole_batches_by_sample_ids():
     """The store holds mined batches; get() returns one only for exactly the same sample ids (aligned rows)
     with weights at most ttl steps old, and counts a miss or a stale drop otherwise."""
-    from vecrag.train.miners import AsyncConfig, AsyncMiner
+    from vecrag.train.async_miner import AsyncConfig, AsyncMiner
 
     miner = AsyncMiner(lambda: None, QueryTower(8, TowerConfig(hidden=4)), lambda e, i: None, lambda e: None,
                        AsyncConfig(ttl=5, timeout=0.01))

@@ -41,9 +41,10 @@ from vecrag.eval.metrics import recall_table
 from vecrag.models.towers import RetrieverModel, TowerConfig
 from vecrag.sequences import gather_context, make_samples
 from vecrag.train import distributed as dd
+from vecrag.train.async_miner import AsyncConfig, AsyncMiner
 from vecrag.train.curriculum import Curriculum, FilterConfig, MiningStats
 from vecrag.train.losses import ChunkMeta, InfoNCELoss, MemoryBankQueue, NegativeMasker
-from vecrag.train.miners import AsyncConfig, AsyncMiner, MiningCore, SyncMiner, make_searcher
+from vecrag.train.miners import MiningCore, SyncMiner, make_searcher
 
 log = logging.getLogger(__name__)
 VAL_KS = (10, 50, 100, 500, 1000)
@@ -97,7 +98,7 @@ class MiningConfig:
         check(self.mode != "async" or self.ttl >= self.refresh_every, "mining.ttl", self.ttl,
               f"must be >= mining.refresh_every ({self.refresh_every}) in async mode, else most mined batches "
               "arrive stale; e.g. ttl = 2 x refresh_every")
-        from vecrag.train.miners import parse_faults
+        from vecrag.train.async_miner import parse_faults
 
         parse_faults(self.fault)
 
