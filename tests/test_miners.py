@@ -329,3 +329,24 @@ def test_resumed_async_run_rebases_its_miner_and_finishes(bank, tmp_path):
     st = task.stats()
     assert result["step"] == 2 * trainer.steps_per_epoch
     assert st["mining_mined_sync"] + st["mining_mined_async"] > 0 and st["miner_errors"] == 0
+
+
+def test_no_float32_bank_copy_when_nothing_searches_with_torch(tmp_path):
+    """The shared float32 copy is made lazily: faiss mining and faiss validation never ask for it."""
+    from vecrag.index import build_index
+
+    small = make_synthetic_bank(tmp_path / "bank", n_articles=40, per_article=10)
+    build_index(small, "flat")
+    cfg = from_dict(RetrieverConfig, {
+        "val_backend": "faiss", "model": {"hidden": 16},
+        "train": {"epochs": 1, "batch_size": 16, "device": "cpu", "context": 4, "val_max_queries": 20,
+                  "tensorboard": False, "patience": 0},
+        "mining": {"schedule": "0:4@0.0-0.99", "k": 32, "mode": "sync", "backend": "faiss"}})
+    resolve_config(cfg, small)
+    task = RetrieverTask(small, cfg)
+    Trainer(task, cfg.train, tmp_path / "run", run_config=cfg, quiet=True).fit()
+    assert task.counters["mined_sync"] > 0 and task._sync.core.searcher.kind == "flat"
+    assert task._bank_f32 is None
+    task.cfg.val_backend, task._val_index = "torch", None  # exact validation does make (one) copy
+    task.validate(1)
+    assert task._bank_f32 is not None

@@ -379,11 +379,13 @@ def open_index(bank: Bank, backend: str = "auto", device: str = "auto", *, vecto
                **kwargs: Any) -> SearchIndex:
     """The bank's saved FAISS index (``faiss``), an exact torch search (``torch``), or ``auto``: the saved
     index when there is one and faiss imports, else exact search. ``vectors``: a tensor of the bank already
-    on ``device`` for exact search to share (ExactTorchIndex)."""
+    on ``device`` for exact search to share (ExactTorchIndex), or a function returning one (called only when
+    exact search is chosen: it may make a copy)."""
     def exact() -> ExactTorchIndex:
-        src = bank.vectors if vectors is None else vectors
-        return ExactTorchIndex(src, device="auto" if device == "auto" else device,
-                               dtype=None if vectors is None else vectors.dtype)
+        src = vectors() if callable(vectors) else vectors
+        if src is None:
+            return ExactTorchIndex(bank.vectors, device="auto" if device == "auto" else device)
+        return ExactTorchIndex(src, device="auto" if device == "auto" else device, dtype=src.dtype)
 
     if backend not in ("auto", "faiss", "torch"):
         raise VecragError(f"unknown search backend {backend!r}", hint="choose auto, faiss or torch")

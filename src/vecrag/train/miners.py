@@ -31,16 +31,17 @@ from vecrag.train.losses import NegativeMasker
 log = logging.getLogger(__name__)
 
 
-def make_searcher(bank, backend: str = "torch", device: str = "cpu", vectors: torch.Tensor | None = None):
+def make_searcher(bank, backend: str = "torch", device: str = "cpu", vectors=None):
     """A fresh search handle over the FULL bank: ``torch`` (exact matmul top-k), ``faiss`` (the bank's saved
     index, else an exact in-memory IndexFlatIP) or ``auto`` (saved index if any, else torch). ``vectors``: the
     bank as a tensor already on ``device`` for a torch searcher to share instead of copying (a handle of its
-    own over read-only memory: safe from any thread)."""
+    own over read-only memory: safe from any thread), or a function returning one (called only for torch)."""
     from vecrag.index import ExactTorchIndex, FaissIndex, _manifest_index, load_index
 
     if backend == "torch" or (backend == "auto" and _manifest_index(bank) is None):
-        if vectors is not None:
-            return ExactTorchIndex(vectors, device=device, dtype=vectors.dtype)
+        src = vectors() if callable(vectors) else vectors
+        if src is not None:
+            return ExactTorchIndex(src, device=device, dtype=src.dtype)
         return ExactTorchIndex(bank.vectors, device=device)
     if backend not in ("faiss", "auto"):
         raise VecragError(f"unknown mining backend {backend!r}", hint="mining.backend: torch, faiss or auto")

@@ -212,7 +212,7 @@ class RetrieverTask:
         # torch exact search runs where the tower runs (the bank on the GPU when training there); faiss on CPU
         where = str(self.device) if self.device.type == "cuda" else "cpu"
         return MiningCore(self.bank.vectors, self.train, self.L, self.masker, self.filters, m.k,
-                          searcher or make_searcher(self.bank, m.backend, where, self._search_bank()), self.device)
+                          searcher or make_searcher(self.bank, m.backend, where, self._search_bank), self.device)
 
     def _search_bank(self) -> torch.Tensor:
         """The bank as exact torch searchers hold it, ONE copy shared by validation and every miner of this
@@ -348,7 +348,7 @@ class RetrieverTask:
         q, vc = self._encode_val()
         if self._val_index is None:
             self._val_index = open_index(self.bank, backend=self.cfg.val_backend, device=str(self.device),
-                                         vectors=self._search_bank())
+                                         vectors=self._search_bank)  # called only for exact search
         raw = self._val_index
         if self.model.doc.is_identity:
             index = raw
