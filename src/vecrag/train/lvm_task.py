@@ -153,7 +153,7 @@ class LVMTask:
         ctx = self.bank_t[ids.clamp(min=0)] * mask[:, :, None].float()
         return ctx, mask
 
-    def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         i = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         ctx, mask = self.context(self.train_ctx[i])
         tgt_ids = self.train_tgt[i].to(self.device)

@@ -31,6 +31,7 @@ import logging
 import threading
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -280,7 +281,7 @@ class RetrieverTask:
         self._refreshed = step
         self._async.start()
 
-    def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         idx = np.asarray(idx, np.int64)
         ctx_ids = self.train.context_ids(self.L, idx)
         ctx, mask = self._context(ctx_ids)
