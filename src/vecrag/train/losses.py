@@ -20,6 +20,7 @@ article within +-``window`` positions of the positive. Padding ids (-1) are mask
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,17 +92,14 @@ class NegativeMasker:
         return cos >= 1.0 - self.dup_eps
 
     def mask(self, pos_ids: np.ndarray, cand_ids: np.ndarray, pos_vecs: torch.Tensor,
-             cand_vecs: torch.Tensor) -> tuple[torch.Tensor, dict[str, int | torch.Tensor]]:
-        """The combined mask on the vectors' device and the count of each part; ``dupvec`` (identical
-        vectors not masked by ids) stays a device tensor, so that the training step never waits for the GPU
-        (read it when logging)."""
-        parts = self.id_mask(pos_ids, cand_ids)
-        m = np.zeros(parts["pad"].shape, dtype=bool)
-        for v in parts.values():
-            m |= v
-        counts: dict[str, int | torch.Tensor] = {k: int(v.sum()) for k, v in parts.items() if k != "pad"}
+             cand_vecs: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The combined mask on the vectors' device and the count of each part (numpy integers for numpy ids,
+        else device tensors, so that the training step never waits for the GPU: read them when logging)."""
+        parts = self.id_mask(pos_ids, cand_ids)  # numpy, or tensors on the ids' device (then no host copy)
+        m = parts["pad"] | parts["self"] | parts["text"] | parts["window"]
+        counts: dict[str, Any] = {k: v.sum() for k, v in parts.items() if k != "pad"}
         vec = self.vector_mask(pos_vecs.detach(), cand_vecs.detach())
-        mt = torch.from_numpy(m).to(vec.device)
+        mt = m.to(vec.device) if isinstance(m, torch.Tensor) else torch.from_numpy(m).to(vec.device)
         counts["dupvec"] = (vec & ~mt).sum()
         return mt | vec, counts
 

@@ -197,16 +197,19 @@ class RetrieverTask:
         if self.cfg.mining.mode == "async" and self._async is None:
             self._start_async(trainer.step)  # now: it opens its index (or process) while the first epochs run
 
-    def _vecs(self, ids: np.ndarray) -> torch.Tensor:
-        """float32 rows of the bank for ``ids`` (any shape; -1 reads row 0, masked by the caller)."""
-        ids = np.asarray(ids, np.int64)
-        flat = torch.from_numpy(np.where(ids >= 0, ids, 0).reshape(-1)).to(self.bank_t.device)
-        return self.bank_t.index_select(0, flat).to(self.device).float().reshape(*ids.shape, self.bank.dim)
-
-    def _context(self, ctx_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context vectors [n, L, D] (zeros where padded) and the mask, on the training device."""
-        mask = torch.from_numpy(ctx_ids >= 0).to(self.device)
-        return self._vecs(ctx_ids) * mask[..., None], mask
+    def _rows(self, *id_arrays: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(ids, float32 bank rows) on the training device for each array of ids (any shape; -1 reads row 0,
+        masked by the caller). ONE host-to-device copy and ONE gather for all of them: on a GPU the step is
+        launch-bound, and each copy from pageable memory is also a stream sync."""
+        arrays = [np.asarray(a, np.int64) for a in id_arrays]
+        flat = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays])).to(self.bank_t.device)
+        rows = self.bank_t.index_select(0, flat.clamp(min=0)).to(self.device).float()
+        flat = flat.to(self.device)
+        out, s = [], 0
+        for a in arrays:
+            out.append((flat[s:s + a.size].view(a.shape), rows[s:s + a.size].view(*a.shape, self.bank.dim)))
+            s += a.size
+        return out
 
     def _core(self, searcher=None) -> MiningCore:
         m = self.cfg.mining
@@ -283,31 +286,34 @@ class RetrieverTask:
 
     def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         idx = np.asarray(idx, np.int64)
-        ctx_ids = self.train.context_ids(self.L, idx)
-        ctx, mask = self._context(ctx_ids)
         mined = self._mined(idx, step)  # before the forward pass: sync mining toggles eval mode
-        q = self.model.query(ctx, mask)
         pos_ids = self.train.target[idx]
-        pos = self.model.doc(self._vecs(pos_ids))
+        qids = self.queue.current()
+        parts = [self.train.context_ids(self.L, idx), pos_ids, qids] + ([mined] if mined is not None else [])
+        got = self._rows(*parts)
+        (ctx_t, ctx), (_, pos_rows), (_, q_rows) = got[:3]
+        mask = ctx_t >= 0
+        q = self.model.query(ctx * mask[..., None], mask)
+        pos = self.model.doc(pos_rows)
         neg_sets, masked = [], {}
         all_ids, sizes = dd.gather_ids(pos_ids)        # every rank's positives, in rank order (plain run: own)
+        # id masks on the host (numpy): on a GPU their ~20 small ops would each be a kernel launch, and the step
+        # is launch-bound (benchmarks/step_ops.py counted 461 -> 517 ops a step with them on the device)
         if self.cfg.loss.inbatch:
             all_pos = dd.gather_with_grad(pos, sizes)
             m, c = self.masker.mask(pos_ids, all_ids, pos, all_pos)
             neg_sets.append((all_pos, m))
             masked["inbatch"] = c
-        qids = self.queue.current()
         if len(qids):
-            qv = self.model.doc(self._vecs(qids)).detach()
+            qv = self.model.doc(q_rows).detach()
             m, c = self.masker.mask(pos_ids, qids, pos, qv)
             neg_sets.append((qv, m))
             masked["queue"] = c
         if mined is not None:
-            nid = mined
-            nv = self.model.doc(self._vecs(nid))
+            nid_t, n_rows = got[3]
             # the miners removed all the masker would (the same rules on the same bank: tests/test_miners.py),
             # so only the -1 padding of samples short of negatives is masked here
-            neg_sets.append((nv, torch.from_numpy(nid < 0).to(self.device)))
+            neg_sets.append((self.model.doc(n_rows), nid_t < 0))
         loss, stats = self.loss_fn(q, pos, neg_sets)
         self.queue.push(all_ids)
         for name, c in masked.items():
