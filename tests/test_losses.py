@@ -68,6 +68,12 @@ def test_every_mask(masker_setup):
     m, counts = masker.mask(np.array([1]), cand, vecs[[1]], cv)
     np.testing.assert_array_equal(m.numpy()[0], [1, 1, 1, 1, 0, 1, 1, 0])  # 7 = identical vector
     assert counts["dupvec"] == 1
+    # tensor ids (the GPU miner's path): the same masks, as tensors, and the same counts
+    parts_t = masker.id_mask(torch.tensor([1]), torch.from_numpy(cand))
+    for k, v in parts.items():
+        np.testing.assert_array_equal(parts_t[k].numpy(), v)
+    m_t, counts_t = masker.mask(torch.tensor([1]), torch.from_numpy(cand), vecs[[1]], cv)
+    assert torch.equal(m_t, m) and {k: int(v) for k, v in counts_t.items()} == {k: int(v) for k, v in counts.items()}
     # window off: same-article neighbours become valid negatives again
     m2, _ = NegativeMasker(meta, window=-1).mask(np.array([1]), cand, vecs[[1]], cv)
     np.testing.assert_array_equal(m2.numpy()[0], [1, 1, 0, 0, 0, 1, 1, 0])
