@@ -384,8 +384,8 @@ def open_index(bank: Bank, backend: str = "auto", device: str = "auto", *, vecto
     def exact() -> ExactTorchIndex:
         src = vectors() if callable(vectors) else vectors
         if src is None:
-            return ExactTorchIndex(bank.vectors, device="auto" if device == "auto" else device)
-        return ExactTorchIndex(src, device="auto" if device == "auto" else device, dtype=src.dtype)
+            return ExactTorchIndex(bank.vectors, device=device)
+        return ExactTorchIndex(src, device=device, dtype=src.dtype)
 
     if backend not in ("auto", "faiss", "torch"):
         raise VecragError(f"unknown search backend {backend!r}", hint="choose auto, faiss or torch")

@@ -55,9 +55,9 @@ def parse_faults(spec: str | None) -> dict[int, tuple[str, float]]:
 
 @dataclass
 class AsyncConfig:
-    ttl: int = 5                # max age (optimizer steps) of the weights a used result was mined with
+    ttl: int = 20               # max age (optimizer steps) of the weights a used result was mined with
     timeout: float = 2.0        # seconds the trainer waits for a result
-    refresh_every: int = 50     # optimizer steps between weight copies to the miner
+    refresh_every: int = 10     # optimizer steps between weight copies to the miner (<= ttl: MiningConfig)
     lookahead: int = 4          # micro-batches mined ahead of the trainer (bounds the result store)
     stall: float = 60.0         # a job running longer than this is abandoned and the thread replaced
     max_restarts: int = 3       # then the miner is disabled (every batch falls back)

@@ -175,8 +175,8 @@ class ProcessCore:
         self._spawn()
 
     def mine(self, tower: torch.nn.Module, idx: np.ndarray, phase, version: int = 0):
-        if not self.alive():
-            self.restart()
+        if not self.alive():  # the AsyncMiner's loop restarts a dead child (restart()) before each job
+            raise RuntimeError("the miner process is not running; restart() starts a fresh one")
         try:
             if self._sent != version:
                 buf = io.BytesIO()

@@ -36,13 +36,10 @@ def make_searcher(bank, backend: str = "torch", device: str = "cpu", vectors=Non
     index, else an exact in-memory IndexFlatIP) or ``auto`` (saved index if any, else torch). ``vectors``: the
     bank as a tensor already on ``device`` for a torch searcher to share instead of copying (a handle of its
     own over read-only memory: safe from any thread), or a function returning one (called only for torch)."""
-    from vecrag.index import ExactTorchIndex, FaissIndex, _manifest_index, load_index
+    from vecrag.index import FaissIndex, _manifest_index, load_index, open_index
 
     if backend == "torch" or (backend == "auto" and _manifest_index(bank) is None):
-        src = vectors() if callable(vectors) else vectors
-        if src is not None:
-            return ExactTorchIndex(src, device=device, dtype=src.dtype)
-        return ExactTorchIndex(bank.vectors, device=device)
+        return open_index(bank, "torch", device, vectors=vectors)
     if backend not in ("faiss", "auto"):
         raise VecragError(f"unknown mining backend {backend!r}", hint="mining.backend: torch, faiss or auto")
     if _manifest_index(bank) is not None:
@@ -96,8 +93,8 @@ class MiningCore:
         return self.use_resident if self.use_resident is not None else True
 
     def mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int = 0) -> MineResult:
-        # sync mining is called inside the trainer's bf16 autocast region: without this the scores come back
-        # as bf16 tensors, which numpy cannot take (and bf16 rounding would blur the cosine bands)
+        # sync mining is called inside the trainer's bf16 autocast region: without this the tower and the scores
+        # would run in bf16, whose rounding blurs the cosine bands and the duplicate test (cos >= 1 - 1e-6)
         no_amp = (torch.autocast(self.device.type, enabled=False) if self.device.type in ("cuda", "cpu")
                   else contextlib.nullcontext())  # amp "auto" is bf16 on cuda only (loop.py); cpu for amp=bf16
         with torch.no_grad(), no_amp:
