@@ -35,7 +35,16 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--neg", type=int, default=8)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--miner-threads", type=int, default=0,
+                   help="torch threads of the async-proc miner's child (0: its default, 2 on a GPU)")
     args = p.parse_args()
+    if args.miner_threads:
+        import dataclasses
+
+        from vecrag.train import miner_process
+
+        spec_for = miner_process.spec_for
+        miner_process.spec_for = lambda task: dataclasses.replace(spec_for(task), threads=args.miner_threads)
     # the fields train_retriever.measure reads
     args.accum, args.context, args.hidden, args.k, args.backend = 1, 10, 256, 64, "torch"
     args.timeout, args.log_every, args.profile_out = 0.05, 20 if args.steps >= 200 else 5, None
