@@ -5,7 +5,7 @@ the same [batch, n_neg] form the miners hand over, so the step pays everything a
 (row gathers, the padding mask, the larger InfoNCE) and nothing of the mining itself. Side by side with ``none`` and the
 async miner (thread and process) in one run::
 
-    python benchmarks/negatives_cost.py --size 1000000 --device cuda --steps 400 --batch 256
+    python benchmarks/negatives_cost.py --size 1000000 --device cuda --steps 400 --batch 256 --repeats 3
 
 ``static`` / ``none`` is the cost of using negatives; ``async`` / ``static`` the cost of the miner running beside
 the trainer (GPU sharing, GIL, hand-over).
@@ -30,10 +30,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=100_000)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--modes", default="none,static,sync,async,async-proc")
+    p.add_argument("--modes", default="none,static,sync,async,async-proc",
+                   help="as benchmarks/train_retriever.py (async-j1: one micro-batch a mining job), plus static")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--neg", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=1, help="interleaved rounds of all modes; the table shows medians")
     p.add_argument("--workdir", default=None)
     p.add_argument("--miner-threads", type=int, default=0,
                    help="torch threads of the async-proc miner's child (0: its default, 2 on a GPU)")
@@ -55,23 +57,29 @@ def main() -> int:
     bank = random_bank(work / f"bank-{args.size}", args.size, 384)
     table = np.random.default_rng(0).integers(0, bank.n, (bank.n, args.neg))  # by sample id (< bank.n)
     orig = RetrieverTask._mined
-    rows = []
-    for mode in args.modes.split(","):
-        if mode == "static":
-            RetrieverTask._mined = lambda self, idx, step: table[np.asarray(idx)]  # noqa: E731
-            r = measure(bank, work / f"run-static-{np.random.randint(1 << 30)}", "sync", args)
-            RetrieverTask._mined = orig
-        else:
-            r = measure(bank, work / f"run-{mode}-{np.random.randint(1 << 30)}", mode, args)
-        rows.append((mode, r))
-        print(f"  {mode}: {r['samples_per_s']:.0f} samples/s", file=sys.stderr)
-    base = dict(rows).get("none", {}).get("samples_per_s", float("nan"))
+    modes = args.modes.split(",")
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    for rep in range(args.repeats):  # interleaved: a drift of the machine hits every mode alike
+        for mode in modes:
+            if mode == "static":
+                RetrieverTask._mined = lambda self, idx, step: table[np.asarray(idx)]  # noqa: E731
+                r = measure(bank, work / f"run-static-{np.random.randint(1 << 30)}", "sync", args)
+                RetrieverTask._mined = orig
+            else:
+                r = measure(bank, work / f"run-{mode}-{np.random.randint(1 << 30)}", mode, args)
+            runs[mode].append(r)
+            print(f"  round {rep + 1}/{args.repeats} {mode}: {r['samples_per_s']:.0f} samples/s", file=sys.stderr)
+    med = {m: float(np.median([r["samples_per_s"] for r in rs])) for m, rs in runs.items()}
+    base = med.get("none", float("nan"))
     print(f"\nnegatives cost: device {args.device}, threads {threads}, bank {bank.n}, batch {args.batch}, "
-          f"{args.neg} negatives, GRU hidden 256, context 10")
-    print(f"{'mode':>10} {'samples/s':>10} {'vs none':>8} {'hits':>6} {'fallbacks':>9} {'miner ms':>8}")
-    for mode, r in rows:
-        print(f"{mode:>10} {r['samples_per_s']:>10.0f} {100 * r['samples_per_s'] / base:>7.0f}% {r['hits']:>6.0f} "
-              f"{r['fallbacks']:>9.0f} {r['job_ms']:>8.1f}")
+          f"{args.neg} negatives, GRU hidden 256, context 10, {args.steps} steps, median of {args.repeats} "
+          "interleaved rounds (range: min-max)")
+    print(f"{'mode':>12} {'samples/s':>10} {'range':>13} {'vs none':>8} {'hits':>6} {'fallbacks':>9} {'miner ms':>8}")
+    for mode, rs in runs.items():
+        sps = [r["samples_per_s"] for r in rs]
+        last = rs[-1]
+        print(f"{mode:>12} {med[mode]:>10.0f} {min(sps):>6.0f}-{max(sps):<6.0f} {100 * med[mode] / base:>7.0f}% "
+              f"{last['hits']:>6.0f} {last['fallbacks']:>9.0f} {last['job_ms']:>8.1f}")
     return 0
 
 

@@ -38,11 +38,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import numpy as np  # noqa: E402
 
-import vecrag  # noqa: E402,F401  (environment before torch/faiss load)
+import vecrag  # noqa: E402,F401  (OMP_WAIT_POLICY + GOMP_SPINCOUNT before torch/faiss load)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 T0 = time.perf_counter()

@@ -16,17 +16,14 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import numpy as np  # noqa: E402
 
-import vecrag  # noqa: E402,F401
+import vecrag  # noqa: E402,F401  (OMP_WAIT_POLICY + GOMP_SPINCOUNT before torch/faiss load)
 from vecrag.bank import EncoderInfo, write_bank  # noqa: E402
 
 
@@ -57,14 +54,17 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     from vecrag.train.loop import Trainer
     from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
 
+    # mode: none | sync | async[-proc][-jN] (-proc: mining.worker=process; -jN: mining.per_job=N)
+    parts = mode.split("-")
+    per_job = next((int(x[1:]) for x in parts[1:] if x[:1] == "j" and x[1:].isdigit()), None)
     over = [f"train.batch_size={args.batch}", f"train.grad_accum={args.accum}", f"train.max_steps={args.steps}",
             f"train.log_every={args.log_every}", f"train.device={args.device}", f"train.context={args.context}",
             "train.val_max_queries=20", "train.epochs=1", "train.tensorboard=false", "train.patience=0",
-            f"mining.mode={mode.split('-')[0]}", f"mining.worker={'process' if mode == 'async-proc' else 'thread'}",
+            f"mining.mode={parts[0]}", f"mining.worker={'process' if 'proc' in parts else 'thread'}",
             f"mining.schedule=0:{args.neg}@-1.0-1.0", f"mining.k={args.k}",
             f"mining.backend={args.backend}", "mining.fallback=inbatch", "mining.ttl=1000",
             f"mining.timeout={args.timeout}", "mining.refresh_every=10", "mining.lookahead=8",
-            f"model.hidden={args.hidden}", "val_backend=torch"]
+            f"model.hidden={args.hidden}", "val_backend=torch"] + ([f"mining.per_job={per_job}"] if per_job else [])
     cfg = load_config(RetrieverConfig, "retriever-default", over)
     resolve_config(cfg, bank)
     import torch
@@ -117,7 +117,8 @@ def main() -> int:
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--modes", default="none,sync,async,async-proc",
-                   help="none, sync, async (miner thread), async-proc (miner process: mining.worker=process)")
+                   help="none, sync, async (miner thread), async-proc (miner process: mining.worker=process); "
+                        "a -jN suffix mines N micro-batches a job (mining.per_job; default 4), e.g. async-j1")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--accum", type=int, default=1)
     p.add_argument("--context", type=int, default=10)

@@ -6,15 +6,12 @@ to the previous one (adjacent cosine ~0.5-0.6, random pairs ~0), like real text 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+import vecrag  # noqa: F401  (OMP_WAIT_POLICY, GOMP_SPINCOUNT, HF_HUB_OFFLINE before torch/faiss load)
 from vecrag.bank import Bank, EncoderInfo, write_bank  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

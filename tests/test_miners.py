@@ -217,7 +217,7 @@ def test_async_process_worker_mines_and_survives_a_crash(bank, tmp_path):
         "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "device": "cpu", "context": 4, "val_max_queries": 50,
                   "tensorboard": False, "patience": 0},
         "mining": {"schedule": "0-1:4@0.0-0.99", "k": 32, "mode": "async", "worker": "process", "fault": "crash@20",
-                   "timeout": 5.0, "fallback": "sync", "ttl": 50, "lookahead": 8}})
+                   "timeout": 5.0, "fallback": "sync", "ttl": 50, "lookahead": 8, "per_job": 1}})
     validate_config(cfg)
     resolve_config(cfg, bank)
     task = RetrieverTask(bank, cfg)
@@ -350,3 +350,91 @@ def test_no_float32_bank_copy_when_nothing_searches_with_torch(tmp_path):
     task.cfg.val_backend, task._val_index = "torch", None  # exact validation does make (one) copy
     task.validate(1)
     assert task._bank_f32 is not None
+
+
+def _batches_miner(per_job: int, lookahead: int, make_core=lambda: None):
+    """An AsyncMiner over 6 micro-batches an epoch of 3 samples each; epoch 2 has no mining phase."""
+    from vecrag.train.async_miner import AsyncConfig, AsyncMiner
+
+    def batch_at(e, i):
+        return np.arange(3) + 10 * i + 100 * e
+
+    def phase_for(e):
+        return None if e == 2 else Phase(e, e, 2, 0.0, 0.99)
+
+    return AsyncMiner(make_core, QueryTower(8, TowerConfig(hidden=4)), batch_at, phase_for,
+                      AsyncConfig(ttl=50, timeout=2.0, lookahead=lookahead, per_job=per_job), n_batches=6)
+
+
+def test_async_jobs_take_several_batches_of_one_phase():
+    """A job mines up to per_job batches of one phase inside the look-ahead window; fewer only when the trainer's
+    own batch is due or the phase (or the run) ends; otherwise it waits for the window to move."""
+    miner = _batches_miner(per_job=4, lookahead=8)
+    pos = lambda job: [p for p, _ in job[0]]  # noqa: E731
+    assert pos(miner._next_job()) == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    assert pos(miner._next_job()) == [(0, 4), (0, 5)]          # epoch 1 is another phase: a short job
+    assert miner._next_job() is None                             # (1,0), (1,1): 2 < 4, the trainer is at (0,0)
+    miner.advance(1, 0)
+    job = miner._next_job()
+    assert pos(job) == [(1, 0), (1, 1), (1, 2), (1, 3)] and job[1] == Phase(1, 1, 2, 0.0, 0.99)
+    np.testing.assert_array_equal(job[0][2][1], [120, 121, 122])
+    assert pos(miner._next_job()) == [(1, 4), (1, 5)]          # epoch 2 has no phase: nothing after it is mined
+    assert miner._next_job() is None
+    one = _batches_miner(per_job=1, lookahead=2)
+    assert pos(one._next_job()) == [(0, 0)] and pos(one._next_job()) == [(0, 1)] and one._next_job() is None
+
+
+def test_async_multi_batch_job_hands_each_batch_its_own_rows():
+    """The miner thread splits one job's result into per-batch results, each aligned with its batch."""
+    from vecrag.train.curriculum import MiningStats
+    from vecrag.train.miners import MineResult
+
+    class Core:
+        device = torch.device("cpu")
+        calls = 0
+
+        def mine(self, tower, idx, phase, version):
+            Core.calls += 1
+            return MineResult(idx, np.stack([idx * 10, idx * 10 + 1], 1), MiningStats(), version)
+
+    miner = _batches_miner(per_job=3, lookahead=6, make_core=Core)
+    miner.start()
+    try:
+        assert miner._ready.wait(10)
+        for i in range(6):
+            miner.advance(0, i)
+            idx = np.arange(3) + 10 * i
+            got = miner.get(idx, step=i, epoch=0)
+            assert got is not None, i
+            np.testing.assert_array_equal(got, np.stack([idx * 10, idx * 10 + 1], 1))
+    finally:
+        miner.close()
+    assert miner.counters["hits"] == 6 and Core.calls <= 3  # 6 batches (then 2 of epoch 1) in jobs of 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+def test_refresh_on_the_miners_gpu_hands_over_a_device_clone():
+    """The trainer's weights reach a miner tower on the same GPU as a device clone plus an event (no host copy,
+    which made the trainer wait for its queued kernels); the miner's own stream loads them exactly."""
+    from vecrag.runtime import to_device
+    from vecrag.train.async_miner import AsyncConfig, AsyncMiner
+
+    tower = QueryTower(8, TowerConfig(hidden=4)).cuda()
+    miner = AsyncMiner(lambda: None, tower, lambda e, i: None, lambda e: None, AsyncConfig())
+    miner._tower.cuda()
+    miner._tower_device = torch.device("cuda")
+    with torch.no_grad():
+        for p in tower.parameters():
+            p.add_(torch.randn_like(p))
+    miner.refresh(tower, 7)
+    sd, ver, ev = miner._pending
+    assert ver == 7 and ev is not None and all(v.is_cuda for v in sd.values())
+    with torch.cuda.stream(torch.cuda.Stream()):  # as the miner thread does, on its own stream
+        miner._load_pending()
+    torch.cuda.synchronize()
+    assert miner.version == 7 and miner._pending is None
+    for (k, a), b in zip(tower.state_dict().items(), miner._tower.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    a = np.arange(1000, dtype=np.int64)
+    t = to_device(a, "cuda")
+    assert t.is_cuda and torch.equal(t.cpu(), torch.from_numpy(a))

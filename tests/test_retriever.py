@@ -95,13 +95,18 @@ def test_sigkill_and_resume_is_bit_exact(bank, full_run, tmp_path):
     run = tmp_path / "killed"
     ck = run / "checkpoints" / "index.json"
 
-    def has_step_ckpt() -> bool:
+    # a random step: right after a random step checkpoint (of 8, 16, ..., 96 of 108 steps) plus up to ~4 steps
+    # (by time: a fixed delay let a fast machine finish the run first)
+    target = random.Random().randrange(8, 97, 8)
+
+    def has_step_ckpt(at_least: int = target) -> bool:
         try:
-            return any(n.startswith("step-") for n in json.loads(ck.read_text())["files"])
+            names = json.loads(ck.read_text())["files"]
+            return any(n.startswith("step-") and int(n[5:].split(".")[0]) >= at_least for n in names)
         except (OSError, ValueError, KeyError):
             return False
 
-    delay = random.Random().uniform(0.0, 1.0)
+    delay = random.Random().uniform(0.0, 0.1)
     p = cli("train", "retriever", str(bank.path), "--config", "retriever-tiny", *KILL_OVERRIDES, "--out", str(run),
             "--quiet")
     killed = kill_when(p, has_step_ckpt, delay)
@@ -110,7 +115,7 @@ def test_sigkill_and_resume_is_bit_exact(bank, full_run, tmp_path):
         ck = run2 / "checkpoints" / "index.json"
         p = cli("train", "retriever", str(bank.path), "--config", "retriever-tiny", *KILL_OVERRIDES, "--out",
                 str(run2), "--quiet")
-        assert kill_when(p, has_step_ckpt, 0.0), "the run finished before it could be killed"
+        assert kill_when(p, lambda: has_step_ckpt(8), 0.0), "the run finished before it could be killed"
         run = run2
     assert not (run / "checkpoints" / "last.pt").exists() or "done" not in (run / "log.jsonl").read_text()
     run_to_end("train", "retriever", "--resume", str(run), "--quiet")

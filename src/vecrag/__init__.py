@@ -2,7 +2,8 @@
 
 Importing the package sets the process environment that the numeric libraries read once, at load time:
 ``OMP_WAIT_POLICY=PASSIVE`` (two OpenMP runtimes, torch's and faiss's, spin against each other without it:
-measured 25 -> 1 step/s with a faiss thread searching beside training on 2 cores), tokenizer parallelism off,
+measured 25 -> 1 step/s with a faiss thread searching beside training on 2 cores) with a short spin
+(``GOMP_SPINCOUNT=10000``: sleeping at once made CPU training 3-4x slower), tokenizer parallelism off,
 and the Hugging Face hub offline unless the user set otherwise. See docs/bugs-and-fixes.md.
 """
 
@@ -22,6 +23,12 @@ _ENV_DEFAULTS = {
 }
 for _k, _v in _ENV_DEFAULTS.items():
     os.environ.setdefault(_k, _v)
+# PASSIVE alone puts each idle OpenMP worker to sleep at once, and waking it costs every small op of a training
+# step: 3-4x slower CPU training on 2 cores. A short spin (10,000 iterations, ~0.1 ms) keeps the workers warm
+# between the ops of one step and still yields the cores to the other runtime (benchmarks/omp_spin.py).
+# Only with PASSIVE: a user who chose another policy keeps libgomp's own spin for it.
+if os.environ["OMP_WAIT_POLICY"].upper() == "PASSIVE":
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 # Modules whose OpenMP runtime was already initialised before we could set the policy.
 LATE_OMP_MODULES = sorted(m for m in ("numpy", "torch", "faiss") if m in sys.modules)

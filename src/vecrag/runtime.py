@@ -72,3 +72,20 @@ def pick_device(name: str = "auto") -> str:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def to_device(a, device):
+    """A numpy array (or CPU tensor) as a tensor on ``device`` without making the host wait for the GPU.
+
+    A copy from pageable host memory blocks the host until the stream's queued kernels have run (a stream sync);
+    in a launch-bound training step (docs/benchmarks.md) that sync came once per copy. On CUDA the array goes
+    through PyTorch's caching pinned-memory allocator (the block is not reused until its copy has run) and a
+    non-blocking copy; elsewhere this is a plain ``.to(device)``."""
+    import numpy as np
+    import torch
+
+    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

@@ -58,9 +58,17 @@ class AsyncConfig:
     ttl: int = 20               # max age (optimizer steps) of the weights a used result was mined with
     timeout: float = 2.0        # seconds the trainer waits for a result
     refresh_every: int = 10     # optimizer steps between weight copies to the miner (<= ttl: MiningConfig)
-    lookahead: int = 4          # micro-batches mined ahead of the trainer (bounds the result store)
+    lookahead: int = 8          # micro-batches mined ahead of the trainer (bounds the result store)
+    per_job: int = 4            # micro-batches mined together in one job (<= lookahead)
     stall: float = 60.0         # a job running longer than this is abandoned and the thread replaced
     max_restarts: int = 3       # then the miner is disabled (every batch falls back)
+
+
+def _same_gpu(a: torch.device | None, b: torch.device | None) -> bool:
+    if a is None or b is None or a.type != "cuda" or b.type != "cuda":
+        return False
+    cur = torch.cuda.current_device()
+    return (a.index if a.index is not None else cur) == (b.index if b.index is not None else cur)
 
 
 class AsyncMiner:
@@ -78,7 +86,8 @@ class AsyncMiner:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._tower = copy.deepcopy(tower).cpu().eval()
-        self._pending: tuple[dict[str, torch.Tensor], int] | None = None
+        self._tower_device: torch.device | None = None  # where the miner's copy lives, once its thread has set up
+        self._pending: tuple[dict[str, torch.Tensor], int, torch.cuda.Event | None] | None = None
         self.version = version
         # (epoch, first sample id) -> (sample ids, negatives [B, n_neg], version): whole mined batches
         self._results: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, int]] = OrderedDict()
@@ -109,10 +118,19 @@ class AsyncMiner:
         self._thread.start()
 
     def refresh(self, tower: torch.nn.Module, step: int) -> None:
-        """Copy the live tower's weights for the miner (cheap: a detached clone), tagged with ``step``."""
-        sd = {k: v.detach().to("cpu", copy=True) for k, v in tower.state_dict().items()}
+        """Copy the live tower's weights for the miner, tagged with ``step``. When the miner's copy lives on the
+        same GPU: a clone there and an event the miner's stream waits on (a copy to the host would make the
+        trainer wait for its queued kernels once per tensor); else a host copy."""
+        live = tower.state_dict()
+        ev = None
+        if _same_gpu(self._tower_device, next(iter(live.values())).device if live else None):
+            sd = {k: v.detach().clone() for k, v in live.items()}
+            ev = torch.cuda.Event()
+            ev.record()  # on the trainer's stream, after the clones
+        else:
+            sd = {k: v.detach().to("cpu", copy=True) for k, v in live.items()}
         with self._lock:
-            self._pending = (sd, int(step))
+            self._pending = (sd, int(step), ev)
 
     def rebase(self, tower: torch.nn.Module, step: int) -> None:
         """The trainer's weights jumped (a resume loaded a checkpoint at ``step``): results mined before are
@@ -208,33 +226,60 @@ class AsyncMiner:
         self.start()  # the old thread (if stuck) is abandoned: a daemon whose results are ignored
 
     # ---- miner thread ------------------------------------------------------------------------------
-    def _next_job(self) -> tuple[int, int, np.ndarray, Phase] | None:
+    def _next_job(self) -> tuple[list[tuple[tuple[int, int], np.ndarray]], Phase] | None:
+        """Up to ``per_job`` not yet mined micro-batches of one phase inside the look-ahead window, as
+        [((epoch, batch), sample ids)] and the phase; None while fewer than ``per_job`` are due (unless the
+        trainer's own batch is among them, or the run or the phase ends first). One job for several batches
+        costs the miner's Python and kernel launches once: a thread's share of the GIL falls with it."""
         e, j = self._cursor
+        per_job = max(1, min(self.cfg.per_job, self.cfg.lookahead))
+        skip = 0
         # a miner slower than training skips ahead to where the trainer will be when the job finishes
         if self._job_s is not None and self._step_s:
-            j += min(self.cfg.lookahead - 1, int(self._job_s / max(self._step_s, 1e-6)))
-        for _ in range(self.cfg.lookahead):
+            skip = min(self.cfg.lookahead - per_job, int(self._job_s / max(self._step_s, 1e-6)))
+        j += skip
+        picked: list[tuple[tuple[int, int], np.ndarray]] = []
+        phase0: Phase | None = None
+        cut = False  # the run or the phase ends inside the window: a short job is all there is
+        for _ in range(self.cfg.lookahead - skip):
             if self.n_batches and j >= self.n_batches:
                 e, j = e + 1, 0
             pos = (e, j)
             j += 1
             if pos in self._done:
                 continue
-            self._done.add(pos)
             phase = self.phase_for(pos[0])
-            if phase is None:
+            if phase is None:  # an epoch without mining
+                self._done.add(pos)
+                if picked:
+                    cut = True
+                    break
                 continue
+            if phase0 is not None and phase != phase0:
+                cut = True
+                break
             idx = self.batch_at(*pos)
             if idx is None or len(idx) == 0:
-                return None
-            return pos[0], pos[1], np.asarray(idx, np.int64), phase
-        return None
+                cut = True
+                break
+            picked.append((pos, np.asarray(idx, np.int64)))
+            phase0 = phase
+            if len(picked) == per_job:
+                break
+        if not picked:
+            return None
+        if len(picked) < per_job and not cut and picked[0][0] != self._cursor:
+            return None  # wait for the trainer to free the window (its own batch is already mined)
+        self._done.update(pos for pos, _ in picked)
+        assert phase0 is not None
+        return picked, phase0
 
     def _run(self, gen: int) -> None:
         try:
             core = self.make_core()  # its own index handle (or its own process: vecrag.train.miner_process)
             self._cores.append(core)
             self._tower.to(core.device)  # the copy lives where the core feeds it inputs (cuda when training there)
+            self._tower_device = core.device
             stream = None
             if core.device.type == "cuda":
                 # its own (non-blocking) CUDA stream: on the shared default stream each .cpu() in this thread
@@ -249,6 +294,22 @@ class AsyncMiner:
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             self._loop(gen, core)
 
+    def _load_pending(self) -> None:
+        """Load the weights the trainer last handed over (``refresh``) into the miner's tower (lock held)."""
+        if self._pending is None:
+            return
+        sd, ver, ev = self._pending
+        self._pending = None
+        if ev is not None:  # a clone on this GPU: this stream waits (on the GPU) for it; its memory is kept until read
+            cur = torch.cuda.current_stream()
+            cur.wait_event(ev)
+            self._tower.load_state_dict(sd)
+            for v in sd.values():
+                v.record_stream(cur)
+        else:
+            self._tower.load_state_dict(sd)
+        self.version = ver
+
     def _loop(self, gen: int, core: MiningCore) -> None:
         while not self._stop.is_set() and gen == self._gen:
             with self._cond:
@@ -256,13 +317,11 @@ class AsyncMiner:
                 if job is None:
                     self._cond.wait(timeout=0.05)
                     continue
-                if self._pending is not None:
-                    sd, ver = self._pending
-                    self._pending = None
-                    self._tower.load_state_dict(sd)
-                    self.version = ver
+                self._load_pending()
                 version = self.version
-            e, j, idx, phase = job
+            batches, phase = job
+            idx = np.concatenate([b for _, b in batches])
+            e, j = batches[0][0]
             self._busy_since = time.monotonic()
             try:
                 self._jobs += 1
@@ -299,9 +358,12 @@ class AsyncMiner:
             if gen != self._gen:
                 return
             with self._cond:
-                key = (e, int(res.ids[0]))
-                self._results[key] = (res.ids, res.neg, res.version)
-                self._results.move_to_end(key)
+                s = 0
+                for (be, _), b in batches:  # one result per micro-batch, in order
+                    key = (be, int(b[0]))
+                    self._results[key] = (res.ids[s:s + len(b)], res.neg[s:s + len(b)], res.version)
+                    self._results.move_to_end(key)
+                    s += len(b)
                 while len(self._results) > self.cfg.lookahead + 1:  # bounded: the oldest batch goes
                     self._results.popitem(last=False)
                 self.round_stats.merge(res.stats)

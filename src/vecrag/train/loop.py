@@ -117,7 +117,8 @@ class Trainer(TrainerLogging):
         decay = [p for p in task.model.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in task.model.parameters() if p.requires_grad and p.dim() < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                                           fused=True if self.device.type == "cuda" else None)  # GPU: launch-bound step
         self.ckpts = CheckpointDir(self.run_dir / "checkpoints", keep_last=cfg.keep_last,
                                    keep_preval=max(cfg.keep_last, cfg.swa_last))
         # trainer state (everything below goes into every checkpoint)

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vecrag.runtime import to_device
+
 
 @dataclass
 class ChunkMeta:
@@ -99,7 +101,7 @@ class NegativeMasker:
         m = parts["pad"] | parts["self"] | parts["text"] | parts["window"]
         counts: dict[str, Any] = {k: v.sum() for k, v in parts.items() if k != "pad"}
         vec = self.vector_mask(pos_vecs.detach(), cand_vecs.detach())
-        mt = m.to(vec.device) if isinstance(m, torch.Tensor) else torch.from_numpy(m).to(vec.device)
+        mt = to_device(m, vec.device)  # from numpy: through pinned memory, the step does not wait for the GPU
         counts["dupvec"] = (vec & ~mt).sum()
         return mt | vec, counts
 

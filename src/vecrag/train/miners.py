@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vecrag.errors import VecragError
+from vecrag.runtime import to_device
 from vecrag.sequences import Samples
 from vecrag.train.curriculum import FilterConfig, MiningStats, Phase, select_negatives
 from vecrag.train.losses import NegativeMasker
@@ -113,8 +114,8 @@ class MiningCore:
         # docs/bugs-and-fixes.md), else on the host.
         idx = np.asarray(idx, np.int64)
         dev = torch.device(self.searcher.device) if self._resident() else torch.device("cpu")
-        ctx_ids = torch.from_numpy(self.samples.context_ids(self.L, idx)).to(dev)
-        pos_ids = torch.from_numpy(self.samples.target[idx]).to(dev)
+        ctx_ids = to_device(self.samples.context_ids(self.L, idx), dev)
+        pos_ids = to_device(self.samples.target[idx], dev)
         cmask = ctx_ids >= 0
         ctx = self._rows(ctx_ids.clamp(min=0).reshape(-1)).reshape(*ctx_ids.shape, -1) * cmask[..., None]
         was_training = tower.training

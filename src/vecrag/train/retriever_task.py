@@ -40,6 +40,7 @@ from vecrag.config import TrainConfig, check
 from vecrag.eval.heuristics import heuristic_query
 from vecrag.eval.metrics import recall_table
 from vecrag.models.towers import RetrieverModel, TowerConfig
+from vecrag.runtime import to_device
 from vecrag.sequences import gather_context, make_samples
 from vecrag.train import distributed as dd
 from vecrag.train.async_miner import AsyncConfig, AsyncMiner
@@ -80,7 +81,8 @@ class MiningConfig:
     ttl: int = 20              # async: max age in optimizer steps of the weights behind a result
     timeout: float = 2.0       # async: seconds to wait for a result
     refresh_every: int = 10    # async: optimizer steps between weight copies (must be <= ttl)
-    lookahead: int = 4         # async: micro-batches mined ahead
+    lookahead: int = 8         # async: micro-batches mined ahead
+    per_job: int = 4           # async: micro-batches mined together in one job (<= lookahead; fewer GIL hand-offs)
     worker: str = field(default="thread", metadata={"choices": ("thread", "process")})  # async: where mining runs
     fallback: str = field(default="sync", metadata={"choices": ("sync", "inbatch")})
     stall: float = 60.0        # async: replace a thread whose job runs longer than this (s)
@@ -94,6 +96,8 @@ class MiningConfig:
         check(self.ttl >= 0, "mining.ttl", self.ttl, "must be >= 0")
         check(self.refresh_every >= 1, "mining.refresh_every", self.refresh_every, "must be >= 1")
         check(self.lookahead >= 1, "mining.lookahead", self.lookahead, "must be >= 1")
+        check(1 <= self.per_job <= self.lookahead, "mining.per_job", self.per_job,
+              f"must be in [1, mining.lookahead = {self.lookahead}]")
         # the miner's weights are up to refresh_every steps old when a job starts, so with ttl < refresh_every
         # most async results are discarded as stale and training falls back on nearly every batch
         check(self.mode != "async" or self.ttl >= self.refresh_every, "mining.ttl", self.ttl,
@@ -202,7 +206,7 @@ class RetrieverTask:
         masked by the caller). ONE host-to-device copy and ONE gather for all of them: on a GPU the step is
         launch-bound, and each copy from pageable memory is also a stream sync."""
         arrays = [np.asarray(a, np.int64) for a in id_arrays]
-        flat = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays])).to(self.bank_t.device)
+        flat = to_device(np.concatenate([a.reshape(-1) for a in arrays]), self.bank_t.device)  # no host wait
         rows = self.bank_t.index_select(0, flat.clamp(min=0)).to(self.device).float()
         flat = flat.to(self.device)
         out, s = [], 0
@@ -269,7 +273,7 @@ class RetrieverTask:
             return tr.batch_at(e, i)
 
         acfg = AsyncConfig(ttl=m.ttl, timeout=m.timeout, refresh_every=m.refresh_every, lookahead=m.lookahead,
-                           stall=m.stall, max_restarts=m.max_restarts)
+                           per_job=m.per_job, stall=m.stall, max_restarts=m.max_restarts)
         make_core = self._core
         if m.worker == "process":  # no GIL shared with the trainer (vecrag.train.miner_process)
             from vecrag.train.miner_process import ProcessCore, spec_for
