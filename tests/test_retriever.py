@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -184,3 +185,30 @@ def test_user_errors_exit_2(bank, tmp_path, capsys, args, msg):
     rc = main(["train", "retriever", str(bank.path), "--config", "retriever-tiny", *args, "--out",
                str(tmp_path / "r")])
     assert rc == 2 and msg in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+def test_training_steps_never_wait_for_the_gpu(bank, tmp_path):
+    """A retriever step (ewma anchor, in-batch + queue + mined negatives, bf16, fused AdamW) makes no host-GPU
+    sync between log steps: on the H200 the step is launch-bound, and one sync a step (the ewma anchor's base
+    was a tensor built on the GPU) let a miner's kernels delay every step (docs/bugs-and-fixes.md)."""
+    from vecrag.runtime import priority_stream
+
+    cfg = load_config(RetrieverConfig, "retriever-tiny", ["train.device=cuda", "model.anchor=ewma",
+                                                         "train.log_every=1000", "mining.mode=none"])
+    resolve_config(cfg, bank)
+    task = RetrieverTask(bank, cfg)
+    table = np.random.default_rng(0).integers(0, bank.n, (task.n_train, 4))
+    table[::3, -1] = -1  # padding, as the miners hand it over
+    task._mined = lambda idx, step: table[np.asarray(idx)]
+    tr = Trainer(task, cfg.train, tmp_path / "run", run_config=cfg, quiet=True)
+    with priority_stream(tr.device):
+        tr.cfg.max_steps = 2
+        tr._train_epoch()  # warm-up: one-time uploads (masker metadata) and allocations
+        tr.cfg.max_steps = 6
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            tr._train_epoch()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert tr.step == 6 and len(task.queue) == 32

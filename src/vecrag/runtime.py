@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -89,3 +90,26 @@ def to_device(a, device):
     if device.type != "cuda" or t.device.type != "cpu":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
+
+
+@contextlib.contextmanager
+def priority_stream(device):
+    """Run the block on a new highest-priority CUDA stream of ``device`` (elsewhere: do nothing).
+
+    The training loop runs in one: a background miner's kernels (its own stream, default priority) then take only
+    the GPU time training leaves idle instead of delaying the trainer's kernels (docs/benchmarks.md, run 5). The
+    stream waits for the work queued before it, and the caller's stream for the block's work after it."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        yield
+        return
+    prev = torch.cuda.current_stream(device)
+    s = torch.cuda.Stream(device, priority=torch.cuda.Stream.priority_range()[1])
+    s.wait_stream(prev)
+    try:
+        with torch.cuda.stream(s):
+            yield
+    finally:
+        prev.wait_stream(s)

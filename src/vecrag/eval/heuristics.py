@@ -47,8 +47,9 @@ def heuristic_query_torch(ctx: Any, mask: Any, kind: str = "last", alpha: float 
         w = m
     elif kind == "ewma":
         L = ctx.shape[1]
-        w = torch.pow(torch.tensor(1.0 - alpha, dtype=ctx.dtype, device=ctx.device),
-                      torch.arange(L - 1, -1, -1, device=ctx.device, dtype=ctx.dtype))[None, :] * m
+        # a Python float base: torch.tensor(base, device=cuda) was a blocking host-to-device copy, i.e. a
+        # host-GPU sync in every training step (found with torch.cuda.set_sync_debug_mode, docs/bugs-and-fixes.md)
+        w = torch.pow(1.0 - alpha, torch.arange(L - 1, -1, -1, device=ctx.device, dtype=ctx.dtype))[None, :] * m
     else:
         raise ValueError(f"unknown heuristic {kind!r}; choose one of {HEURISTICS}")
     return F.normalize(torch.einsum("nl,nld->nd", w, ctx), dim=-1)

@@ -36,7 +36,7 @@ import torch
 
 from vecrag.config import TrainConfig, save_config, to_dict
 from vecrag.errors import VecragError
-from vecrag.runtime import pick_device, report_openmp, set_threads
+from vecrag.runtime import pick_device, priority_stream, report_openmp, set_threads
 from vecrag.train import distributed as dd
 from vecrag.train.checkpoint import CheckpointDir, rng_state, set_rng_state
 from vecrag.train.loop_logging import TrainerLogging, progress_bar, rss_mb
@@ -164,6 +164,10 @@ class Trainer(TrainerLogging):
 
     # ---- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        with priority_stream(self.device):  # a GPU miner's kernels give way to the trainer's
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         self._start()
         if self.validated < 0:
             self._validate_and_checkpoint(0)            # the anchor / baseline is the first best
