@@ -8,7 +8,10 @@ async miner (thread and process) in one run::
     python benchmarks/negatives_cost.py --size 1000000 --device cuda --steps 400 --batch 256 --repeats 3
 
 ``static`` / ``none`` is the cost of using negatives; ``async`` / ``static`` the cost of the miner running beside
-the trainer (GPU sharing, GIL, hand-over).
+the trainer (GPU sharing, GIL, hand-over). ``load`` separates the GPU sharing: static negatives while a thread
+runs the miner's search kernels alone (exact top-``k`` of ``4 x batch`` random queries over the bank, on its own
+stream, ``--load-sleep`` seconds apart: its jobs/s is printed to compare with the async miner's). ``wait ms`` is
+the trainer's mean wait for the async miner a step.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +31,31 @@ from train_retriever import measure, random_bank  # noqa: E402
 from vecrag.train.retriever_task import RetrieverTask  # noqa: E402
 
 
+def search_load(bank, device: str, queries: int, k: int, sleep_s: float, stop: threading.Event,
+                done: list[int]) -> None:
+    """The async miner's search kernels without the miner: exact top-k of random queries, then a sleep."""
+    import torch
+
+    from vecrag.index import open_index
+
+    index = open_index(bank, "torch", device)
+    stream = torch.cuda.Stream() if device == "cuda" else None
+    q = torch.nn.functional.normalize(torch.randn(queries, bank.dim, device=device), dim=1)
+    with torch.cuda.stream(stream) if stream is not None else torch.no_grad():
+        while not stop.is_set():
+            index.search_tensor(q, k)[1].cpu()
+            done[0] += 1
+            time.sleep(sleep_s)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=100_000)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--modes", default="none,static,sync,async,async-proc",
-                   help="as benchmarks/train_retriever.py (async-j1: one micro-batch a mining job), plus static")
+                   help="as benchmarks/train_retriever.py (async-j1: one micro-batch a mining job), plus static "
+                        "and load (static + the miner's search kernels in a thread)")
+    p.add_argument("--load-sleep", type=float, default=0.03, help="load mode: seconds between two searches")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--neg", type=int, default=8)
@@ -61,10 +85,20 @@ def main() -> int:
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     for rep in range(args.repeats):  # interleaved: a drift of the machine hits every mode alike
         for mode in modes:
-            if mode == "static":
+            if mode in ("static", "load"):
                 RetrieverTask._mined = lambda self, idx, step: table[np.asarray(idx)]  # noqa: E731
-                r = measure(bank, work / f"run-static-{np.random.randint(1 << 30)}", "sync", args)
+                stop, done = threading.Event(), [0]
+                th = threading.Thread(target=search_load, args=(bank, args.device, 4 * args.batch, args.k + 10,
+                                                                args.load_sleep, stop, done), daemon=True)
+                if mode == "load":
+                    th.start()
+                t0 = time.monotonic()
+                r = measure(bank, work / f"run-{mode}-{np.random.randint(1 << 30)}", "sync", args)
+                r["load_jobs_s"] = done[0] / (time.monotonic() - t0) if mode == "load" else float("nan")
+                stop.set()
                 RetrieverTask._mined = orig
+                if mode == "load":
+                    th.join(60)
             else:
                 r = measure(bank, work / f"run-{mode}-{np.random.randint(1 << 30)}", mode, args)
             runs[mode].append(r)
@@ -74,12 +108,14 @@ def main() -> int:
     print(f"\nnegatives cost: device {args.device}, threads {threads}, bank {bank.n}, batch {args.batch}, "
           f"{args.neg} negatives, GRU hidden 256, context 10, {args.steps} steps, median of {args.repeats} "
           "interleaved rounds (range: min-max)")
-    print(f"{'mode':>12} {'samples/s':>10} {'range':>13} {'vs none':>8} {'hits':>6} {'fallbacks':>9} {'miner ms':>8}")
+    print(f"{'mode':>12} {'samples/s':>10} {'range':>13} {'vs none':>8} {'hits':>6} {'fallbacks':>9} {'miner ms':>8} "
+          f"{'wait ms':>7} {'load jobs/s':>11}")
     for mode, rs in runs.items():
         sps = [r["samples_per_s"] for r in rs]
         last = rs[-1]
         print(f"{mode:>12} {med[mode]:>10.0f} {min(sps):>6.0f}-{max(sps):<6.0f} {100 * med[mode] / base:>7.0f}% "
-              f"{last['hits']:>6.0f} {last['fallbacks']:>9.0f} {last['job_ms']:>8.1f}")
+              f"{last['hits']:>6.0f} {last['fallbacks']:>9.0f} {last['job_ms']:>8.1f} "
+              f"{last.get('wait_ms', float('nan')) / args.steps:>7.2f} {last.get('load_jobs_s', float('nan')):>11.1f}")
     return 0
 
 

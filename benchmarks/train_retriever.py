@@ -88,7 +88,7 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     sps = [r["samples_per_s"] for r in recs[1:]] or [r["samples_per_s"] for r in recs]
     st = task.stats()
     return {"samples_per_s": float(np.median(sps)), "hits": st.get("miner_hits", 0.0),
-            "job_ms": st.get("miner_job_ms", float("nan")),
+            "job_ms": st.get("miner_job_ms", float("nan")), "wait_ms": st.get("miner_wait_ms", float("nan")),
             "fallbacks": st.get("miner_fallbacks", 0.0), "rss_mb": recs[-1]["rss_mb"] if recs else float("nan"),
             "gpu_mb": max((r.get("cuda_mem_mb", 0.0) for r in recs), default=0.0)}
 
