@@ -82,7 +82,7 @@ class MiningConfig:
     timeout: float = 2.0       # async: seconds to wait for a result
     refresh_every: int = 10    # async: optimizer steps between weight copies (must be <= ttl)
     lookahead: int = 8         # async: micro-batches mined ahead
-    per_job: int = 4           # async: micro-batches mined together in one job (<= lookahead; fewer GIL hand-offs)
+    per_job: int = 4           # async: micro-batches mined in one search (<= lookahead; half the time a batch)
     worker: str = field(default="thread", metadata={"choices": ("thread", "process")})  # async: where mining runs
     fallback: str = field(default="sync", metadata={"choices": ("sync", "inbatch")})
     stall: float = 60.0        # async: replace a thread whose job runs longer than this (s)
