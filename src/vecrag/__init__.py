@@ -3,7 +3,7 @@
 Importing the package sets the process environment that the numeric libraries read once, at load time:
 ``OMP_WAIT_POLICY=PASSIVE`` (two OpenMP runtimes, torch's and faiss's, spin against each other without it:
 measured 25 -> 1 step/s with a faiss thread searching beside training on 2 cores) with a short spin
-(``GOMP_SPINCOUNT=10000``: sleeping at once made CPU training 3-4x slower), tokenizer parallelism off,
+(``GOMP_SPINCOUNT=10000``: sleeping at once made CPU training 2-4x slower), tokenizer parallelism off,
 and the Hugging Face hub offline unless the user set otherwise. See docs/bugs-and-fixes.md.
 """
 
@@ -24,7 +24,7 @@ _ENV_DEFAULTS = {
 for _k, _v in _ENV_DEFAULTS.items():
     os.environ.setdefault(_k, _v)
 # PASSIVE alone puts each idle OpenMP worker to sleep at once, and waking it costs every small op of a training
-# step: 3-4x slower CPU training on 2 cores. A short spin (10,000 iterations, ~0.1 ms) keeps the workers warm
+# step: 2-4x slower CPU training on 2 cores. A short spin (10,000 iterations, ~0.1 ms) keeps the workers warm
 # between the ops of one step and still yields the cores to the other runtime (benchmarks/omp_spin.py).
 # Only with PASSIVE: a user who chose another policy keeps libgomp's own spin for it.
 if os.environ["OMP_WAIT_POLICY"].upper() == "PASSIVE":
