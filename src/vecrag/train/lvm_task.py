@@ -36,6 +36,7 @@ from vecrag.errors import VecragError
 from vecrag.eval.heuristics import heuristic_query_torch
 from vecrag.eval.metrics import first_hit_rank
 from vecrag.models.lvm import LVM, LVMModelConfig
+from vecrag.runtime import to_device
 from vecrag.sequences import Samples, make_samples
 from vecrag.train import distributed as dd
 
@@ -142,6 +143,9 @@ class LVMTask:
         self.device = trainer.device
         self.bank_t = torch.from_numpy(np.array(self.bank.vectors, dtype=np.float32)).to(self.device)
         self.groups = torch.from_numpy(self.groups_np).to(self.device)
+        # the samples' id tables live where the bank does: a step then copies only its sample indices (pinned,
+        # non-blocking) instead of two pageable copies, each a host-GPU sync (docs/bugs-and-fixes.md)
+        self.train_ctx, self.train_tgt = self.train_ctx.to(self.device), self.train_tgt.to(self.device)
         trainer.log_record("event", event="lvm_task", n_train=self.n_train, n_val=len(self.val), dim=self.bank.dim,
                            context=self.L, bank=str(self.bank.path), n_bank=self.bank.n,
                            encoder=self.bank.encoder.get("name"))
@@ -154,9 +158,9 @@ class LVMTask:
         return ctx, mask
 
     def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        i = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+        i = to_device(np.asarray(idx, dtype=np.int64), self.device)
         ctx, mask = self.context(self.train_ctx[i])
-        tgt_ids = self.train_tgt[i].to(self.device)
+        tgt_ids = self.train_tgt[i]
         pred = self.model(ctx, mask)
         self._seen += len(idx)
         if self.cfg.loss.w_nce > 0 and dd.is_distributed():
