@@ -57,3 +57,21 @@ def shared_corpus() -> Path:
     if not ENWIKI_PART1.exists():
         pytest.skip(f"shared corpus not found at {ENWIKI_PART1}")
     return ENWIKI_PART1
+
+
+def steps_without_gpu_sync(trainer, warmup: int = 2, steps: int = 6) -> None:
+    """Train ``warmup`` optimizer steps, then up to ``steps`` in all under ``torch.cuda.set_sync_debug_mode("error")``
+    (any host-GPU sync raises), on the loop's priority stream (CUDA tests only; log steps must not fall inside)."""
+    import torch
+
+    from vecrag.runtime import priority_stream
+
+    with priority_stream(trainer.device):
+        trainer.cfg.max_steps = warmup
+        trainer._train_epoch()  # one-time uploads (metadata, optimizer state) and allocations
+        trainer.cfg.max_steps = steps
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            trainer._train_epoch()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import make_synthetic_bank
+from tests.conftest import make_synthetic_bank, steps_without_gpu_sync
 from vecrag.bank import EncoderInfo, write_bank
 from vecrag.config import load_config
 from vecrag.errors import VecragError
@@ -193,19 +193,9 @@ def test_ridge_penalty_is_chosen_on_the_val_split(tmp_path):
 def test_lvm_training_steps_never_wait_for_the_gpu(tmp_path):
     """LVM steps (ewma anchor, cosine + MSE + InfoNCE, bf16) make no host-GPU sync between log steps: the sample
     id tables live on the device and a step copies only its indices, pinned and non-blocking."""
-    from vecrag.runtime import priority_stream
-
     bank = make_synthetic_bank(tmp_path / "bank", n_articles=60, per_article=12)
     cfg = tiny_cfg(bank.path, **{"train.device": "cuda", "train.log_every": 1000, "loss.w_nce": 0.1})
     task = LVMTask(bank, cfg)
     tr = Trainer(task, cfg.train, tmp_path / "run", run_config=cfg, quiet=True)
-    with priority_stream(tr.device):
-        tr.cfg.max_steps = 2
-        tr._train_epoch()  # warm-up
-        tr.cfg.max_steps = 6
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            tr._train_epoch()
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
+    steps_without_gpu_sync(tr)
     assert tr.step == 6

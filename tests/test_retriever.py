@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_synthetic_bank
+from tests.conftest import make_synthetic_bank, steps_without_gpu_sync
 from vecrag.cli import main
 from vecrag.config import from_dict, load_config, validate_config
 from vecrag.errors import VecragError
@@ -192,8 +192,6 @@ def test_training_steps_never_wait_for_the_gpu(bank, tmp_path):
     """A retriever step (ewma anchor, in-batch + queue + mined negatives, bf16, fused AdamW) makes no host-GPU
     sync between log steps: on the H200 the step is launch-bound, and one sync a step (the ewma anchor's base
     was a tensor built on the GPU) let a miner's kernels delay every step (docs/bugs-and-fixes.md)."""
-    from vecrag.runtime import priority_stream
-
     cfg = load_config(RetrieverConfig, "retriever-tiny", ["train.device=cuda", "model.anchor=ewma",
                                                          "train.log_every=1000", "mining.mode=none"])
     resolve_config(cfg, bank)
@@ -202,13 +200,5 @@ def test_training_steps_never_wait_for_the_gpu(bank, tmp_path):
     table[::3, -1] = -1  # padding, as the miners hand it over
     task._mined = lambda idx, step: table[np.asarray(idx)]
     tr = Trainer(task, cfg.train, tmp_path / "run", run_config=cfg, quiet=True)
-    with priority_stream(tr.device):
-        tr.cfg.max_steps = 2
-        tr._train_epoch()  # warm-up: one-time uploads (masker metadata) and allocations
-        tr.cfg.max_steps = 6
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            tr._train_epoch()
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
+    steps_without_gpu_sync(tr)
     assert tr.step == 6 and len(task.queue) == 32
