@@ -17,6 +17,7 @@ the trainer's mean wait for the async miner a step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import threading
@@ -41,7 +42,7 @@ def search_load(bank, device: str, queries: int, k: int, sleep_s: float, stop: t
     index = open_index(bank, "torch", device)
     stream = torch.cuda.Stream() if device == "cuda" else None
     q = torch.nn.functional.normalize(torch.randn(queries, bank.dim, device=device), dim=1)
-    with torch.cuda.stream(stream) if stream is not None else torch.no_grad():
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
         while not stop.is_set():
             index.search_tensor(q, k)[1].cpu()
             done[0] += 1
@@ -87,17 +88,17 @@ def main() -> int:
         for mode in modes:
             if mode in ("static", "load"):
                 RetrieverTask._mined = lambda self, idx, step: table[np.asarray(idx)]  # noqa: E731
-                stop, done = threading.Event(), [0]
-                th = threading.Thread(target=search_load, args=(bank, args.device, 4 * args.batch, args.k + 10,
-                                                                args.load_sleep, stop, done), daemon=True)
-                if mode == "load":
+                stop, done, th = threading.Event(), [0], None
+                if mode == "load":  # the miner's search kernels beside the trainer, as the async miner runs them
+                    th = threading.Thread(target=search_load, args=(bank, args.device, 4 * args.batch, args.k + 10,
+                                                                    args.load_sleep, stop, done), daemon=True)
                     th.start()
                 t0 = time.monotonic()
                 r = measure(bank, work / f"run-{mode}-{np.random.randint(1 << 30)}", "sync", args)
-                r["load_jobs_s"] = done[0] / (time.monotonic() - t0) if mode == "load" else float("nan")
+                r["load_jobs_s"] = done[0] / (time.monotonic() - t0) if th is not None else float("nan")
                 stop.set()
                 RetrieverTask._mined = orig
-                if mode == "load":
+                if th is not None:
                     th.join(60)
             else:
                 r = measure(bank, work / f"run-{mode}-{np.random.randint(1 << 30)}", mode, args)
