@@ -17,11 +17,14 @@ import pytest
 import torch
 
 from tests.conftest import make_synthetic_bank, steps_without_gpu_sync
+from vecrag.bank import EncoderInfo, write_bank
 from vecrag.cli import main
 from vecrag.config import from_dict, load_config, validate_config
 from vecrag.errors import VecragError
-from vecrag.eval.retriever_eval import evaluate_retriever
+from vecrag.eval.retriever_eval import evaluate_retriever, where_misses
 from vecrag.fsutil import read_jsonl
+from vecrag.index import ExactTorchIndex
+from vecrag.sequences import Samples
 from vecrag.train.checkpoint import load_file
 from vecrag.train.loop import Trainer
 from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
@@ -158,6 +161,24 @@ def test_eval_cli_table_and_json(full_run, capsys):
     row = rep["methods"][rep["tower"]]
     assert 0 <= row["R@1"] <= row["R@10"] <= row["R@1000"] <= 1 and len(row["R@10_ci"]) == 2
     assert (full_run / "metrics" / "retriever-test-best.txt").exists()
+    assert "target's article but not the target" in out
+    assert set(rep["misses"]) == {rep["tower"], "last"}  # the tower's and its anchor's top 10, split three ways
+    for name, m in rep["misses"].items():
+        assert m["n_queries"] == 20 and m["hit"] + m["same_article"] + m["elsewhere"] == pytest.approx(1.0)
+        assert m["hit"] == pytest.approx(rep["methods"][name]["R@10"])
+
+
+def test_where_misses_splits_the_top_k_by_article(tmp_path):
+    # two articles of 4 chunks, chunk i = e_i: a query e_j ranks chunk j first; k=1, context L=1
+    vecs = np.eye(8, dtype=np.float32)
+    b = write_bank(tmp_path / "b", vecs, article_ids=np.repeat([0, 1], 4), positions=np.tile(np.arange(4), 2),
+                   texts=[f"t{i}" for i in range(8)], titles={0: "A", 1: "B"}, encoder=EncoderInfo("x", 8))
+    samples = Samples(np.array([2, 2, 2, 2, 5]), np.array([0, 0, 0, 0, 4]))
+    q = vecs[[2, 3, 5, 1, 5]]  # hit, same article, elsewhere, the context chunk (dropped: then a tie), hit
+    q[3] = vecs[1] + 0.5 * vecs[0]  # after the dropped context chunk 1, chunk 0 (same article) is next
+    m = where_misses(ExactTorchIndex(vecs), q, samples, 1, b, k=1)
+    assert m == {"k": 1, "n_queries": 5, "hit": 0.4, "same_article": 0.4, "elsewhere": 0.2,
+                 "article_chance": pytest.approx((4 * (1 / 3) + 1 / 3) / 5)}
 
 
 def test_mlp_doc_tower_and_transformer_train_and_validate(bank, tmp_path):

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vecrag.bank import Bank
     from vecrag.eval.baselines import format_baselines
-    from vecrag.eval.retriever_eval import evaluate_retriever, format_gap
+    from vecrag.eval.retriever_eval import evaluate_retriever, format_gap, format_misses
     from vecrag.fsutil import atomic_write_json, atomic_write_text, json_safe
     from vecrag.runtime import pick_device, report_openmp, set_threads
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                                 checkpoint=args.checkpoint, ks=args.ks, backend=args.backend, device=device,
                                 text_baselines=args.text_baselines, seed=args.seed,
                                 progress=not args.quiet and sys.stderr.isatty())
-    text = format_baselines(report) + "\n" + format_gap(report)
+    text = "\n".join(t for t in (format_baselines(report), format_gap(report), format_misses(report)) if t)
     print(text)
     ck = Path(args.checkpoint).stem
     out = Path(args.run) / "metrics" / f"retriever-{args.split}-{ck}"

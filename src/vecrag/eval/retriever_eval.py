@@ -108,7 +108,8 @@ def evaluate_retriever(run: str | Path, bank: Bank | None = None, *, split: str 
     raw = open_index(bank, backend=backend, device=device)
     t = time.perf_counter()
     q = tower_queries(model, bank, samples, L, device=device)
-    ranks = retrieve_ranks(doc_index(model, bank, raw, device), q, samples, L, ks[-1], bank=bank)
+    dindex = doc_index(model, bank, raw, device)
+    ranks = retrieve_ranks(dindex, q, samples, L, ks[-1], bank=bank)
     name = f"tower-{cfg.model.kind}({info['checkpoint'].removesuffix('.pt')})"
     elapsed = round(time.perf_counter() - t, 3)
     rows: dict[str, dict[str, Any]] = {name: {**recall_table(ranks, ks), "elapsed_s": elapsed}}
@@ -118,7 +119,57 @@ def evaluate_retriever(run: str | Path, bank: Bank | None = None, *, split: str 
                               run=str(run), checkpoint=info, tower=name, anchor=cfg.model.anchor,
                               created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     report["gap_closed"] = gap_closed(rows, name)
+    if baselines:  # where the tower's top 10 goes, next to its anchor heuristic's, on the same queries
+        from vecrag.eval.heuristics import heuristic_query
+
+        a, alpha = cfg.model.anchor, cfg.model.alpha
+        qa = np.concatenate([heuristic_query(*gather_context(bank.vectors, samples.context_ids(L, slice(s, s + 4096))),
+                                             a, alpha) for s in range(0, len(samples), 4096)])
+        report["misses"] = {name: where_misses(dindex, q, samples, L, bank),
+                            f"{a}-{alpha:g}" if a == "ewma" else a: where_misses(raw, qa, samples, L, bank)}
     return report
+
+
+def where_misses(index: Any, queries: np.ndarray, samples: Samples, L: int, bank: Bank, *, k: int = 10,
+                 batch: int = 2048) -> dict[str, Any]:
+    """Where the top-``k`` goes (context ids excluded, same text = hit, as in the recall tables): the share of
+    queries whose target is in it (``hit``), whose target is not but another chunk of the target's article is
+    (``same_article``: the tower found the article, not the position), and neither (``elsewhere``);
+    ``article_chance`` is R@k of a query that knew the article and ranked its non-context chunks at random."""
+    from vecrag.eval.metrics import first_hit_rank
+
+    n = len(samples)
+    hit = np.zeros(n, bool)
+    art = np.zeros(n, bool)
+    for s in range(0, n, batch):
+        sl = slice(s, min(n, s + batch))
+        _, ids = index.search(np.ascontiguousarray(queries[sl], dtype=np.float32), k + L)
+        ctx = samples.context_ids(L, sl)
+        valid = (ids >= 0) & ~((ids[:, :, None] == ctx[:, None, :]) & (ctx[:, None, :] >= 0)).any(axis=2)
+        valid &= np.cumsum(valid, axis=1) <= k  # the first k kept results
+        hit[sl] = first_hit_rank(np.where(valid, ids, -1), samples.target[sl], text_group=bank.text_group) >= 0
+        same = bank.article_start[np.where(valid, ids, 0)] == samples.start[sl][:, None]
+        art[sl] = (same & valid).any(axis=1)
+    n_art = np.bincount(np.searchsorted(np.unique(bank.article_start), bank.article_start))
+    art_len = n_art[np.searchsorted(np.unique(bank.article_start), samples.start)]
+    cands = art_len - samples.context_lengths(L)  # the target and the article's other non-context chunks
+    d = max(n, 1)
+    return {"k": k, "n_queries": n, "hit": float(hit.sum() / d), "same_article": float((art & ~hit).sum() / d),
+            "elsewhere": float((~art & ~hit).sum() / d),
+            "article_chance": float(np.minimum(1.0, k / np.maximum(cands, 1)).mean()) if n else 0.0}
+
+
+def format_misses(report: dict[str, Any]) -> str:
+    rows = report.get("misses", {})
+    if not rows:
+        return ""
+    k = next(iter(rows.values()))["k"]
+    lines = [f"where the top {k} goes (% of queries): target in it | target's article but not the target | "
+             f"neither; a query that knew the article and ordered its chunks at random: R@{k}"]
+    for name, m in rows.items():
+        lines.append(f"  {name:<28} {100 * m['hit']:6.2f} | {100 * m['same_article']:6.2f} | "
+                     f"{100 * m['elsewhere']:6.2f}   (article at random: {100 * m['article_chance']:.2f})")
+    return "\n".join(lines)
 
 
 def gap_closed(rows: dict[str, dict[str, Any]], tower: str) -> dict[str, Any]:
