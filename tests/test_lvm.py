@@ -50,6 +50,9 @@ def test_architectures_unit_norm_anchor_at_step0_and_masking(kind, dim):
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(9))
     torch.testing.assert_close(out, out_junk, atol=1e-5, rtol=0)
     assert not torch.allclose(out, heuristic_query_torch(ctx, mask, "ewma", 0.3), atol=1e-3)
+    # each sample alone, cropped to its own length (no padding at all), gives the batch's output
+    for i, n in enumerate(mask.sum(1).tolist()):
+        torch.testing.assert_close(m(ctx[i:i + 1, 6 - n:], mask[i:i + 1, 6 - n:])[0], out[i], atol=1e-5, rtol=0)
     out.sum().backward()
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
 

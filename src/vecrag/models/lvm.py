@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from vecrag.errors import VecragError
 from vecrag.eval.heuristics import HEURISTICS, heuristic_query_torch
@@ -80,14 +79,13 @@ class GRUBody(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # left-aligned and unpacked: every layer is causal, so position lengths-1 never sees the padding after
+        # it (packing needed the lengths on the host: a host-GPU sync per layer and step)
         lengths = mask.sum(1).clamp(min=1)
         x = left_align(x.float(), lengths)
-        L = x.shape[1]
         with _fp32(x):  # RNNs run in float32 even under bf16 autocast
             for rnn, norm in zip(self.rnns, self.norms, strict=True):
-                packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-                out, _ = rnn(packed)
-                out, _ = pad_packed_sequence(out, batch_first=True, total_length=L)
+                out, _ = rnn(x)
                 x = norm(x + self.drop(out))
         return x[torch.arange(x.shape[0], device=x.device), lengths - 1]
 
@@ -99,12 +97,10 @@ class LSTMBody(nn.Module):
         self.norm = nn.LayerNorm(h)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        lengths = mask.sum(1).clamp(min=1)
-        packed = pack_padded_sequence(left_align(x.float(), lengths), lengths.cpu(), batch_first=True,
-                                      enforce_sorted=False)
+        lengths = mask.sum(1).clamp(min=1)  # left-aligned, unpacked: the top layer's output at lengths-1 (causal)
         with _fp32(x):
-            _, (h_n, _) = self.rnn(packed)
-            return self.norm(h_n[-1])
+            out, _ = self.rnn(left_align(x.float(), lengths))
+            return self.norm(out[torch.arange(out.shape[0], device=out.device), lengths - 1])
 
 
 class Block(nn.Module):
