@@ -14,7 +14,8 @@
 # k256:mining.mode=sync,mining.k=256 rel0:mining.mode=sync,mining.rel=0"), RET_ARGS (overrides for every
 # retriever, e.g. "train.lr=1e-4"), SCHED (curriculum), LVM_NCE (LVM InfoNCE weights, "0.1"),
 # MAX_SAMPLES (cascade/decode test samples, 10000), SKIP_TRAIN (1: evaluate existing runs only),
-# INGEST_ARGS (extra ingest flags, e.g. --max-articles 40).
+# INGEST_ARGS (extra ingest flags, e.g. --max-articles 40), RET_ONLY (1: retrievers only: no LVM, cascade or
+# decode; with LVM_NCE="").
 set -uo pipefail
 W="$1"; shift
 V="${VECRAG:-vecrag}"
@@ -26,7 +27,7 @@ RET_RUNS="${RET_RUNS:-none:mining.mode=none sync:mining.mode=sync async:mining.m
 RET_NAMES=$(for r in $RET_RUNS; do printf '%s ' "${r%%:*}"; done)
 RET_ARGS="${RET_ARGS:-train.lr=2e-4}"
 SCHED="${SCHED:-0-0:none;1-1:8@0.3-0.95;2-99:16@0.3-0.97}"
-LVM_NCE="${LVM_NCE:-0.1}"    # one LVM per InfoNCE weight
+LVM_NCE="${LVM_NCE-0.1}"    # one LVM per InfoNCE weight
 MS="${MAX_SAMPLES:-10000}"
 BANK="$W/wiki-full"
 mkdir -p "$W/runs" "$W/eval"
@@ -104,6 +105,7 @@ for m in sys.argv[2:]:
           f"fallbacks {last.get('miner_fallbacks', 0):.0f}; sync-mined batches {last.get('mining_mined_sync', 0):.0f}")
 EOF
 
+if [ -n "${RET_ONLY:-}" ]; then stamp "done (RET_ONLY)"; exit 0; fi
 stamp "eval LVMs (test split, rollout 5)"
 for w in $LVM_NCE; do
   $V eval lvm "$W/runs/lvm-nce$w" --split test --horizon 5 --device "$DEV" --quiet | tee "$W/eval/lvm-nce$w.txt"
