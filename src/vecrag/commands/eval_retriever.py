@@ -11,7 +11,9 @@ Load RUN's checkpoint (--checkpoint best by default), turn every --split sample'
 the tower and search the FULL bank; score it and every baseline (last / mean / ewma / oracle; --text-baselines
 adds BM25 and encoder-on-text) on the same samples, in this process, with the shared hit rules (context ids
 excluded; same text = hit). Prints Recall@K, MRR@10, median rank, the 95 % Wilson interval and the share of
-the gap between the best baseline and the oracle that the tower closes; writes the JSON and the table to
+the gap between the best baseline and the oracle that the tower closes, and where the tower's and its anchor's
+top 10 go (the target / other chunks of the target's article only / neither: the right article with the wrong
+chunk is most of what is left on Wikipedia banks); writes the JSON and the table to
 RUN/metrics/retriever-<split>-<checkpoint>.{json,txt}.
 """
 

@@ -150,8 +150,8 @@ def where_misses(index: Any, queries: np.ndarray, samples: Samples, L: int, bank
         hit[sl] = first_hit_rank(np.where(valid, ids, -1), samples.target[sl], text_group=bank.text_group) >= 0
         same = bank.article_start[np.where(valid, ids, 0)] == samples.start[sl][:, None]
         art[sl] = (same & valid).any(axis=1)
-    n_art = np.bincount(np.searchsorted(np.unique(bank.article_start), bank.article_start))
-    art_len = n_art[np.searchsorted(np.unique(bank.article_start), samples.start)]
+    first = bank.articles.column("first_chunk").to_numpy()  # increasing: an article's chunks are contiguous
+    art_len = bank.articles.column("n_chunks").to_numpy()[np.searchsorted(first, samples.start)]
     cands = art_len - samples.context_lengths(L)  # the target and the article's other non-context chunks
     d = max(n, 1)
     return {"k": k, "n_queries": n, "hit": float(hit.sum() / d), "same_article": float((art & ~hit).sum() / d),
