@@ -197,7 +197,8 @@ def test_lvm_training_steps_never_wait_for_the_gpu(tmp_path):
     """LVM steps (ewma anchor, cosine + MSE + InfoNCE, bf16) make no host-GPU sync between log steps: the sample
     id tables live on the device and a step copies only its indices, pinned and non-blocking."""
     bank = make_synthetic_bank(tmp_path / "bank", n_articles=60, per_article=12)
-    cfg = tiny_cfg(bank.path, **{"train.device": "cuda", "train.log_every": 1000, "loss.w_nce": 0.1})
+    cfg = tiny_cfg(bank.path, **{"train.device": "cuda", "train.log_every": 1000, "train.ckpt_every": 1000,
+                                 "loss.w_nce": 0.1})  # log and checkpoint steps sync by design
     task = LVMTask(bank, cfg)
     tr = Trainer(task, cfg.train, tmp_path / "run", run_config=cfg, quiet=True)
     steps_without_gpu_sync(tr)

@@ -96,8 +96,8 @@ def lvm_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LVMLossConfig,
         logits = pred @ cands.T / cfg.tau
         n = logits.shape[0]
         labels = torch.arange(n, device=logits.device) + offset
-        own = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
-        own[torch.arange(n, device=logits.device), labels] = True
+        # a comparison, not own[rows, labels] = True: that index_put waits for the GPU (found on the H200)
+        own = labels[:, None] == torch.arange(logits.shape[1], device=logits.device)[None, :]
         if groups is not None:
             dup = (groups[:, None] == cand_groups[None, :]) & ~own
             logits = logits.masked_fill(dup, float("-inf"))
