@@ -64,7 +64,8 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
             f"mining.schedule=0:{args.neg}@-1.0-1.0", f"mining.k={args.k}",
             f"mining.backend={args.backend}", "mining.fallback=inbatch", "mining.ttl=1000",
             f"mining.timeout={args.timeout}", "mining.refresh_every=10", "mining.lookahead=8",
-            f"model.hidden={args.hidden}", "val_backend=torch"] + ([f"mining.per_job={per_job}"] if per_job else [])
+            f"model.hidden={args.hidden}", "val_backend=torch"] + ([f"mining.per_job={per_job}"] if per_job else []) \
+        + ([f"loss.queue={args.queue}"] if getattr(args, "queue", None) is not None else [])
     cfg = load_config(RetrieverConfig, "retriever-default", over)
     resolve_config(cfg, bank)
     import torch
@@ -127,6 +128,8 @@ def main() -> int:
     p.add_argument("--log-every", type=int, default=5)
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--neg", type=int, default=8)
+    p.add_argument("--queue", type=int, default=None,
+                   help="memory-bank queue size (default: the preset's, 256; retriever-gpu uses 4096)")
     p.add_argument("--backend", default="faiss", choices=["faiss", "torch"])
     p.add_argument("--timeout", type=float, default=0.05, help="async wait before falling back (s)")
     p.add_argument("--workdir", default=None, help="where to write the random banks (default: a temp dir)")
