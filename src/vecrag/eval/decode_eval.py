@@ -26,6 +26,7 @@ from vecrag.decode.policy import KINDS, NOVEL, SNAP, Policy, alpha, decide_batch
 from vecrag.decode.predictors import Predictor
 from vecrag.decode.profiles import PolicySet
 from vecrag.eval.cascade_eval import context_len, predict
+from vecrag.eval.metrics import kept_results
 from vecrag.lanes import context_lane_classifier, lane_codes_of, predict_lanes
 from vecrag.sequences import Samples, gather_context
 
@@ -41,7 +42,7 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def drop_context(ids: np.ndarray, vecs: np.ndarray, ctx_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Remove the context's own ids from a ranked shortlist and keep the first ``k`` of the rest (-1 padded)."""
-    keep = (ids >= 0) & ~((ids[:, :, None] == ctx_ids[:, None, :]) & (ctx_ids[:, None, :] >= 0)).any(axis=2)
+    keep = kept_results(ids, ctx_ids)
     order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
     out_ids = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(ids, order, 1), -1)
     out_vecs = np.take_along_axis(vecs, order[:, :, None], 1)

@@ -28,10 +28,7 @@ def first_hit_rank(ids: np.ndarray, target: np.ndarray, *, ctx_ids: np.ndarray |
     """
     ids = np.asarray(ids, dtype=np.int64)
     n, k = ids.shape
-    valid = ids >= 0
-    if ctx_ids is not None and ctx_ids.size:
-        drop = (ids[:, :, None] == ctx_ids[:, None, :]) & (ctx_ids[:, None, :] >= 0)
-        valid &= ~drop.any(axis=2)
+    valid = kept_results(ids, ctx_ids)
     if text_group is not None:
         hit = text_group[np.where(valid, ids, 0)] == text_group[target][:, None]
     else:
@@ -43,6 +40,15 @@ def first_hit_rank(ids: np.ndarray, target: np.ndarray, *, ctx_ids: np.ndarray |
     found = first >= 0
     out[found] = rank[np.flatnonzero(found), first[found]]
     return out
+
+
+def kept_results(ids: np.ndarray, ctx_ids: np.ndarray | None = None) -> np.ndarray:
+    """[n, K] True for the results the hit rules keep: not -1 padding and not one of the sample's ``ctx_ids``
+    [n, L] (-1 padded)."""
+    valid = ids >= 0
+    if ctx_ids is not None and ctx_ids.size:
+        valid &= ~((ids[:, :, None] == ctx_ids[:, None, :]) & (ctx_ids[:, None, :] >= 0)).any(axis=2)
+    return valid
 
 
 def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:

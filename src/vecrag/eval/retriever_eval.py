@@ -136,7 +136,7 @@ def where_misses(index: Any, queries: np.ndarray, samples: Samples, L: int, bank
     queries whose target is in it (``hit``), whose target is not but another chunk of the target's article is
     (``same_article``: the tower found the article, not the position), and neither (``elsewhere``);
     ``article_chance`` is R@k of a query that knew the article and ranked its non-context chunks at random."""
-    from vecrag.eval.metrics import first_hit_rank
+    from vecrag.eval.metrics import first_hit_rank, kept_results
 
     n = len(samples)
     hit = np.zeros(n, bool)
@@ -144,8 +144,7 @@ def where_misses(index: Any, queries: np.ndarray, samples: Samples, L: int, bank
     for s in range(0, n, batch):
         sl = slice(s, min(n, s + batch))
         _, ids = index.search(np.ascontiguousarray(queries[sl], dtype=np.float32), k + L)
-        ctx = samples.context_ids(L, sl)
-        valid = (ids >= 0) & ~((ids[:, :, None] == ctx[:, None, :]) & (ctx[:, None, :] >= 0)).any(axis=2)
+        valid = kept_results(ids, samples.context_ids(L, sl))
         valid &= np.cumsum(valid, axis=1) <= k  # the first k kept results
         hit[sl] = first_hit_rank(np.where(valid, ids, -1), samples.target[sl], text_group=bank.text_group) >= 0
         same = bank.article_start[np.where(valid, ids, 0)] == samples.start[sl][:, None]

@@ -79,12 +79,13 @@ class NegativeMasker:
         pad = cand < 0  # [B or 1, K]
         c = cand * ~pad  # padding reads row 0, masked below
         self_ = (cand == pos) & ~pad  # [B, K] from here on
-        out = {"pad": pad | (self_ & False), "self": self_}
-        out["text"] = (tg[c] == tg[pos]) & ~pad if tg is not None else self_ & False
+        none = self_ & False  # all False, [B, K], numpy or torch alike
+        out = {"pad": pad | none, "self": self_}
+        out["text"] = (tg[c] == tg[pos]) & ~pad if tg is not None else none
         if self.window >= 0:
             out["window"] = (article[c] == article[pos]) & (abs(position[c] - position[pos]) <= self.window) & ~pad
         else:
-            out["window"] = self_ & False
+            out["window"] = none
         return out
 
     def vector_mask(self, pos_vecs: torch.Tensor, cand_vecs: torch.Tensor) -> torch.Tensor:
