@@ -11,7 +11,9 @@ async miner (thread and process) in one run::
 the trainer (GPU sharing, GIL, hand-over). ``load`` separates the GPU sharing: static negatives while a thread
 runs the miner's search kernels alone (exact top-``k`` of ``4 x batch`` random queries over the bank, on its own
 stream, ``--load-sleep`` seconds apart: its jobs/s is printed to compare with the async miner's). ``wait ms`` is
-the trainer's mean wait for the async miner a step.
+the trainer's mean wait for the async miner a step. ``gil`` separates the host side: static negatives while a thread
+runs bursts of small CPU torch ops and Python (``--gil-busy`` seconds each, ``--load-sleep`` apart), the miner's
+share of the GIL without its GPU work.
 """
 
 from __future__ import annotations
@@ -49,13 +51,31 @@ def search_load(bank, device: str, queries: int, k: int, sleep_s: float, stop: t
             time.sleep(sleep_s)
 
 
+def gil_load(busy_s: float, sleep_s: float, stop: threading.Event, done: list[int]) -> None:
+    """The miner's host side without the GPU: bursts of ``busy_s`` seconds of small CPU torch ops (each releases
+    and retakes the GIL, as the miner's ~300 ops a job do) and Python, ``sleep_s`` apart."""
+    import torch
+
+    x = torch.zeros(16)
+    while not stop.is_set():
+        t_end = time.perf_counter() + busy_s
+        while time.perf_counter() < t_end:
+            x = (x + 1).mul_(0.5)
+            sum(range(20))
+        done[0] += 1
+        time.sleep(sleep_s)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=100_000)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--modes", default="none,static,sync,async,async-proc",
                    help="as benchmarks/train_retriever.py (async-j1: one micro-batch a mining job), plus static "
-                        "and load (static + the miner's search kernels in a thread)")
+                        "load (static + the miner's search kernels in a thread) and gil (static + a thread of "
+                        "CPU torch ops and Python in bursts: the miner's host side without its GPU work)")
+    p.add_argument("--gil-busy", type=float, default=0.008, help="gil mode: seconds of each burst (a 4-batch job "
+                   "took 7-8 ms on the H200 in session 7)")
     p.add_argument("--load-sleep", type=float, default=0.03, help="load mode: seconds between two searches")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch", type=int, default=64)
@@ -86,12 +106,16 @@ def main() -> int:
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     for rep in range(args.repeats):  # interleaved: a drift of the machine hits every mode alike
         for mode in modes:
-            if mode in ("static", "load"):
+            if mode in ("static", "load", "gil"):
                 RetrieverTask._mined = lambda self, idx, step: table[np.asarray(idx)]  # noqa: E731
                 stop, done, th = threading.Event(), [0], None
                 if mode == "load":  # the miner's search kernels beside the trainer, as the async miner runs them
                     th = threading.Thread(target=search_load, args=(bank, args.device, 4 * args.batch, args.k + 10,
                                                                     args.load_sleep, stop, done), daemon=True)
+                    th.start()
+                if mode == "gil":
+                    th = threading.Thread(target=gil_load, args=(args.gil_busy, args.load_sleep, stop, done),
+                                          daemon=True)
                     th.start()
                 t0 = time.monotonic()
                 r = measure(bank, work / f"run-{mode}-{np.random.randint(1 << 30)}", "sync", args)

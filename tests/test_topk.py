@@ -55,3 +55,13 @@ def test_small_rows_fall_back_and_bad_args_are_refused():
 def test_fast_topk_is_torch_topk_off_cuda():
     s = torch.randn(4, 5_000)
     assert all(torch.equal(a, b) for a, b in zip(fast_topk(s, 7), torch.topk(s, 7, dim=1), strict=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+def test_fast_topk_on_cuda_matches_torch_topk():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    s = torch.randn(64, 300_007, device="cuda", generator=g).half()
+    for k in (1, 10, 138, 1000):
+        vals, ids = fast_topk(s, k)
+        assert torch.equal(vals, torch.topk(s, k, dim=1).values)
+        assert torch.equal(torch.gather(s, 1, ids), vals)
