@@ -85,6 +85,7 @@ def test_presets_load_and_mirror_the_seed():
     assert gpu.mining.mode == "async" and gpu.train.epochs == 30 and gpu.loss.margin == 0.03
     assert gpu.train.batch_size * gpu.train.grad_accum >= 64
     assert gpu.mining.ttl >= gpu.mining.refresh_every
+    assert gpu.mining.worker == "process"  # no GIL shared with the trainer (docs/benchmarks.md, session 7)
 
 
 def test_async_ttl_below_refresh_is_rejected():
