@@ -4,6 +4,7 @@ training fast (OMP_WAIT_POLICY=PASSIVE in effect)."""
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -410,6 +411,29 @@ def test_async_multi_batch_job_hands_each_batch_its_own_rows():
     finally:
         miner.close()
     assert miner.counters["hits"] == 6 and Core.calls <= 3  # 6 batches (then 2 of epoch 1) in jobs of 3
+
+
+def test_async_miner_that_cannot_open_its_index_falls_back_without_waiting(caplog):
+    """A core that fails to open (a miner process whose GPU has no room for its bank copy, say) is logged and
+    counted, retried at most max_restarts times, then the miner is disabled; every get() falls back at once
+    (the trainer never waits for a miner that is not ready), so training goes on."""
+    def make_core():
+        raise VecragError("the miner process failed to start on the bank B: CUDA out of memory")
+
+    miner = _batches_miner(per_job=1, lookahead=2, make_core=make_core)
+    miner.start()
+    try:
+        t0 = time.monotonic()
+        for i in range(8):
+            miner._thread.join(5)  # the attempt has ended (failed) before the next step's watchdog looks
+            miner.advance(0, i % 6)
+            assert miner.get(np.arange(3) + 10 * (i % 6), step=i, epoch=0) is None
+        assert time.monotonic() - t0 < 5  # no step waited out the 2 s timeout
+    finally:
+        miner.close()
+    assert miner.disabled and miner.counters["restarts"] == 3 and miner.counters["errors"] == 4
+    assert miner.counters["fallbacks"] == 8 and miner.counters["hits"] == 0
+    assert "could not open its index" in caplog.text and "disabled" in caplog.text
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
