@@ -21,7 +21,7 @@ from vecrag.bank import EncoderInfo, write_bank
 from vecrag.cli import main
 from vecrag.config import from_dict, load_config, validate_config
 from vecrag.errors import VecragError
-from vecrag.eval.retriever_eval import evaluate_retriever, where_misses
+from vecrag.eval.retriever_eval import evaluate_retriever, format_misses, where_misses
 from vecrag.fsutil import read_jsonl
 from vecrag.index import ExactTorchIndex
 from vecrag.sequences import Samples
@@ -178,10 +178,15 @@ def test_where_misses_splits_the_top_k_by_article(tmp_path):
                    texts=[f"t{i}" for i in range(8)], titles={0: "A", 1: "B"}, encoder=EncoderInfo("x", 8))
     samples = Samples(np.array([2, 2, 2, 2, 5]), np.array([0, 0, 0, 0, 4]))
     q = vecs[[2, 3, 5, 1, 5]]  # hit, same article, elsewhere, the context chunk (dropped: then a tie), hit
-    q[3] = vecs[1] + 0.5 * vecs[0]  # after the dropped context chunk 1, chunk 0 (same article) is next
+    q[3] = vecs[1] + 0.5 * vecs[0] + 0.2 * vecs[2]  # after the dropped context chunk 1, chunk 0 (same article)
     m = where_misses(ExactTorchIndex(vecs), q, samples, 1, b, k=1)
+    # the two same-article misses: chunk 3 (target 2: the chunk after it, +1) and chunk 0 (before the context 1)
     assert m == {"k": 1, "n_queries": 5, "hit": 0.4, "same_article": 0.4, "elsewhere": 0.2,
-                 "article_chance": pytest.approx((4 * (1 / 3) + 1 / 3) / 5)}
+                 "article_chance": pytest.approx((4 * (1 / 3) + 1 / 3) / 5),
+                 "offsets": {"+1": 0.5, "+2": 0.0, "+3..+5": 0.0, ">+5": 0.0, "before": 0.5},
+                 "hit_forward": 0.6}  # query 3 without chunk 0 (before its context) finds target 2
+    text = format_misses({"misses": {"tower": m}})
+    assert "   50.00 |   0.00 |   0.00 |   0.00 |  50.00   (never going back: R@1 60.00)" in text
 
 
 def test_mlp_doc_tower_and_transformer_train_and_validate(bank, tmp_path):

@@ -131,31 +131,60 @@ def evaluate_retriever(run: str | Path, bank: Bank | None = None, *, split: str 
 
 
 def where_misses(index: Any, queries: np.ndarray, samples: Samples, L: int, bank: Bank, *, k: int = 10,
-                 batch: int = 2048) -> dict[str, Any]:
+                 back: int = 256, batch: int = 2048) -> dict[str, Any]:
     """Where the top-``k`` goes (context ids excluded, same text = hit, as in the recall tables): the share of
     queries whose target is in it (``hit``), whose target is not but another chunk of the target's article is
     (``same_article``: the tower found the article, not the position), and neither (``elsewhere``);
-    ``article_chance`` is R@k of a query that knew the article and ranked its non-context chunks at random."""
+    ``article_chance`` is R@k of a query that knew the article and ranked its non-context chunks at random;
+    ``offsets``: for the ``same_article`` queries, where the article's best-ranked chunk sits relative to the target
+    (chunk id minus target id: +1 is the chunk after the target; "before" lies before the context window);
+    ``hit_forward``: R@k when the chunks of the article before the context are excluded too (a continuation that
+    never goes back; searched ``back`` results deeper, so a lower bound where more than ``back`` of them outrank)."""
     from vecrag.eval.metrics import first_hit_rank, kept_results
 
     n = len(samples)
     hit = np.zeros(n, bool)
+    fwd = np.zeros(n, bool)
     art = np.zeros(n, bool)
+    off = np.zeros(n, np.int64)
     for s in range(0, n, batch):
         sl = slice(s, min(n, s + batch))
-        _, ids = index.search(np.ascontiguousarray(queries[sl], dtype=np.float32), k + L)
-        valid = kept_results(ids, samples.context_ids(L, sl))
-        valid &= np.cumsum(valid, axis=1) <= k  # the first k kept results
+        _, ids = index.search(np.ascontiguousarray(queries[sl], dtype=np.float32), min(k + L + back, bank.n))
+        kept = kept_results(ids, samples.context_ids(L, sl))
+        valid = kept & (np.cumsum(kept, axis=1) <= k)  # the first k kept results
         hit[sl] = first_hit_rank(np.where(valid, ids, -1), samples.target[sl], text_group=bank.text_group) >= 0
-        same = bank.article_start[np.where(valid, ids, 0)] == samples.start[sl][:, None]
-        art[sl] = (same & valid).any(axis=1)
+        kept &= ~((ids >= samples.start[sl][:, None]) & (ids < samples.target[sl][:, None]))  # never go back
+        kept &= np.cumsum(kept, axis=1) <= k
+        fwd[sl] = first_hit_rank(np.where(kept, ids, -1), samples.target[sl], text_group=bank.text_group) >= 0
+        same = (bank.article_start[np.where(valid, ids, 0)] == samples.start[sl][:, None]) & valid
+        art[sl] = same.any(axis=1)
+        first_same = ids[np.arange(len(ids)), same.argmax(axis=1)]  # the article's best-ranked chunk
+        off[sl] = np.where(art[sl], first_same - samples.target[sl], 0)
     first = bank.articles.column("first_chunk").to_numpy()  # increasing: an article's chunks are contiguous
     art_len = bank.articles.column("n_chunks").to_numpy()[np.searchsorted(first, samples.start)]
     cands = art_len - samples.context_lengths(L)  # the target and the article's other non-context chunks
     d = max(n, 1)
     return {"k": k, "n_queries": n, "hit": float(hit.sum() / d), "same_article": float((art & ~hit).sum() / d),
             "elsewhere": float((~art & ~hit).sum() / d),
-            "article_chance": float(np.minimum(1.0, k / np.maximum(cands, 1)).mean()) if n else 0.0}
+            "article_chance": float(np.minimum(1.0, k / np.maximum(cands, 1)).mean()) if n else 0.0,
+            "offsets": offset_shares(off[art & ~hit]), "hit_forward": float(fwd.sum() / d)}
+
+
+OFFSET_BUCKETS = (("+1", 1, 1), ("+2", 2, 2), ("+3..+5", 3, 5), (">+5", 6, None), ("before", None, -1))
+
+
+def offset_shares(off: np.ndarray) -> dict[str, float]:
+    """Share of same-article misses per bucket of (best-ranked same-article chunk id - target id)."""
+    d = max(len(off), 1)
+    out = {}
+    for name, lo, hi in OFFSET_BUCKETS:
+        m = np.ones(len(off), bool)
+        if lo is not None:
+            m &= off >= lo
+        if hi is not None:
+            m &= off <= hi
+        out[name] = float(m.sum() / d)
+    return out
 
 
 def format_misses(report: dict[str, Any]) -> str:
@@ -168,6 +197,13 @@ def format_misses(report: dict[str, Any]) -> str:
     for name, m in rows.items():
         lines.append(f"  {name:<28} {100 * m['hit']:6.2f} | {100 * m['same_article']:6.2f} | "
                      f"{100 * m['elsewhere']:6.2f}   (article at random: {100 * m['article_chance']:.2f})")
+    lines.append("the article's best chunk in a same-article miss, relative to the target (% of those misses): "
+                 + " | ".join(name for name, _, _ in OFFSET_BUCKETS) + f" (before: ahead of the context); R@{k} if "
+                 "the article's chunks before the context were excluded too (never going back)")
+    for name, m in rows.items():
+        if "offsets" in m:
+            lines.append(f"  {name:<28} " + " | ".join(f"{100 * v:6.2f}" for v in m["offsets"].values())
+                         + f"   (never going back: R@{k} {100 * m['hit_forward']:.2f})")
     return "\n".join(lines)
 
 
