@@ -80,6 +80,55 @@ def test_select_negatives_filters_band_and_stats():
     np.testing.assert_array_equal(neg2, [[10, 11, 12]])
 
 
+def test_keep_back_exempts_the_articles_earlier_chunks_from_rel_only():
+    """With keep_back, a candidate flagged as lying before the context in the target's article survives the rel
+    filter (a known negative); the dup filter and the band still apply to it, and nothing changes without the flag."""
+    ids = np.array([[10, 11, 12, 13]])
+    cand_q = np.array([[0.90, 0.85, 0.80, 0.50]])
+    cand_pos = np.array([[0.50, 0.99, 0.20, 0.30]])
+    back = np.array([[True, True, False, False]])  # 10, 11: earlier chunks of the target's article
+    masked = np.zeros((1, 4), bool)
+    pos_q, phase = np.array([0.8]), Phase(0, 0, 3, 0.2, 0.95)
+    neg, st = select_negatives(ids, cand_q, cand_pos, pos_q, masked, phase, FilterConfig(0.95, 0.98, True), back)
+    np.testing.assert_array_equal(neg, [[10, 13, -1]])  # 11 is a near-duplicate of the positive; 12 fails rel
+    assert st.removed == {"mask": 0, "dup": 1, "rel": 1, "band": 0}
+    neg, _ = select_negatives(ids, cand_q, cand_pos, pos_q, masked, phase, FilterConfig(0.95, 0.98), back)
+    np.testing.assert_array_equal(neg, [[13, -1, -1]])
+
+
+def test_mining_core_flags_the_chunks_before_the_context_as_back(tmp_path):
+    """MiningCore passes keep_back's mask: same article, before the target, not masked (the context is)."""
+    from tests.conftest import make_synthetic_bank
+    from vecrag.index import ExactTorchIndex
+    from vecrag.models.towers import QueryTower, TowerConfig
+    from vecrag.sequences import make_samples
+    from vecrag.train import miners
+    from vecrag.train.losses import ChunkMeta, NegativeMasker
+
+    bank = make_synthetic_bank(tmp_path / "b", n_articles=6, per_article=12, dim=16)
+    samples = make_samples(bank, "train", min_context=1)
+    seen = {}
+    real = miners.select_negatives
+
+    def spy(cand, cq, cp, pq, masked, phase, filt, back=None):
+        seen.update(cand=cand.numpy(), masked=masked.numpy(), back=back.numpy())
+        return real(cand, cq, cp, pq, masked, phase, filt, back)
+
+    core = miners.MiningCore(bank.vectors, samples, 3, NegativeMasker(ChunkMeta.from_bank(bank), window=0),
+                             FilterConfig(0.95, 0.98, True), 40, ExactTorchIndex(bank.vectors))
+    idx = np.arange(len(samples))[samples.target - samples.start >= 6][:4]  # >= 3 chunks before the context
+    miners.select_negatives = spy
+    try:
+        core.mine(QueryTower(16, TowerConfig(hidden=8)), idx, Phase(0, 0, 4, -1.0, 1.0))
+    finally:
+        miners.select_negatives = real
+    cand, back = seen["cand"], seen["back"]
+    start, target = samples.start[idx][:, None], samples.target[idx][:, None]
+    expect = (cand >= start) & (cand < target - 3) & (cand >= 0)  # before the 3-chunk context
+    np.testing.assert_array_equal(back, expect)
+    assert back.any()
+
+
 def test_select_negatives_takes_the_first_kept_candidates_of_each_row():
     """The vectorised selection against a per-row reference, on random rows (some with too few candidates)."""
     rng = np.random.default_rng(3)

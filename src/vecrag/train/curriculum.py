@@ -112,6 +112,7 @@ class Curriculum:
 class FilterConfig:
     rel: float = 0.95  # drop cos(q, c) > rel * cos(q, pos); <= 0 disables
     dup: float = 0.98  # drop cos(c, pos) > dup; >= 1 disables
+    keep_back: bool = False  # the target article's chunks before the context skip ``rel``: known true negatives
 
 
 RULES = ("mask", "dup", "rel", "band")
@@ -168,12 +169,15 @@ class MiningStats:
         return "\n".join(f"{a.ljust(w)}  {b}" for a, b in rows)
 
 
-def select_negatives(cand_ids, cand_q, cand_pos, pos_q, masked, phase: Phase, filt: FilterConfig
-                     ) -> tuple[np.ndarray, MiningStats]:
+def select_negatives(cand_ids, cand_q, cand_pos, pos_q, masked, phase: Phase, filt: FilterConfig,
+                     back=None) -> tuple[np.ndarray, MiningStats]:
     """Apply masks, filters and the band to [B, K] candidates (sorted by cos to the query, best first).
 
     ``cand_q`` = cos(query, cand), ``cand_pos`` = cos(cand, positive), ``pos_q`` [B] = cos(query, positive),
-    ``masked`` [B, K] True for masked candidates (and padding). numpy arrays or torch tensors; the work runs
+    ``masked`` [B, K] True for masked candidates (and padding); ``back`` [B, K] (optional) True for chunks of the
+    target's article before the sample's context, which ``filt.keep_back`` exempts from the ``rel`` filter: they
+    outrank the target for half the same-article misses (docs/results.md) and, unlike a high-scoring chunk of
+    another article, cannot be the continuation. numpy arrays or torch tensors; the work runs
     where the tensors are (the GPU miner's stay on the GPU) and ends in ONE copy to the host. Returns int64
     [B, n_neg] ids (-1 where a sample lacks enough negatives, which is counted) and the round's statistics.
     """
@@ -187,8 +191,11 @@ def select_negatives(cand_ids, cand_q, cand_pos, pos_q, masked, phase: Phase, fi
     n_neg = phase.n_neg
     gone = masked | (cand_ids < 0)
     counts = [gone.sum()]
+    rel = cand_q > filt.rel * pos_q[:, None] if filt.rel > 0 else None
+    if rel is not None and filt.keep_back and back is not None:
+        rel = rel & ~t(back)
     rules = [("dup", cand_pos > filt.dup if filt.dup < 1.0 else None),
-             ("rel", cand_q > filt.rel * pos_q[:, None] if filt.rel > 0 else None),
+             ("rel", rel),
              ("band", (cand_q < phase.lo) | (cand_q > phase.hi))]
     for _, hit in rules:
         new = hit & ~gone if hit is not None else torch.zeros_like(gone)

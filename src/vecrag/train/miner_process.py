@@ -51,6 +51,7 @@ class CoreSpec:
     dim: int
     tower: dict          # TowerConfig fields
     threads: int = 1
+    keep_back: bool = False
 
 
 def build_core(spec: CoreSpec):
@@ -67,7 +68,7 @@ def build_core(spec: CoreSpec):
     samples = make_samples(bank, "train", min_context=spec.min_context)
     masker = NegativeMasker(ChunkMeta.from_bank(bank), window=spec.window, dup_eps=spec.dup_eps)
     where = spec.device if spec.device.startswith("cuda") else "cpu"
-    core = MiningCore(bank.vectors, samples, spec.context, masker, FilterConfig(rel=spec.rel, dup=spec.dup),
+    core = MiningCore(bank.vectors, samples, spec.context, masker, FilterConfig(spec.rel, spec.dup, spec.keep_back),
                       spec.k, make_searcher(bank, spec.backend, where), spec.device)
     tower = QueryTower(spec.dim, from_dict(TowerConfig, spec.tower)).to(core.device).eval()
     return core, tower
@@ -211,7 +212,8 @@ def spec_for(task) -> CoreSpec:
     """The CoreSpec of a RetrieverTask's mining (its bank, samples, masks, filters and tower config)."""
     c = task.cfg
     return CoreSpec(bank=str(task.bank.path), min_context=c.min_context, context=task.L, window=c.loss.window,
-                    dup_eps=c.loss.dup_eps, rel=c.mining.rel, dup=c.mining.dup, k=c.mining.k,
+                    dup_eps=c.loss.dup_eps, rel=c.mining.rel, dup=c.mining.dup, keep_back=c.mining.keep_back,
+                    k=c.mining.k,
                     backend=c.mining.backend, device=str(task.device), dim=task.bank.dim,
                     tower=dataclasses.asdict(c.model),
                     # on a GPU the child's CPU work is light: 2 threads leave the cores to the trainer (1, 4 and

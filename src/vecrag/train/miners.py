@@ -141,8 +141,12 @@ class MiningCore:
         cand_q = cand_q.masked_fill(~valid, float("-inf"))
         order = torch.sort(cand_q, dim=1, descending=True, stable=True).indices
         take = lambda a: torch.gather(a, 1, order)  # noqa: E731
+        back = None
+        if self.filters.keep_back:  # chunks of the target's article before the context (ids are in article order)
+            start = to_device(self.samples.start[idx], dev)
+            back = take((cand >= start[:, None]) & (cand < pos_ids[:, None]) & ~masked)
         neg, st = select_negatives(take(cand), take(cand_q), take(cand_pos), pos_q, take(masked), phase,
-                                   self.filters)
+                                   self.filters, back)
         return MineResult(idx, neg, st, version)
 
 

@@ -40,6 +40,7 @@ class MiningConfig:
     backend: str = field(default="torch", metadata={"choices": ("torch", "faiss", "auto")})
     rel: float = 0.95          # drop cos(q, c) > rel * cos(q, pos) (NV-Retriever); 0 = off
     dup: float = 0.98          # drop cos(c, pos) > dup (near-duplicate); 1 = off
+    keep_back: bool = False    # the target article's chunks before the context are exempt from rel
     ttl: int = 20              # async: max age in optimizer steps of the weights behind a result
     timeout: float = 2.0       # async: seconds to wait for a result
     refresh_every: int = 10    # async: optimizer steps between weight copies (must be <= ttl)

@@ -95,7 +95,7 @@ class RetrieverTask:
         self.loss_fn = InfoNCELoss(cfg.loss.tau, cfg.loss.margin)
         self.queue = MemoryBankQueue(cfg.loss.queue)
         self.curriculum = Curriculum.parse(cfg.mining.schedule, base=cfg.mining.schedule_base)
-        self.filters = FilterConfig(rel=cfg.mining.rel, dup=cfg.mining.dup)
+        self.filters = FilterConfig(rel=cfg.mining.rel, dup=cfg.mining.dup, keep_back=cfg.mining.keep_back)
         self.round = MiningStats()
         self.counters = {"mined_sync": 0, "mined_async": 0, "fallback_inbatch": 0}
         self.trainer = None
