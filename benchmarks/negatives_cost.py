@@ -53,7 +53,7 @@ def search_load(bank, device: str, queries: int, k: int, sleep_s: float, stop: t
 
 def gil_load(busy_s: float, sleep_s: float, stop: threading.Event, done: list[int]) -> None:
     """The miner's host side without the GPU: bursts of ``busy_s`` seconds of small CPU torch ops (each releases
-    and retakes the GIL, as the miner's ~300 ops a job do) and Python, ``sleep_s`` apart."""
+    and retakes the GIL, as the miner's ~250 ops a job do) and Python, ``sleep_s`` apart."""
     import torch
 
     x = torch.zeros(16)
@@ -109,13 +109,10 @@ def main() -> int:
             if mode in ("static", "load", "gil"):
                 RetrieverTask._mined = lambda self, idx, step: table[np.asarray(idx)]  # noqa: E731
                 stop, done, th = threading.Event(), [0], None
-                if mode == "load":  # the miner's search kernels beside the trainer, as the async miner runs them
-                    th = threading.Thread(target=search_load, args=(bank, args.device, 4 * args.batch, args.k + 10,
-                                                                    args.load_sleep, stop, done), daemon=True)
-                    th.start()
-                if mode == "gil":
-                    th = threading.Thread(target=gil_load, args=(args.gil_busy, args.load_sleep, stop, done),
-                                          daemon=True)
+                load = {"load": (search_load, (bank, args.device, 4 * args.batch, args.k + 10)),  # search kernels
+                        "gil": (gil_load, (args.gil_busy,))}.get(mode)                          # host side only
+                if load is not None:  # beside the trainer, as the async miner runs them
+                    th = threading.Thread(target=load[0], args=(*load[1], args.load_sleep, stop, done), daemon=True)
                     th.start()
                 t0 = time.monotonic()
                 r = measure(bank, work / f"run-{mode}-{np.random.randint(1 << 30)}", "sync", args)
