@@ -235,12 +235,14 @@ def test_async_process_worker_mines_and_survives_a_crash(bank, tmp_path):
     assert all(not c.proc.is_alive() for c in task._async._cores)  # close() stopped the child
 
 
-def test_process_worker_mines_what_the_thread_core_mines(bank):
+@pytest.mark.parametrize("kind", ["gru", "transformer"])  # transformer: the retriever-gpu preset's tower
+def test_process_worker_mines_what_the_thread_core_mines(bank, kind):
     """The child rebuilds the trainer's MiningCore from a CoreSpec: same weights, same negatives."""
     from vecrag.config import from_dict
     from vecrag.train.miner_process import ProcessCore, spec_for
 
-    cfg = from_dict(RetrieverConfig, {"train": {"context": 4, "device": "cpu"}, "model": {"hidden": 16},
+    cfg = from_dict(RetrieverConfig, {"train": {"context": 4, "device": "cpu"},
+                                      "model": {"hidden": 16, "kind": kind, "layers": 2},
                                       "mining": {"k": 32}})
     task = RetrieverTask(bank, cfg)
     core = task._core()

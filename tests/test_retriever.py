@@ -86,6 +86,7 @@ def test_presets_load_and_mirror_the_seed():
     assert gpu.train.batch_size * gpu.train.grad_accum >= 64
     assert gpu.mining.ttl >= gpu.mining.refresh_every
     assert gpu.mining.worker == "process"  # no GIL shared with the trainer (docs/benchmarks.md, session 7)
+    assert (gpu.model.kind, gpu.model.layers) == ("transformer", 2)  # beat the GRU on wiki-full (results.md)
 
 
 def test_async_ttl_below_refresh_is_rejected():
