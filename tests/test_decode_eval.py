@@ -147,3 +147,29 @@ def test_eval_commands_write_outputs(tmp_path: Path, capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit) as e:  # a negative weight is refused by argparse
         main(["eval", "cascade", *args, "--w-lvm-grid", "0,-1"])
     assert e.value.code == 2 and "LVM weights must be >= 0" in capsys.readouterr().err
+
+
+def test_cascade_never_back_drops_the_articles_earlier_chunks(tmp_path: Path) -> None:
+    """Article 0 = c0..c3, context [c1], target c2. The query c1 ranks c1 (the context: dropped), then c0 (0.8,
+    before the context), then the target c2 (0.6): a miss at k=1 under the default rule, a hit never going back."""
+    import torch
+
+    from vecrag.sequences import Samples, before_target
+
+    e = np.eye(8, dtype=np.float32)
+    vecs = np.stack([e[0], 0.8 * e[0] + 0.6 * e[1], e[1], e[2], e[3], e[4], e[5], e[6]])
+    bank = write_bank(tmp_path / "b", vecs, article_ids=np.repeat([0, 1], 4), positions=np.tile(np.arange(4), 2),
+                      texts=[f"t{i}" for i in range(8)], titles={0: "A", 1: "B"}, encoder=EncoderInfo("x", 8),
+                      dtype="float32")
+    samples = Samples(np.array([2]), np.array([0]), "test")
+    last = HeuristicPredictor("last", context_len=1)
+    index = ExactTorchIndex(bank.vectors)
+    plain = run_cascade_eval(bank, samples, last, last, index, K=3, k=1)
+    fwd = run_cascade_eval(bank, samples, last, last, index, K=3, k=1, never_back=True)
+    assert {m: r["Hit@1"] for m, r in plain["rows"].items()} == {m: 0.0 for m in plain["rows"]}
+    assert {m: r["Hit@1"] for m, r in fwd["rows"].items()} == {m: 1.0 for m in fwd["rows"]}
+    assert fwd["never_back"] and "never going back" in fwd["hit_rules"] and not plain["never_back"]
+    ids = np.array([[0, 1, 2, 3, 4, -1]])
+    want = [[True, True, False, False, False, False]]
+    assert before_target(ids, np.array([0]), np.array([2])).tolist() == want
+    assert before_target(torch.from_numpy(ids), torch.tensor([0]), torch.tensor([2])).tolist() == want

@@ -41,6 +41,13 @@ class Samples:
         return ids
 
 
+def before_target(ids, start, target):
+    """[n, K] True where a result id is a chunk of the sample's article before its target (the context and what
+    precedes it: a continuation that never goes back cannot be one). ``ids`` [n, K], ``start`` and ``target``
+    [n]; numpy arrays or torch tensors alike (an article's chunks have consecutive ids, in order)."""
+    return (ids >= start[:, None]) & (ids < target[:, None])
+
+
 def make_samples(bank: Bank, split: str, *, min_context: int = 1, max_samples: int | None = None,
                  seed: int = 0) -> Samples:
     """Every position ``t`` with at least ``min_context`` earlier chunks in its article, for one split.

@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--w-lvm-grid", type=_grid, default=(), metavar="W1,W2,...",
                    help="also report tower>fused at each of these LVM weights (one search: cheap); choose the "
                         "weight on --split val, report it on test")
+    p.add_argument("--never-back", action="store_true",
+                   help="also drop the continued article's chunks before the context from every row (a "
+                        "continuation never goes back; the default drops only the context's own chunks)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
 
 
@@ -60,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
     index = common.open_search(bank, args)
     rep = run_cascade_eval(bank, samples, lvm, tower, index, K=args.K, k=args.k, w_tower=args.w_tower,
                            w_lvm=args.w_lvm, lane_lambda=args.lane_lambda, w_lvm_grid=args.w_lvm_grid,
-                           progress=not args.quiet and sys.stderr.isatty())
+                           never_back=args.never_back, progress=not args.quiet and sys.stderr.isatty())
     rep["index"] = index.describe() if hasattr(index, "describe") else repr(index)
-    path = common.out_dir(args, bank) / f"cascade_eval-{args.split}.json"
+    path = common.out_dir(args, bank) / f"cascade_eval-{args.split}{'-never-back' if args.never_back else ''}.json"
     atomic_write_json(path, rep)
     print(json.dumps(rep, indent=2, default=str) if args.json else format_cascade(rep))
     if not args.json:

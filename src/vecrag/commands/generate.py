@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-context-ids", action="store_true",
                    help="leave the context's own bank chunks (bank-id prompts, chunks used by earlier steps) in the "
                         "shortlist; by default they are removed, as in `vecrag eval decode`, so generation moves on")
+    p.add_argument("--never-back", action="store_true",
+                   help="also drop every chunk of an article the context has visited, up to the furthest one used: "
+                        "generation never goes back in an article (measure it with `vecrag eval cascade --never-back`)")
     add_model_arguments(p)
     add_cascade_arguments(p)
 
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = common.cascade_config(args, policies.default.K)
     dec = Decoder(bank.vectors, bank.texts, bank.lanes, index, lvm, tower, policies, cfg, lane=args.lane,
                   inverter=inverter, K=args.K, exclude_context=not args.keep_context_ids,
-                  lane_classifier=None if args.lane else context_lane_classifier(bank)[0])
+                  lane_classifier=None if args.lane else context_lane_classifier(bank)[0],
+                  never_back=args.never_back, article_start=bank.article_start if args.never_back else None)
     tele = Path(args.telemetry) if args.telemetry else None
     if tele:
         tele.parent.mkdir(parents=True, exist_ok=True)

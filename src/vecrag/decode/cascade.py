@@ -106,6 +106,9 @@ class GuardedSearch:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+BACK_DEPTH = 256  # extra results fetched to drop an article's earlier chunks (never going back) and keep k others
+
+
 def fuse(tower_scores: np.ndarray, lvm_scores: np.ndarray, ids: np.ndarray, *, w_tower: float, w_lvm: float,
          lane_bonus: np.ndarray | None = None) -> np.ndarray:
     """Fused scores [n, K] (-inf where id < 0)."""

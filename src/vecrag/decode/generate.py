@@ -14,6 +14,9 @@ With ``exclude_context`` (what ``vecrag generate`` does unless ``--keep-context-
 decode`` measures by default), the bank chunks already in the context window (bank-id prompts, and the chunks
 used by earlier SNAP/BLEND steps) are removed from each step's shortlist, so generation moves on instead of
 re-emitting the chunk it just used; without it only the near-duplicate rule (c > 0.98) stops a re-snap.
+With ``never_back`` (``vecrag generate --never-back``) the shortlist also drops every chunk of an article the
+context has visited up to the furthest chunk used there: generation never goes back in an article (about half of
+the tower's same-article misses on wiki-full point there; ``vecrag eval cascade --never-back`` measures the rule).
 
 The context lane is ``--lane`` when given; otherwise the lane predicted from the prompt's last L vectors by the
 bank's lane classifier (:func:`vecrag.lanes.context_lane_classifier`, the rule ``eval cascade`` / ``eval decode``
@@ -30,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from vecrag.decode.cascade import Cascade, CascadeConfig, CascadeResult
+from vecrag.decode.cascade import BACK_DEPTH, Cascade, CascadeConfig, CascadeResult
 from vecrag.decode.policy import SNAP, Decision, decide, novel
 from vecrag.decode.predictors import Predictor
 from vecrag.decode.profiles import PolicySet
+from vecrag.errors import VecragError
 from vecrag.lanes import lane_codes_of
 
 
@@ -84,10 +88,15 @@ class Decoder:
     def __init__(self, vectors: np.ndarray, texts: list[str], lanes: np.ndarray | None, index: Any,
                  lvm: Predictor, tower: Predictor, policies: PolicySet, cfg: CascadeConfig | None = None,
                  *, lane: str | None = None, inverter: Any = None, K: int | None = None,
-                 exclude_context: bool = False, lane_classifier: np.ndarray | None = None):
+                 exclude_context: bool = False, lane_classifier: np.ndarray | None = None,
+                 never_back: bool = False, article_start: np.ndarray | None = None):
         """``K`` fixes the tower shortlist size; by default each step uses its lane policy's K.
         ``exclude_context``: drop the context window's own bank chunks from every shortlist (module doc).
-        ``lane_classifier``: one unit row per lane, in sorted lane-name order, to pick the prompt's lane."""
+        ``lane_classifier``: one unit row per lane, in sorted lane-name order, to pick the prompt's lane.
+        ``never_back`` (needs ``article_start``: each chunk's article's first chunk id, ``Bank.article_start``):
+        drop the chunks of a visited article up to the furthest one used (module doc)."""
+        if never_back and article_start is None:
+            raise VecragError("never_back needs article_start (Bank.article_start: each chunk's article start)")
         self.vectors, self.texts = vectors, texts
         self.lvm, self.tower, self.policies = lvm, tower, policies
         self.lanes = lanes if lanes is not None else np.full(len(texts), "", dtype=object)
@@ -101,6 +110,7 @@ class Decoder:
         self.recent: list[int] = []
         self.K = K
         self.exclude_context = exclude_context
+        self.never_back, self.article_start = never_back, article_start
 
     @property
     def fallbacks(self) -> dict[str, int]:
@@ -130,13 +140,29 @@ class Decoder:
         zero vector), so that k others remain; K grows with them if it must."""
         L = max(self.lvm.context_len, self.tower.context_len)
         excluded = sorted({int(x) for x in (ctx_ids or [])[-L:] if x >= 0}) if self.exclude_context else []
-        kk = (k or self.cascade.cfg.k) + len(excluded)
+        k = k or self.cascade.cfg.k
+        reach = self._reach(ctx_ids) if self.never_back else {}
+        kk = k + len(excluded) + (BACK_DEPTH if reach else 0)
         res = self.cascade.run(q, v_hat, code, K=max(K, kk), k=kk)
-        if excluded and not res.reasons[0]:
+        if (excluded or reach) and not res.reasons[0]:
             drop = np.isin(res.ids, np.asarray(excluded, np.int64))
+            if reach:
+                starts = self.article_start[np.maximum(res.ids, 0)]
+                furthest = np.vectorize(lambda a: reach.get(int(a), -1), otypes=[np.int64])(starts)
+                drop |= res.ids <= furthest
+            drop |= np.cumsum(~drop & (res.ids >= 0), axis=1) > k  # keep the first k survivors
             res.ids[drop] = -1
             res.vectors[drop] = 0.0
         return res
+
+    def _reach(self, ctx_ids: list[int] | None) -> dict[int, int]:
+        """article start id -> the furthest chunk id of that article in the context (bank chunks only)."""
+        out: dict[int, int] = {}
+        for x in ctx_ids or []:
+            if x >= 0:
+                a = int(self.article_start[x])
+                out[a] = max(out.get(a, -1), int(x))
+        return out
 
     def step(self, ctx: list[np.ndarray], lane: str, i: int = 0, ctx_ids: list[int] | None = None) -> Step:
         """One step; ``ctx_ids`` (aligned with ``ctx``, -1 where a vector is not a bank chunk) name the

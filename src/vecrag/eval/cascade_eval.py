@@ -18,23 +18,30 @@ centroids of TRAIN-split chunks), as ``vecrag generate`` does for a prompt. The 
 used for the main rows: lanes built from vectors (``--lanes default``, ``kmeans:K``) are chosen from the
 mean of ALL the article's chunks, the target included, so the label leaks a little of the target into the
 query; a live prompt has no such label. ``lane_accuracy`` reports how often the prediction equals the article's label.
+
+``never_back`` (``vecrag eval cascade --never-back``): every row also drops the chunks of the continued article
+before the context, as the context itself is dropped: a continuation never goes back in its article. On wiki-full
+about half of the same-article misses rank such a chunk first (docs/results.md). The searches go ``BACK_DEPTH``
+results deeper to make room; where more than that many of them outrank the target, the row is a lower bound.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from vecrag.bank import Bank
-from vecrag.decode.cascade import fuse, lane_bonus, top_by
+from vecrag.decode.cascade import BACK_DEPTH, fuse, lane_bonus, top_by
 from vecrag.decode.predictors import HeuristicPredictor, Predictor
 from vecrag.eval.metrics import first_hit_rank, format_table, recall_table
 from vecrag.lanes import context_lane_classifier, lane_codes_of, predict_lanes
-from vecrag.sequences import Samples, gather_context
+from vecrag.sequences import Samples, before_target, gather_context
 
 HIT_KS = (1, 5, 10)
 HIT_RULES = "context ids excluded; a retrieved chunk with the target's text counts as a hit"
+NEVER_BACK_RULE = "; the article's chunks before the context excluded too (never going back)"
 
 
 def hit_table(ranks: np.ndarray, K: int | None = None) -> dict[str, Any]:
@@ -45,6 +52,15 @@ def hit_table(ranks: np.ndarray, K: int | None = None) -> dict[str, Any]:
     if K:
         out[f"R@{K}"] = t[f"R@{K}"]
     return out
+
+
+def hit_ranks(ids: np.ndarray, *, target: np.ndarray, ctx_ids: np.ndarray, text_group: np.ndarray,
+              start: np.ndarray | None = None) -> np.ndarray:
+    """The target's rank among ``ids`` under the hit rules; with ``start`` (the articles' first chunk ids), the
+    article's chunks before the target are dropped too (never going back)."""
+    if start is not None:
+        ids = np.where(before_target(ids, start, target), -1, ids)
+    return first_hit_rank(ids, target, ctx_ids=ctx_ids, text_group=text_group)
 
 
 def predict(pred: Predictor, ctx: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -60,9 +76,11 @@ def context_len(*preds: Predictor) -> int:
 def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, index: Any, *, K: int = 500,
                      k: int = 10, w_tower: float = 1.0, w_lvm: float = 1.0, lane_lambda: float = 0.05,
                      baselines: tuple[Predictor, ...] | None = None, batch: int = 64,
-                     w_lvm_grid: tuple[float, ...] = (), progress: bool = False) -> dict[str, Any]:
+                     w_lvm_grid: tuple[float, ...] = (), progress: bool = False,
+                     never_back: bool = False) -> dict[str, Any]:
     """Ranks for every stage; returns the report dict (rows of Hit@k / MRR@10 with CIs)."""
     L = context_len(lvm, tower)
+    extra = L + (BACK_DEPTH if never_back else 0)
     if baselines is None:
         baselines = (HeuristicPredictor("last", context_len=L), HeuristicPredictor("ewma", 0.5, context_len=L))
     tg = bank.text_group
@@ -87,15 +105,20 @@ def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predic
         ctx_ids = samples.context_ids(L, sl)
         tgt = samples.target[sl]
         ctx, mask = gather_context(bank.vectors, ctx_ids)
+        rank = partial(hit_ranks, target=tgt, ctx_ids=ctx_ids, text_group=tg,
+                       start=samples.start[sl] if never_back else None)
         for b, name in zip(baselines, names, strict=False):
-            _, ids = index.search(predict(b, ctx, mask), k + L)
-            ranks[name][sl] = first_hit_rank(ids, tgt, ctx_ids=ctx_ids, text_group=tg)
+            _, ids = index.search(predict(b, ctx, mask), k + extra)
+            ranks[name][sl] = rank(ids)
         v_hat = predict(lvm, ctx, mask)
-        _, ids = index.search(v_hat, k + L)
-        ranks["lvm-query"][sl] = first_hit_rank(ids, tgt, ctx_ids=ctx_ids, text_group=tg)
-        t_scores, ids = index.search(predict(tower, ctx, mask), K + L)
+        _, ids = index.search(v_hat, k + extra)
+        ranks["lvm-query"][sl] = rank(ids)
+        t_scores, ids = index.search(predict(tower, ctx, mask), K + extra)
         t_scores = np.asarray(t_scores, np.float32)
-        r = first_hit_rank(ids, tgt, ctx_ids=ctx_ids, text_group=tg)
+        if never_back:  # the re-rank pool: the first K + L results the rule keeps, as many as without it
+            keep = ~before_target(ids, samples.start[sl], tgt)
+            ids = np.where(keep & (np.cumsum(keep, axis=1) <= K + L), ids, -1)
+        r = rank(ids)
         ranks["tower"][sl] = r
         tower_rank_K[sl] = r
         cand = np.asarray(bank.vectors[np.maximum(ids, 0).reshape(-1)], np.float32).reshape(*ids.shape, -1)
@@ -114,8 +137,7 @@ def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predic
         variants.update({name: fuse(t_scores, lvm_s, ids, w_tower=w_tower, w_lvm=w) for name, w in grid.items()})
         for name, sc in variants.items():
             order = top_by(sc, ids.shape[1])
-            ranks[name][sl] = first_hit_rank(np.take_along_axis(ids, order, 1), tgt, ctx_ids=ctx_ids,
-                                             text_group=tg)
+            ranks[name][sl] = rank(np.take_along_axis(ids, order, 1))
         if bar is not None:
             bar.update(len(tgt))
     if bar is not None:
@@ -124,7 +146,8 @@ def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predic
     rows["tower"] = hit_table(tower_rank_K, K)
     return {"bank": str(bank.path), "split": samples.split, "n_queries": n, "context_len": L, "K": K, "k": k,
             "fusion": {"w_tower": w_tower, "w_lvm": w_lvm, "lane_lambda": lane_lambda},
-            "lvm": lvm.name, "retriever": tower.name, "hit_rules": HIT_RULES, "rows": rows,
+            "lvm": lvm.name, "retriever": tower.name, "never_back": never_back,
+            "hit_rules": HIT_RULES + (NEVER_BACK_RULE if never_back else ""), "rows": rows,
             "lanes": has_lanes, "lane_accuracy": lane_hits / lane_total if lane_total else None,
             "lane_classifier": classifier}
 

@@ -19,7 +19,7 @@ import torch
 from vecrag.bank import Bank
 from vecrag.errors import VecragError
 from vecrag.eval.metrics import DEFAULT_KS, recall_table
-from vecrag.sequences import Samples, gather_context
+from vecrag.sequences import Samples, before_target, gather_context
 
 log = logging.getLogger(__name__)
 BANK_INFO = "bank.json"  # RUN/bank.json: path, n, dim and encoder of the training bank
@@ -153,7 +153,7 @@ def where_misses(index: Any, queries: np.ndarray, samples: Samples, L: int, bank
         kept = kept_results(ids, samples.context_ids(L, sl))
         valid = kept & (np.cumsum(kept, axis=1) <= k)  # the first k kept results
         hit[sl] = first_hit_rank(np.where(valid, ids, -1), samples.target[sl], text_group=bank.text_group) >= 0
-        kept &= ~((ids >= samples.start[sl][:, None]) & (ids < samples.target[sl][:, None]))  # never go back
+        kept &= ~before_target(ids, samples.start[sl], samples.target[sl])  # never go back
         kept &= np.cumsum(kept, axis=1) <= k
         fwd[sl] = first_hit_rank(np.where(kept, ids, -1), samples.target[sl], text_group=bank.text_group) >= 0
         same = (bank.article_start[np.where(valid, ids, 0)] == samples.start[sl][:, None]) & valid

@@ -25,7 +25,7 @@ import torch
 
 from vecrag.errors import VecragError
 from vecrag.runtime import to_device
-from vecrag.sequences import Samples
+from vecrag.sequences import Samples, before_target
 from vecrag.train.curriculum import FilterConfig, MiningStats, Phase, select_negatives
 from vecrag.train.losses import NegativeMasker
 
@@ -144,7 +144,7 @@ class MiningCore:
         back = None
         if self.filters.keep_back:  # chunks of the target's article before the context (ids are in article order)
             start = to_device(self.samples.start[idx], dev)
-            back = take((cand >= start[:, None]) & (cand < pos_ids[:, None]) & ~masked)
+            back = take(before_target(cand, start, pos_ids) & ~masked)
         neg, st = select_negatives(take(cand), take(cand_q), take(cand_pos), pos_q, take(masked), phase,
                                    self.filters, back)
         return MineResult(idx, neg, st, version)
