@@ -75,3 +75,13 @@ def steps_without_gpu_sync(trainer, warmup: int = 2, steps: int = 6) -> None:
             trainer._train_epoch()
         finally:
             torch.cuda.set_sync_debug_mode(0)
+
+
+def make_back_bank(path: Path) -> Bank:
+    """Two articles of 4 chunks; article 0 = c0..c3 with c1 = 0.8 c0 + 0.6 c2, the rest orthogonal: a query c1
+    (context [c1], target c2) ranks c0, an article chunk before the context, above the target (never going back)."""
+    e = np.eye(8, dtype=np.float32)
+    vecs = np.stack([e[0], 0.8 * e[0] + 0.6 * e[1], e[1], e[2], e[3], e[4], e[5], e[6]])
+    return write_bank(path, vecs, article_ids=np.repeat([0, 1], 4), positions=np.tile(np.arange(4), 2),
+                      texts=[f"t{i}" for i in range(8)], titles={0: "A", 1: "B"}, encoder=EncoderInfo("x", 8),
+                      dtype="float32")

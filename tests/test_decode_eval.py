@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import make_synthetic_bank
+from tests.conftest import make_back_bank, make_synthetic_bank
 from vecrag.bank import Bank, EncoderInfo, write_bank
 from vecrag.cli import main
 from vecrag.decode.cascade import CascadeConfig
@@ -156,11 +156,7 @@ def test_cascade_never_back_drops_the_articles_earlier_chunks(tmp_path: Path) ->
 
     from vecrag.sequences import Samples, before_target
 
-    e = np.eye(8, dtype=np.float32)
-    vecs = np.stack([e[0], 0.8 * e[0] + 0.6 * e[1], e[1], e[2], e[3], e[4], e[5], e[6]])
-    bank = write_bank(tmp_path / "b", vecs, article_ids=np.repeat([0, 1], 4), positions=np.tile(np.arange(4), 2),
-                      texts=[f"t{i}" for i in range(8)], titles={0: "A", 1: "B"}, encoder=EncoderInfo("x", 8),
-                      dtype="float32")
+    bank = make_back_bank(tmp_path / "b")
     samples = Samples(np.array([2]), np.array([0]), "test")
     last = HeuristicPredictor("last", context_len=1)
     index = ExactTorchIndex(bank.vectors)
@@ -173,3 +169,18 @@ def test_cascade_never_back_drops_the_articles_earlier_chunks(tmp_path: Path) ->
     want = [[True, True, False, False, False, False]]
     assert before_target(ids, np.array([0]), np.array([2])).tolist() == want
     assert before_target(torch.from_numpy(ids), torch.tensor([0]), torch.tensor([2])).tolist() == want
+
+
+def test_decode_eval_never_back_changes_the_shortlist(tmp_path: Path) -> None:
+    """The bank of the cascade test above: the target c2 enters the k=1 shortlist only never going back."""
+    from vecrag.sequences import Samples
+
+    bank = make_back_bank(tmp_path / "b")
+    samples = Samples(np.array([2]), np.array([0]), "test")
+    last = HeuristicPredictor("last", context_len=1)
+    cfg = CascadeConfig(K=8, k=1, timeout_ms=None)
+    policies = load_profiles().policy_set("neutral")
+    for never_back, want in ((False, 0), (True, 2)):
+        arrays, _ = collect(bank, samples, last, last, ExactTorchIndex(bank.vectors), policies, cfg,
+                            never_back=never_back)
+        assert arrays["neighbour"].tolist() == [want] and arrays["in_shortlist"].tolist() == [want == 2]

@@ -111,18 +111,15 @@ def test_configured_missing_inverter_is_a_clear_error() -> None:
 def test_generate_never_back_skips_the_articles_earlier_chunks(tmp_path, never_back) -> None:
     """Article 0 = c0..c3; prompt [c1]. The query c1 ranks c0 (0.8) above c2 (0.6): the default shortlist (context
     dropped) starts with c0, behind the prompt in its article; never_back drops it and offers c2."""
-    from vecrag.bank import EncoderInfo, write_bank
+    from tests.conftest import make_back_bank
     from vecrag.decode.cascade import CascadeConfig
     from vecrag.decode.generate import Decoder
     from vecrag.decode.predictors import HeuristicPredictor
     from vecrag.decode.profiles import load_profiles
     from vecrag.index import ExactTorchIndex
 
-    e = np.eye(8, dtype=np.float32)
-    vecs = np.stack([e[0], 0.8 * e[0] + 0.6 * e[1], e[1], e[2], e[3], e[4], e[5], e[6]])
-    bank = write_bank(tmp_path / "b", vecs, article_ids=np.repeat([0, 1], 4), positions=np.tile(np.arange(4), 2),
-                      texts=[f"t{i}" for i in range(8)], titles={0: "A", 1: "B"}, encoder=EncoderInfo("x", 8),
-                      dtype="float32")
+    bank = make_back_bank(tmp_path / "b")
+    vecs = bank.vectors_f32(np.arange(8))
     last = HeuristicPredictor("last", context_len=1)
     dec = Decoder(bank.vectors, bank.texts, None, ExactTorchIndex(bank.vectors), last, last,
                   load_profiles().policy_set("neutral"), CascadeConfig(K=8, k=2, timeout_ms=None),

@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-context-ids", action="store_true",
                    help="leave the context's own chunks in the shortlist (default: removed, the section 5 hit "
                         "rule; kept, only the near-duplicate rule stops snapping back onto them)")
+    p.add_argument("--never-back", action="store_true",
+                   help="also remove the article's chunks before the context (`vecrag generate --never-back`)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
 
 
@@ -46,17 +48,18 @@ def run(args: argparse.Namespace) -> int:
     index = common.open_search(bank, args)
     cfg = common.cascade_config(args, policies.default.K)
     arrays, fallbacks = collect(bank, samples, lvm, tower, index, policies, cfg,
-                                exclude_context=not args.keep_context_ids,
+                                exclude_context=not args.keep_context_ids, never_back=args.never_back,
                                 progress=not args.quiet and sys.stderr.isatty())
     meta = {"bank": str(bank.path), "split": args.split, "profile": args.profile, "lvm": lvm.name,
             "retriever": tower.name, "K": cfg.K, "k": cfg.k,
             "fusion": {"w_tower": cfg.w_tower, "w_lvm": cfg.w_lvm, "lane_lambda": cfg.lane_lambda},
             "lane_policies": {ln: p.as_dict() for ln, p in sorted(policies.by_lane.items())},
             "context_ids": "kept in the shortlist" if args.keep_context_ids else "removed from the shortlist",
+            "never_back": args.never_back,
             "hit_rules": "SNAP precision and oracle: the true next id or a chunk with its text"}
     rep = decode_report(arrays, fallbacks, policy=policies.default, meta=meta)
     d = common.out_dir(args, bank)
-    stem = f"{args.split}-{args.profile}"
+    stem = f"{args.split}-{args.profile}" + ("-never-back" if args.never_back else "")
     atomic_write_json(d / f"decode_eval-{stem}.json", rep)
     atomic_write_text(d / f"decode_sweep-{stem}.txt", sweep_table(rep["sweep"]))
     if rep["sweep"]:

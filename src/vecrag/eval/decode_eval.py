@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 
 from vecrag.bank import Bank
-from vecrag.decode.cascade import Cascade, CascadeConfig
+from vecrag.decode.cascade import BACK_DEPTH, Cascade, CascadeConfig
 from vecrag.decode.policy import KINDS, NOVEL, SNAP, Policy, alpha, decide_batch
 from vecrag.decode.predictors import Predictor
 from vecrag.decode.profiles import PolicySet
 from vecrag.eval.cascade_eval import context_len, predict
 from vecrag.eval.metrics import kept_results
 from vecrag.lanes import context_lane_classifier, lane_codes_of, predict_lanes
-from vecrag.sequences import Samples, gather_context
+from vecrag.sequences import Samples, before_target, gather_context
 
 SWEEP_SNAP = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))          # 0.80 .. 0.99
 # wiki-full and wiki-300 both peaked at the old lower edge (0.70), so the grid reaches down to 0.0 (with
@@ -40,9 +40,13 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def drop_context(ids: np.ndarray, vecs: np.ndarray, ctx_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Remove the context's own ids from a ranked shortlist and keep the first ``k`` of the rest (-1 padded)."""
+def drop_context(ids: np.ndarray, vecs: np.ndarray, ctx_ids: np.ndarray | None, k: int,
+                 drop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Remove the context's own ids (and where ``drop`` [n, K] is True) from a ranked shortlist and keep the first
+    ``k`` of the rest (-1 padded)."""
     keep = kept_results(ids, ctx_ids)
+    if drop is not None:
+        keep &= ~drop
     order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
     out_ids = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(ids, order, 1), -1)
     out_vecs = np.take_along_axis(vecs, order[:, :, None], 1)
@@ -51,12 +55,13 @@ def drop_context(ids: np.ndarray, vecs: np.ndarray, ctx_ids: np.ndarray, k: int)
 
 def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, index: Any, policies: PolicySet,
             cfg: CascadeConfig, *, exclude_context: bool = True, batch: int = 64,
-            progress: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+            progress: bool = False, never_back: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Per-sample arrays of the teacher-forced decisions, and the retrieval fallback counts.
 
     ``exclude_context`` (default, the section 5 hit rule): the context's own chunk ids are removed from the
     shortlist before deciding (they are never the next chunk); otherwise they stay and only the
-    near-duplicate rule (c > near_dup) keeps the decoder from snapping back onto them.
+    near-duplicate rule (c > near_dup) keeps the decoder from snapping back onto them. ``never_back``: the
+    article's chunks before the context are removed too (``vecrag generate --never-back``).
     """
     L = context_len(lvm, tower)
     codes, _ = lane_codes_of(bank.lanes)
@@ -86,11 +91,13 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
         lane = np.asarray(bank.lanes[np.maximum(ctx_ids[:, -1], 0)], dtype=object)
         # the lane bonus uses the lane predicted from the context alone (the article's label leaks the target,
         # see eval/cascade_eval.py); tables are grouped, and lane policies chosen, by the article's label
-        res = cas.run(q, v_hat, predict_lanes(ctx, mask, centroids), k=cfg.k + (L if exclude_context else 0))
+        extra = (L if exclude_context else 0) + (BACK_DEPTH if never_back else 0)
+        res = cas.run(q, v_hat, predict_lanes(ctx, mask, centroids), k=cfg.k + extra)
         failed = np.array([bool(r) for r in res.reasons])
         ids, cvecs = res.ids, res.vectors
-        if exclude_context:
-            ids, cvecs = drop_context(ids, cvecs, ctx_ids, cfg.k)
+        if extra:
+            behind = before_target(ids, samples.start[sl], tgt) if never_back else None
+            ids, cvecs = drop_context(ids, cvecs, ctx_ids if exclude_context else None, cfg.k, behind)
         ids = np.where(failed[:, None], -1, ids)
         tvec = bank.vectors_f32(tgt)
         kind = np.full(m, NOVEL, dtype=object)
@@ -197,7 +204,8 @@ def decode_report(a: dict[str, np.ndarray], fallbacks: dict[str, int], *, policy
 def format_decode(rep: dict[str, Any]) -> str:
     o = rep["overall"]
     lines = [f"decode eval: {rep['bank']} split={rep['split']} profile={rep['profile']} samples={rep['n_samples']} "
-             f"lvm={rep['lvm']} retriever={rep['retriever']} K={rep['K']} k={rep['k']}",
+             f"lvm={rep['lvm']} retriever={rep['retriever']} K={rep['K']} k={rep['k']}"
+             + (" never-back" if rep.get("never_back") else ""),
              f"fallbacks {rep['fallbacks']}",
              f"oracle-snap: target in shortlist {100 * rep['oracle_snap']['rate']:.2f}% -> mean cos "
              f"{rep['oracle_snap']['cos_emitted'] or float('nan'):.4f}"]
