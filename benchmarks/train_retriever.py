@@ -131,6 +131,10 @@ def main() -> int:
     p.add_argument("--queue", type=int, default=None,
                    help="memory-bank queue size (default: the preset's, 256; retriever-gpu uses 4096)")
     p.add_argument("--backend", default="faiss", choices=["faiss", "torch"])
+    p.add_argument("--index", default=None, choices=["ivf", "hnsw"],
+                   help="build this FAISS index for each bank first; --backend faiss then mines through it "
+                        "(approximate search: the async miner's cost on a CPU shared with the trainer)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (default: vecrag's choice)")
     p.add_argument("--timeout", type=float, default=0.05, help="async wait before falling back (s)")
     p.add_argument("--workdir", default=None, help="where to write the random banks (default: a temp dir)")
     p.add_argument("--profile-out", default=None, metavar="DIR",
@@ -146,6 +150,12 @@ def main() -> int:
         t = time.perf_counter()
         bank = random_bank(work / f"bank-{n}", n, args.dim)
         print(f"bank {n} x {args.dim} written in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        if args.index:
+            from vecrag.index import build_index
+
+            t = time.perf_counter()
+            idx = build_index(bank, args.index, nprobe=args.nprobe, device="cpu", progress=False)
+            print(f"index {idx.describe()} built in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         for mode in args.modes.split(","):
             r = measure(bank, work / f"run-{n}-{mode}-{time.time_ns()}", mode, args)
             rows.append((n, mode, r))
@@ -153,7 +163,7 @@ def main() -> int:
     base = {n: r["samples_per_s"] for n, m, r in rows if m == "none"}
     print(f"\nretriever training throughput: device {args.device}, threads {threads}, batch {args.batch} x accum "
           f"{args.accum}, context {args.context}, GRU hidden {args.hidden}, dim {args.dim}, k {args.k}, "
-          f"{args.neg} negatives, mining backend {args.backend}")
+          f"{args.neg} negatives, mining backend {args.backend}" + (f" ({args.index} index)" if args.index else ""))
     print(f"{'bank':>9} {'mining':>10} {'samples/s':>10} {'vs none':>8} {'async hits':>10} {'fallbacks':>9} "
           f"{'rss MB':>8} {'GPU MB':>8} {'miner ms':>8}")
     for n, mode, r in rows:
