@@ -246,6 +246,21 @@ def test_next_never_snaps_back_onto_its_own_context(vec_app):
     assert out["details"]["c_max"] < 0.999 and out["details"]["skipped_ids"] == []  # x itself never competes
 
 
+def test_next_never_back_skips_the_context_articles_earlier_chunks(vec_app):
+    """never_back: no candidate is a chunk of the context's article at or before its furthest context chunk."""
+    bank, c = vec_app
+    art = bank.article_of
+    first = int(np.flatnonzero(art == art[14])[0])
+    ctx = [first + 2, first + 3]
+    for nb in (False, True):
+        out = c.post("/next", json={"context_ids": ctx, "k": 20, "never_back": nb}).json()
+        ids = [h["id"] for h in out["candidates"]]
+        back = [i for i in ids if art[i] == art[ctx[0]] and i <= ctx[-1]]
+        assert len(ids) == 20 and out["details"]["never_back"] is nb
+        assert back == ([] if nb else [first + 1, first])  # without it the article's first chunks come back
+        assert all(i not in ctx for i in ids)
+
+
 @pytest.mark.parametrize("body, msg", [
     ({"context_ids": [-1]}, "greater than or equal"),
     ({"context_ids": [10**9]}, "bank size"),

@@ -58,19 +58,21 @@ class Decoding:
                 raise HTTPException(422, str(e).replace("\n  fix: ", "; ")) from None
 
     # ---- compute thread ---------------------------------------------------------------------------------
-    def _decoder(self, profile: str) -> Any:
+    def _decoder(self, profile: str, never_back: bool = False) -> Any:
         from vecrag.decode.cascade import CascadeConfig
         from vecrag.decode.generate import Decoder
 
-        if profile not in self._decoders:
+        key = profile + ("+never_back" if never_back else "")
+        if key not in self._decoders:
             policies = self.profiles.policy_set(profile, self.bank_lanes)
             cfg = CascadeConfig(K=policies.default.K, k=min(10, policies.default.K), timeout_ms=self.timeout_ms)
             bank = self.state.bank
             # as `vecrag generate` and `eval decode`: the context's own chunks are never snapped back to
-            self._decoders[profile] = Decoder(bank.vectors, bank.texts, bank.lanes, self.state.index, self.lvm,
-                                              self.tower, policies, cfg, exclude_context=True,
-                                              lane_classifier=self.lane_classifier)
-        return self._decoders[profile]
+            self._decoders[key] = Decoder(bank.vectors, bank.texts, bank.lanes, self.state.index, self.lvm,
+                                          self.tower, policies, cfg, exclude_context=True,
+                                          lane_classifier=self.lane_classifier, never_back=never_back,
+                                          article_start=bank.article_start if never_back else None)
+        return self._decoders[key]
 
     def _hit(self, i: int, score: float) -> dict[str, Any]:
         return self.state.hits(np.array([[score]], np.float32), np.array([[i]], np.int64))[0][0]
@@ -79,7 +81,7 @@ class Decoding:
         from vecrag.decode.generate import window
         from vecrag.decode.policy import decide, novel
 
-        dec = self._decoder(req.profile or self.default_profile)
+        dec = self._decoder(req.profile or self.default_profile, req.never_back)
         bank = self.state.bank
         if req.context_ids is not None:
             ctx = list(bank.vectors_f32(np.asarray(req.context_ids, np.int64)))
@@ -106,12 +108,13 @@ class Decoding:
                 "fallback": d.fallback or None,
                 "details": {"alpha": _num(d.alpha), "c_max": _num(d.c_max), "skipped_ids": list(d.skipped_ids),
                             "profile": req.profile or self.default_profile, "policy": policy.as_dict(),
+                            "never_back": req.never_back,
                             "lvm": self.lvm.name, "retriever": self.tower.name, "timings_ms": res.timings_ms}}
 
     def generate(self, req: Any) -> dict[str, Any]:
         from vecrag.decode.common import split_prompt
 
-        dec = self._decoder(req.profile or self.default_profile)
+        dec = self._decoder(req.profile or self.default_profile, req.never_back)
         chunks, how = split_prompt(self.state.bank, req.prompt)
         prompt = list(self.state.encode(chunks))
         dec.recent = []
@@ -125,7 +128,7 @@ class Decoding:
         return {"prompt": req.prompt, "steps": steps,
                 "details": {"prompt_chunks": len(chunks), "chunking": how,
                             "profile": req.profile or self.default_profile, "lvm": self.lvm.name,
-                            "retriever": self.tower.name}}
+                            "retriever": self.tower.name, "never_back": req.never_back}}
 
     def close(self) -> None:
         for d in self._decoders.values():

@@ -64,6 +64,7 @@ class NextRequest(Strict):
     k: Annotated[int, Field(ge=1, le=MAX_K)] = 5
     profile: Name | None = None
     lane: Name | None = None
+    never_back: bool = False  # drop a context article's chunks up to the furthest one in the context
 
     @model_validator(mode="after")
     def _one_input(self) -> NextRequest:
@@ -89,6 +90,7 @@ class GenerateRequest(Strict):
     k: Annotated[int, Field(ge=1, le=MAX_K)] = 5
     profile: Name | None = None
     lane: Name | None = None
+    never_back: bool = False  # never return to a visited article's earlier chunks (`vecrag generate --never-back`)
 
 
 class GenerateResponse(BaseModel):
