@@ -148,8 +148,8 @@ class Decoder:
             drop = np.isin(res.ids, np.asarray(excluded, np.int64))
             if reach:
                 starts = self.article_start[np.maximum(res.ids, 0)]
-                furthest = np.vectorize(lambda a: reach.get(int(a), -1), otypes=[np.int64])(starts)
-                drop |= res.ids <= furthest
+                for a, furthest in reach.items():  # the few articles the context visited
+                    drop |= (starts == a) & (res.ids <= furthest)
             drop |= np.cumsum(~drop & (res.ids >= 0), axis=1) > k  # keep the first k survivors
             res.ids[drop] = -1
             res.vectors[drop] = 0.0

@@ -35,9 +35,9 @@ import numpy as np
 from vecrag.bank import Bank
 from vecrag.decode.cascade import BACK_DEPTH, fuse, lane_bonus, top_by
 from vecrag.decode.predictors import HeuristicPredictor, Predictor
-from vecrag.eval.metrics import first_hit_rank, format_table, recall_table
+from vecrag.eval.metrics import first_hit_rank, format_table, kept_results, recall_table
 from vecrag.lanes import context_lane_classifier, lane_codes_of, predict_lanes
-from vecrag.sequences import Samples, before_target, gather_context
+from vecrag.sequences import Samples, gather_context
 
 HIT_KS = (1, 5, 10)
 HIT_RULES = "context ids excluded; a retrieved chunk with the target's text counts as a hit"
@@ -52,15 +52,6 @@ def hit_table(ranks: np.ndarray, K: int | None = None) -> dict[str, Any]:
     if K:
         out[f"R@{K}"] = t[f"R@{K}"]
     return out
-
-
-def hit_ranks(ids: np.ndarray, *, target: np.ndarray, ctx_ids: np.ndarray, text_group: np.ndarray,
-              start: np.ndarray | None = None) -> np.ndarray:
-    """The target's rank among ``ids`` under the hit rules; with ``start`` (the articles' first chunk ids), the
-    article's chunks before the target are dropped too (never going back)."""
-    if start is not None:
-        ids = np.where(before_target(ids, start, target), -1, ids)
-    return first_hit_rank(ids, target, ctx_ids=ctx_ids, text_group=text_group)
 
 
 def predict(pred: Predictor, ctx: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -105,8 +96,8 @@ def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predic
         ctx_ids = samples.context_ids(L, sl)
         tgt = samples.target[sl]
         ctx, mask = gather_context(bank.vectors, ctx_ids)
-        rank = partial(hit_ranks, target=tgt, ctx_ids=ctx_ids, text_group=tg,
-                       start=samples.start[sl] if never_back else None)
+        start = samples.start[sl] if never_back else None
+        rank = partial(first_hit_rank, target=tgt, ctx_ids=ctx_ids, text_group=tg, start=start)
         for b, name in zip(baselines, names, strict=False):
             _, ids = index.search(predict(b, ctx, mask), k + extra)
             ranks[name][sl] = rank(ids)
@@ -116,7 +107,7 @@ def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predic
         t_scores, ids = index.search(predict(tower, ctx, mask), K + extra)
         t_scores = np.asarray(t_scores, np.float32)
         if never_back:  # the re-rank pool: the first K + L results the rule keeps, as many as without it
-            keep = ~before_target(ids, samples.start[sl], tgt)
+            keep = kept_results(ids, start=start, target=tgt)
             ids = np.where(keep & (np.cumsum(keep, axis=1) <= K + L), ids, -1)
         r = rank(ids)
         ranks["tower"][sl] = r

@@ -28,7 +28,7 @@ from vecrag.decode.profiles import PolicySet
 from vecrag.eval.cascade_eval import context_len, predict
 from vecrag.eval.metrics import kept_results
 from vecrag.lanes import context_lane_classifier, lane_codes_of, predict_lanes
-from vecrag.sequences import Samples, before_target, gather_context
+from vecrag.sequences import Samples, gather_context
 
 SWEEP_SNAP = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))          # 0.80 .. 0.99
 # wiki-full and wiki-300 both peaked at the old lower edge (0.70), so the grid reaches down to 0.0 (with
@@ -40,13 +40,11 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def drop_context(ids: np.ndarray, vecs: np.ndarray, ctx_ids: np.ndarray | None, k: int,
-                 drop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Remove the context's own ids (and where ``drop`` [n, K] is True) from a ranked shortlist and keep the first
-    ``k`` of the rest (-1 padded)."""
-    keep = kept_results(ids, ctx_ids)
-    if drop is not None:
-        keep &= ~drop
+def drop_context(ids: np.ndarray, vecs: np.ndarray, ctx_ids: np.ndarray | None, k: int, *,
+                 start: np.ndarray | None = None, target: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Remove the context's own ids (with ``start``/``target``: also the article's chunks before the target) from a
+    ranked shortlist and keep the first ``k`` of the rest (-1 padded)."""
+    keep = kept_results(ids, ctx_ids, start=start, target=target)
     order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
     out_ids = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(ids, order, 1), -1)
     out_vecs = np.take_along_axis(vecs, order[:, :, None], 1)
@@ -96,8 +94,8 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
         failed = np.array([bool(r) for r in res.reasons])
         ids, cvecs = res.ids, res.vectors
         if extra:
-            behind = before_target(ids, samples.start[sl], tgt) if never_back else None
-            ids, cvecs = drop_context(ids, cvecs, ctx_ids if exclude_context else None, cfg.k, behind)
+            ids, cvecs = drop_context(ids, cvecs, ctx_ids if exclude_context else None, cfg.k,
+                                      start=samples.start[sl] if never_back else None, target=tgt)
         ids = np.where(failed[:, None], -1, ids)
         tvec = bank.vectors_f32(tgt)
         kind = np.full(m, NOVEL, dtype=object)

@@ -4,6 +4,8 @@ Hit rules, applied identically to every method:
 - the context's own chunk ids are removed from the results before ranking (``exclude_context``);
 - a retrieved chunk whose text is byte-identical to the target's text counts as a hit (``text_hits``),
   because boilerplate chunks repeat across articles.
+Optional, reported as a variant where used: "never going back" (``start``: each sample's article start) also
+removes the article's chunks before the target (``vecrag eval cascade --never-back``).
 
 ``first_hit_rank`` returns the 0-based rank of the first hit among the kept results, or -1.
 """
@@ -15,20 +17,23 @@ from typing import Any
 
 import numpy as np
 
+from vecrag.sequences import before_target
+
 DEFAULT_KS = (1, 5, 10, 50, 100, 500, 1000)
 
 
 def first_hit_rank(ids: np.ndarray, target: np.ndarray, *, ctx_ids: np.ndarray | None = None,
-                   text_group: np.ndarray | None = None) -> np.ndarray:
+                   text_group: np.ndarray | None = None, start: np.ndarray | None = None) -> np.ndarray:
     """0-based rank of the target among ``ids`` [n, K] (after dropping context ids), -1 if absent.
 
     ``ids`` may hold -1 for empty slots (FAISS pads with -1). ``ctx_ids`` [n, L] (-1 padded) are removed
     from the ranking when given. With ``text_group`` (group id per bank chunk), any chunk in the target's
-    text group is a hit.
+    text group is a hit. With ``start`` [n] (the first chunk id of each sample's article), the article's chunks
+    before the target are removed too (never going back).
     """
     ids = np.asarray(ids, dtype=np.int64)
     n, k = ids.shape
-    valid = kept_results(ids, ctx_ids)
+    valid = kept_results(ids, ctx_ids, start=start, target=target)
     if text_group is not None:
         hit = text_group[np.where(valid, ids, 0)] == text_group[target][:, None]
     else:
@@ -42,10 +47,13 @@ def first_hit_rank(ids: np.ndarray, target: np.ndarray, *, ctx_ids: np.ndarray |
     return out
 
 
-def kept_results(ids: np.ndarray, ctx_ids: np.ndarray | None = None) -> np.ndarray:
+def kept_results(ids: np.ndarray, ctx_ids: np.ndarray | None = None, *, start: np.ndarray | None = None,
+                 target: np.ndarray | None = None) -> np.ndarray:
     """[n, K] True for the results the hit rules keep: not -1 padding and not one of the sample's ``ctx_ids``
-    [n, L] (-1 padded)."""
+    [n, L] (-1 padded); with ``start`` and ``target`` [n], not a chunk of the target's article before it."""
     valid = ids >= 0
+    if start is not None:
+        valid &= ~before_target(ids, start, target)
     if ctx_ids is not None and ctx_ids.size:
         valid &= ~((ids[:, :, None] == ctx_ids[:, None, :]) & (ctx_ids[:, None, :] >= 0)).any(axis=2)
     return valid

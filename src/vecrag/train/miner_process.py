@@ -213,8 +213,7 @@ def spec_for(task) -> CoreSpec:
     c = task.cfg
     return CoreSpec(bank=str(task.bank.path), min_context=c.min_context, context=task.L, window=c.loss.window,
                     dup_eps=c.loss.dup_eps, rel=c.mining.rel, dup=c.mining.dup, keep_back=c.mining.keep_back,
-                    k=c.mining.k,
-                    backend=c.mining.backend, device=str(task.device), dim=task.bank.dim,
+                    k=c.mining.k, backend=c.mining.backend, device=str(task.device), dim=task.bank.dim,
                     tower=dataclasses.asdict(c.model),
                     # on a GPU the child's CPU work is light: 2 threads leave the cores to the trainer (1, 4 and
                     # 16 measured the same on the H200 within noise); on the CPU it searches: the trainer's count
