@@ -82,6 +82,8 @@ def main() -> int:
     p.add_argument("--neg", type=int, default=8)
     p.add_argument("--repeats", type=int, default=1, help="interleaved rounds of all modes; the table shows medians")
     p.add_argument("--workdir", default=None)
+    p.add_argument("--tower", default="gru", choices=["gru", "transformer"],
+                   help="query tower: gru (hidden 256) or transformer (retriever-gpu's: 2 layers, 4 heads, hidden 512)")
     p.add_argument("--miner-threads", type=int, default=0,
                    help="torch threads of the async-proc miner's child (0: its default, 2 on a GPU)")
     args = p.parse_args()
@@ -93,7 +95,8 @@ def main() -> int:
         spec_for = miner_process.spec_for
         miner_process.spec_for = lambda task: dataclasses.replace(spec_for(task), threads=args.miner_threads)
     # the fields train_retriever.measure reads
-    args.accum, args.context, args.hidden, args.k, args.backend = 1, 10, 256, 64, "torch"
+    args.accum, args.context, args.k, args.backend = 1, 10, 64, "torch"
+    args.hidden = 512 if args.tower == "transformer" else 256
     args.timeout, args.log_every, args.profile_out = 0.05, 20 if args.steps >= 200 else 5, None
     from vecrag.runtime import set_threads
 
@@ -128,8 +131,8 @@ def main() -> int:
     med = {m: float(np.median([r["samples_per_s"] for r in rs])) for m, rs in runs.items()}
     base = med.get("none", float("nan"))
     print(f"\nnegatives cost: device {args.device}, threads {threads}, bank {bank.n}, batch {args.batch}, "
-          f"{args.neg} negatives, GRU hidden 256, context 10, {args.steps} steps, median of {args.repeats} "
-          "interleaved rounds (range: min-max)")
+          f"{args.neg} negatives, {args.tower} hidden {args.hidden}, context 10, {args.steps} steps, "
+          f"median of {args.repeats} interleaved rounds (range: min-max)")
     print(f"{'mode':>12} {'samples/s':>10} {'range':>13} {'vs none':>8} {'hits':>6} {'fallbacks':>9} {'miner ms':>8} "
           f"{'wait ms':>7} {'load jobs/s':>11}")
     for mode, rs in runs.items():

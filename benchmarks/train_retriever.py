@@ -48,6 +48,11 @@ def random_bank(path: Path, n: int, dim: int, per_article: int = 20, seed: int =
                       encoder=EncoderInfo("random", dim), dtype="float16")
 
 
+# the query tower: retriever-default's GRU, or retriever-gpu's 2-layer causal transformer (4 heads)
+TOWERS = {"gru": ["model.kind=gru", "model.layers=1"],
+          "transformer": ["model.kind=transformer", "model.layers=2", "model.heads=4"]}
+
+
 def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     from vecrag.config import load_config
     from vecrag.fsutil import read_jsonl
@@ -64,7 +69,8 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
             f"mining.schedule=0:{args.neg}@-1.0-1.0", f"mining.k={args.k}",
             f"mining.backend={args.backend}", "mining.fallback=inbatch", "mining.ttl=1000",
             f"mining.timeout={args.timeout}", "mining.refresh_every=10", "mining.lookahead=8",
-            f"model.hidden={args.hidden}", "val_backend=torch"] + ([f"mining.per_job={per_job}"] if per_job else []) \
+            f"model.hidden={args.hidden}", "val_backend=torch", *TOWERS[getattr(args, "tower", "gru")]] \
+        + ([f"mining.per_job={per_job}"] if per_job else []) \
         + ([f"loss.queue={args.queue}"] if getattr(args, "queue", None) is not None else [])
     cfg = load_config(RetrieverConfig, "retriever-default", over)
     resolve_config(cfg, bank)
@@ -124,6 +130,8 @@ def main() -> int:
     p.add_argument("--accum", type=int, default=1)
     p.add_argument("--context", type=int, default=10)
     p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--tower", default="gru", choices=sorted(TOWERS),
+                   help="query tower: gru (retriever-default's) or transformer (retriever-gpu's: 2 layers, 4 heads)")
     p.add_argument("--steps", type=int, default=30, help="optimizer steps per cell")
     p.add_argument("--log-every", type=int, default=5)
     p.add_argument("--k", type=int, default=64)
@@ -162,7 +170,7 @@ def main() -> int:
             print(f"  {n:>9} {mode:>6}: {r['samples_per_s']:.0f} samples/s", file=sys.stderr)
     base = {n: r["samples_per_s"] for n, m, r in rows if m == "none"}
     print(f"\nretriever training throughput: device {args.device}, threads {threads}, batch {args.batch} x accum "
-          f"{args.accum}, context {args.context}, GRU hidden {args.hidden}, dim {args.dim}, k {args.k}, "
+          f"{args.accum}, context {args.context}, {args.tower} hidden {args.hidden}, dim {args.dim}, k {args.k}, "
           f"{args.neg} negatives, mining backend {args.backend}" + (f" ({args.index} index)" if args.index else ""))
     print(f"{'bank':>9} {'mining':>10} {'samples/s':>10} {'vs none':>8} {'async hits':>10} {'fallbacks':>9} "
           f"{'rss MB':>8} {'GPU MB':>8} {'miner ms':>8}")
