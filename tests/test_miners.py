@@ -248,16 +248,24 @@ def test_process_worker_mines_what_the_thread_core_mines(bank, kind):
     core = task._core()
     idx = np.arange(0, 200, 3)
     phase = Phase(0, 0, 4, 0.0, 0.99)
-    want = core.mine(task.model.query, idx, phase, 5)
     proc = ProcessCore(spec_for(task), stall=60)
     try:
-        got = proc.mine(task.model.query, idx, phase, 5)
+        for version in (5, 6):  # new weights (a new version) reach the child through the shared buffer
+            if version == 6:
+                with torch.no_grad():
+                    for p in task.model.query.parameters():
+                        p.add_(0.5 * torch.randn_like(p))
+            want = core.mine(task.model.query, idx, phase, version)
+            got = proc.mine(task.model.query, idx, phase, version)
+            assert got.version == version and set(got.negatives) == set(want.negatives)
+            for s in idx:
+                np.testing.assert_array_equal(got.negatives[int(s)], want.negatives[int(s)])
+            assert got.stats.neg_n == want.stats.neg_n > 0
+            if version == 5:
+                first = got.neg.copy()
     finally:
         proc.close()
-    assert got.version == 5 and set(got.negatives) == set(want.negatives)
-    for s in idx:
-        np.testing.assert_array_equal(got.negatives[int(s)], want.negatives[int(s)])
-    assert got.stats.neg_n == want.stats.neg_n > 0
+    assert not np.array_equal(first, got.neg)  # the perturbed weights mined other negatives
     assert not proc.proc.is_alive()
 
 
@@ -439,16 +447,18 @@ def test_async_miner_that_cannot_open_its_index_falls_back_without_waiting(caplo
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
-def test_refresh_on_the_miners_gpu_hands_over_a_device_clone():
-    """The trainer's weights reach a miner tower on the same GPU as a device clone plus an event (no host copy,
-    which made the trainer wait for its queued kernels); the miner's own stream loads them exactly."""
+@pytest.mark.parametrize("where", ["cuda", "cpu"])  # cpu: a process worker's tower copy (only weights travel)
+def test_refresh_on_the_miners_gpu_hands_over_a_device_clone(where):
+    """The trainer's weights reach the miner's tower as a device clone plus an event (no host copy on the
+    trainer's thread, which made it wait for its queued kernels); the miner thread loads them exactly, on its own
+    stream (a tower on the GPU) or by waiting for the event and copying down (a tower on the host)."""
     from vecrag.runtime import to_device
     from vecrag.train.async_miner import AsyncConfig, AsyncMiner
 
     tower = QueryTower(8, TowerConfig(hidden=4)).cuda()
     miner = AsyncMiner(lambda: None, tower, lambda e, i: None, lambda e: None, AsyncConfig())
-    miner._tower.cuda()
-    miner._tower_device = torch.device("cuda")
+    miner._tower.to(where)
+    miner._tower_device = torch.device(where)
     with torch.no_grad():
         for p in tower.parameters():
             p.add_(torch.randn_like(p))

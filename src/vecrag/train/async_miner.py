@@ -64,13 +64,6 @@ class AsyncConfig:
     max_restarts: int = 3       # then the miner is disabled (every batch falls back)
 
 
-def _same_gpu(a: torch.device | None, b: torch.device | None) -> bool:
-    if a is None or b is None or a.type != "cuda" or b.type != "cuda":
-        return False
-    cur = torch.cuda.current_device()
-    return (a.index if a.index is not None else cur) == (b.index if b.index is not None else cur)
-
-
 class AsyncMiner:
     """ONE background mining thread with its own index handle and tower copy; never fatal."""
 
@@ -118,12 +111,12 @@ class AsyncMiner:
         self._thread.start()
 
     def refresh(self, tower: torch.nn.Module, step: int) -> None:
-        """Copy the live tower's weights for the miner, tagged with ``step``. When the miner's copy lives on the
-        same GPU: a clone there and an event the miner's stream waits on (a copy to the host would make the
-        trainer wait for its queued kernels once per tensor); else a host copy."""
+        """Copy the live tower's weights for the miner, tagged with ``step``. Weights on a GPU: clones there and an
+        event after them; the miner thread copies them into its tower (a copy to the host here would make the
+        trainer wait for its queued kernels once per tensor). Else a host copy."""
         live = tower.state_dict()
         ev = None
-        if _same_gpu(self._tower_device, next(iter(live.values())).device if live else None):
+        if live and next(iter(live.values())).is_cuda:
             sd = {k: v.detach().clone() for k, v in live.items()}
             ev = torch.cuda.Event()
             ev.record()  # on the trainer's stream, after the clones
@@ -300,12 +293,15 @@ class AsyncMiner:
             return
         sd, ver, ev = self._pending
         self._pending = None
-        if ev is not None:  # a clone on this GPU: this stream waits (on the GPU) for it; its memory is kept until read
-            cur = torch.cuda.current_stream()
+        if ev is not None and self._tower_device is not None and self._tower_device.type == "cuda":
+            cur = torch.cuda.current_stream()  # clones on the GPU: this stream waits (on the GPU) for them
             cur.wait_event(ev)
             self._tower.load_state_dict(sd)
             for v in sd.values():
-                v.record_stream(cur)
+                v.record_stream(cur)  # their memory is kept until this stream has read them
+        elif ev is not None:  # clones on the GPU, the tower copy on the host (a process worker's): wait, copy down
+            ev.synchronize()
+            self._tower.load_state_dict(sd)
         else:
             self._tower.load_state_dict(sd)
         self.version = ver

@@ -5,7 +5,10 @@ re-takes it, so whenever the miner thread holds it (numpy gathers, argsort, the 
 waits, up to the interpreter's 5 ms switch interval, once per op. ``ProcessCore`` keeps the miner thread (it
 schedules jobs and keeps the result store, both light) and moves :meth:`MiningCore.mine` into a spawned child
 that opens the bank itself, builds its own search handle and query tower, and receives the tower's weights
-whenever their version changes.
+whenever their version changes, through one shared-memory buffer (:func:`write_weights` / :func:`read_weights`: a
+memory copy each side and a message of a few bytes; pickling the state dict through the pipe took tens of ms a
+refresh for the 5M-parameter transformer tower and dragged async at 1M on the H200 to 71 % of no mining,
+docs/bugs-and-fixes.md).
 
 One request is in flight at a time over a Pipe (bounded by construction). The thread waits at most ``stall``
 seconds for a reply, then kills the child and raises; the miner counts that as an error and the next job starts
@@ -18,7 +21,6 @@ bank copy) during which the trainer falls back without waiting.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import multiprocessing as mp
 import signal
@@ -74,7 +76,31 @@ def build_core(spec: CoreSpec):
     return core, tower
 
 
-def _child(conn, spec: CoreSpec) -> None:  # pragma: no cover - runs in the spawned process (tested end to end)
+def state_numel(module: torch.nn.Module) -> int:
+    """Elements of a module's state dict (every entry float32: checked)."""
+    sd = module.state_dict()
+    bad = sorted(k for k, v in sd.items() if v.dtype != torch.float32)
+    if bad:
+        raise VecragError(f"the miner process shares float32 weights only; {', '.join(bad)} are not",
+                          hint="use mining.worker=thread")
+    return sum(v.numel() for v in sd.values())
+
+
+def write_weights(flat: torch.Tensor, module: torch.nn.Module) -> None:
+    """Copy a module's state, in state-dict order, into the float32 buffer ``flat`` (a CPU module)."""
+    torch.cat([v.reshape(-1) for v in module.state_dict().values()], out=flat)
+
+
+@torch.no_grad()
+def read_weights(flat: torch.Tensor, module: torch.nn.Module) -> None:
+    """Load a module's state from ``flat`` (written by :func:`write_weights` from a module of the same config)."""
+    off = 0
+    for v in module.state_dict().values():  # detached views of the parameters: copy_ updates them in place
+        v.copy_(flat[off:off + v.numel()].view_as(v))
+        off += v.numel()
+
+
+def _child(conn, spec: CoreSpec, box: torch.Tensor) -> None:  # pragma: no cover - runs in the spawned process
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's; it stops this process
     from vecrag.runtime import set_threads
 
@@ -97,8 +123,8 @@ def _child(conn, spec: CoreSpec) -> None:  # pragma: no cover - runs in the spaw
             return
         if msg[0] == "stop":
             return
-        if msg[0] == "weights":
-            tower.load_state_dict(torch.load(io.BytesIO(msg[1]), weights_only=True))
+        if msg[0] == "weights":  # the parent wrote them to ``box`` and waits for a reply before writing again
+            read_weights(box, tower)
             continue
         _, idx, phase, version, crash = msg
         if crash:  # fault injection: die in the middle of a job, as a segfault or an OOM kill would
@@ -126,12 +152,18 @@ class ProcessCore:
         self.conn = None
         self._sent: int | None = None  # version of the weights the child holds
         self._crash = False            # fault injection: the next job kills the child
+        from vecrag.config import from_dict
+        from vecrag.models.towers import QueryTower, TowerConfig
+
+        # the weights' mailbox, shared with every child this core starts (sized from a tower of the spec's config)
+        n = state_numel(QueryTower(spec.dim, from_dict(TowerConfig, spec.tower)))
+        self.box = torch.empty(n, dtype=torch.float32).share_memory_()
         self._spawn()
 
     def _spawn(self) -> None:
         ctx = mp.get_context("spawn")  # never fork a process that may hold a CUDA context
         here, there = ctx.Pipe()
-        self.proc = ctx.Process(target=_child, args=(there, self.spec), name="vecrag-miner", daemon=True)
+        self.proc = ctx.Process(target=_child, args=(there, self.spec, self.box), name="vecrag-miner", daemon=True)
         self.proc.start()
         there.close()
         self.conn, self._sent = here, None
@@ -179,10 +211,9 @@ class ProcessCore:
         if not self.alive():  # the AsyncMiner's loop restarts a dead child (restart()) before each job
             raise RuntimeError("the miner process is not running; restart() starts a fresh one")
         try:
-            if self._sent != version:
-                buf = io.BytesIO()
-                torch.save({k: v.detach().cpu() for k, v in tower.state_dict().items()}, buf)
-                self.conn.send(("weights", buf.getvalue()))
+            if self._sent != version:  # safe to write: the child answered the last job, so it read the last weights
+                write_weights(self.box, tower)
+                self.conn.send(("weights",))
                 self._sent = version
             self.conn.send(("mine", np.asarray(idx, np.int64), phase, int(version), self._crash))
             self._crash = False
