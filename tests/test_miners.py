@@ -470,7 +470,7 @@ def test_refresh_on_the_miners_gpu_hands_over_a_device_clone(where):
     torch.cuda.synchronize()
     assert miner.version == 7 and miner._pending is None
     for (k, a), b in zip(tower.state_dict().items(), miner._tower.state_dict().values(), strict=True):
-        assert torch.equal(a, b), k
+        assert torch.equal(a.cpu(), b.cpu()), k
     a = np.arange(1000, dtype=np.int64)
     t = to_device(a, "cuda")
     assert t.is_cuda and torch.equal(t.cpu(), torch.from_numpy(a))

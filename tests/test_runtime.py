@@ -33,6 +33,16 @@ def test_import_sets_a_short_openmp_spin_only_with_passive(env, want):
     assert _env_after_import(**env) == want
 
 
+@pytest.mark.parametrize(("env", "want"), [({}, "false"), ({"XLA_PYTHON_CLIENT_PREALLOCATE": "true"}, "true")])
+def test_import_keeps_jax_from_reserving_the_gpu_unless_asked(env, want):
+    """bm25s imports JAX when installed; by default JAX then reserves 75 % of the GPU (109 GB on an H200)."""
+    base = {k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_PREALLOCATE"}
+    code = "import os, vecrag; print(os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'))"
+    out = subprocess.run([sys.executable, "-c", code], env={**base, "PYTHONPATH": str(ROOT / "src"), **env},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == want
+
+
 def test_to_device_on_the_cpu_is_the_same_array():
     from vecrag.runtime import priority_stream, to_device
 

@@ -4,7 +4,8 @@ Importing the package sets the process environment that the numeric libraries re
 ``OMP_WAIT_POLICY=PASSIVE`` (two OpenMP runtimes, torch's and faiss's, spin against each other without it:
 measured 25 -> 1 step/s with a faiss thread searching beside training on 2 cores) with a short spin
 (``GOMP_SPINCOUNT=10000``: sleeping at once made CPU training 2-4x slower), tokenizer parallelism off,
-and the Hugging Face hub offline unless the user set otherwise. See docs/bugs-and-fixes.md.
+the Hugging Face hub offline and JAX's GPU memory on demand (not 75 % of the GPU at its first use), unless the
+user set otherwise. See docs/bugs-and-fixes.md.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ _ENV_DEFAULTS = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "KMP_WARNINGS": "0",
+    # bm25s (the BM25 baseline) imports JAX when it is installed and runs a top-k at import: JAX's default then
+    # reserves 75 % of the GPU's memory for the rest of the process (109 GB of an H200 held by `eval baselines`
+    # beside four trainers, docs/bugs-and-fixes.md). Allocate on demand instead.
+    "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
 }
 for _k, _v in _ENV_DEFAULTS.items():
     os.environ.setdefault(_k, _v)
