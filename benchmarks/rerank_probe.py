@@ -1,0 +1,91 @@
+"""Does a re-ranker over the context's similarity profile fix the tower's ordering misses? (a probe, not a test)
+
+Half of a tower's misses rank an earlier chunk of the target's own article first (docs/results.md). A candidate's
+cosine to each of the L context positions might tell "next" from "earlier" where one query vector cannot. This
+takes a trained retriever run's top ``--k`` (context excluded), gives each candidate the tower score plus those L
+cosines (and the context mask), trains a small MLP on top of the tower's logits listwise (softmax over the
+candidates, any chunk with the target's text is a positive) on ``--train`` train queries, and prints R@1 / R@10 /
+R@k on val and test before and after re-ranking::
+
+    .venv/bin/python benchmarks/rerank_probe.py demo_out/runs/retriever --k 100 --train 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from vecrag.bank import Bank
+from vecrag.eval.retriever_eval import load_retriever, tower_queries
+from vecrag.index import open_index
+from vecrag.sequences import gather_context, make_samples
+
+
+def candidates(bank, model, L, split, k, max_samples, min_context):
+    """Features [n, k, 1 + 2L] (tower score, cosine to each context position, context mask), hits [n, k]."""
+    s = make_samples(bank, split, min_context=min_context, max_samples=max_samples, seed=0)
+    q = tower_queries(model, bank, s, L)
+    _, ids = open_index(bank, backend="torch").search(q, k + L)
+    ctx = s.context_ids(L)
+    keep = ~((ids[:, :, None] == ctx[:, None, :]) & (ctx[:, None, :] >= 0)).any(2)
+    top = np.full((len(s), k), -1, np.int64)
+    for i in range(len(s)):
+        row = ids[i][keep[i]][:k]
+        top[i, :len(row)] = row
+    vecs = bank.vectors_f32(top.clip(0).reshape(-1)).reshape(len(s), k, -1)
+    cv, cm = gather_context(bank.vectors, ctx)
+    score = np.einsum("nd,nkd->nk", q, vecs)
+    prof = np.einsum("nld,nkd->nkl", cv.astype(np.float32), vecs) * cm[:, None, :]
+    mask = np.broadcast_to(cm[:, None, :], prof.shape).astype(np.float32)
+    tg = bank.text_group
+    hit = (tg[top.clip(0)] == tg[s.target][:, None]) & (top >= 0)
+    return torch.from_numpy(np.concatenate([score[..., None], prof, mask], -1)), torch.from_numpy(hit)
+
+
+def recall(scores, hit, ks):
+    h = torch.gather(hit, 1, torch.sort(scores, dim=1, descending=True, stable=True).indices)
+    return [100 * h[:, :k].any(1).float().mean().item() for k in ks]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory of `vecrag train retriever`")
+    p.add_argument("--k", type=int, default=100, help="candidates re-ranked per query")
+    p.add_argument("--train", type=int, default=20000, help="train queries for the re-ranker")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--tau", type=float, default=0.05, help="temperature of the tower's logits")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    cfg, model, _ = load_retriever(args.run)
+    bank, L = Bank.open(cfg.bank), cfg.train.context
+    data = {sp: candidates(bank, model, L, sp, args.k, args.train if sp == "train" else None, cfg.min_context)
+            for sp in ("train", "val", "test")}
+    x, h = data["train"]
+    x, h = x[h.any(1)], h[h.any(1)]  # queries whose target is among the candidates
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[-1], 64), torch.nn.GELU(), torch.nn.Linear(64, 1))
+    torch.nn.init.zeros_(net[2].weight)  # starts as the tower's own ranking
+    torch.nn.init.zeros_(net[2].bias)
+    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-2)
+    logits = lambda f: f[..., 0] / args.tau + net(f).squeeze(-1)  # noqa: E731
+    for _ in range(args.epochs):
+        for b in torch.randperm(len(x)).split(256):
+            z = logits(x[b])
+            loss = (torch.logsumexp(z, 1) - torch.logsumexp(z.masked_fill(~h[b], -1e9), 1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    ks = (1, 10, args.k)
+    print(f"re-ranking the tower's top {args.k} of {args.run} ({len(x)} train queries, {args.epochs} epochs)")
+    print(f"{'split':>6} {'ranking':>10} " + " ".join(f"{'R@' + str(k):>7}" for k in ks))
+    with torch.no_grad():
+        for sp in ("val", "test"):
+            f, hit = data[sp]
+            for name, sc in (("tower", f[..., 0]), ("reranked", logits(f))):
+                print(f"{sp:>6} {name:>10} " + " ".join(f"{r:>7.2f}" for r in recall(sc, hit, ks)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
