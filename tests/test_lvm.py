@@ -124,6 +124,14 @@ def test_training_never_ends_below_its_anchor(tmp_path):
     model, _ = load_lvm(tmp_path / "run", "best")
     ev = Evaluator(bank, task.val, cfg.train.context)
     assert ev.score(model)["cos"] == pytest.approx(res["best"], abs=1e-5)
+    # the validation's search and hit rules are `eval baselines`': same recall for the same heuristic queries
+    from vecrag.eval.baselines import run_baselines
+
+    base = run_baselines(bank, task.val, cfg.train.context, (1, 10), text_baselines=False, progress=False)
+    for name in ("last", "mean"):
+        for k in (1, 10):
+            assert vals[0][f"baseline_{name}_R@{k}"] == pytest.approx(base[name][f"R@{k}"], abs=1e-9), (name, k)
+    assert 0 < base["last"]["R@1"] < base["last"]["R@10"] < 1  # not a degenerate bank
 
 
 def test_eval_table_has_every_baseline_and_step0_equals_anchor(tmp_path):

@@ -35,10 +35,10 @@ from vecrag.config import TrainConfig
 from vecrag.errors import VecragError
 from vecrag.eval.heuristics import heuristic_query_torch
 from vecrag.eval.metrics import first_hit_rank
+from vecrag.index import ExactTorchIndex
 from vecrag.models.lvm import LVM, LVMModelConfig
 from vecrag.runtime import to_device
 from vecrag.sequences import Samples, make_samples
-from vecrag.topk import fast_topk
 from vecrag.train import distributed as dd
 
 log = logging.getLogger(__name__)
@@ -109,14 +109,6 @@ def lvm_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LVMLossConfig,
     return loss, stats
 
 
-def exact_topk(bank_t: torch.Tensor, queries: torch.Tensor, k: int, chunk: int = 1024) -> np.ndarray:
-    """Top-k bank ids by inner product (exact; torch matmul in query chunks)."""
-    out = []
-    for s in range(0, queries.shape[0], chunk):
-        out.append(fast_topk(queries[s:s + chunk] @ bank_t.T, min(k, bank_t.shape[0]))[1].cpu())
-    return torch.cat(out).numpy().astype(np.int64) if out else np.zeros((0, k), np.int64)
-
-
 class LVMTask:
     name = "lvm"
 
@@ -135,6 +127,7 @@ class LVMTask:
         self.groups_np = vector_groups(bank.vectors)
         self.device = torch.device("cpu")
         self.bank_t: torch.Tensor | None = None
+        self.index: Any = None  # exact search over bank_t (views of it, no copy), for validation
         self._baselines: dict[str, float] | None = None
         self._seen = 0
 
@@ -143,6 +136,7 @@ class LVMTask:
         self.trainer = trainer
         self.device = trainer.device
         self.bank_t = torch.from_numpy(np.array(self.bank.vectors, dtype=np.float32)).to(self.device)
+        self.index = ExactTorchIndex(self.bank_t, device=str(self.device), dtype=torch.float32)
         self.groups = torch.from_numpy(self.groups_np).to(self.device)
         # the samples' id tables live where the bank does: a step then copies only its sample indices (pinned,
         # non-blocking) instead of two pageable copies, each a host-GPU sync (docs/bugs-and-fixes.md)
@@ -183,7 +177,7 @@ class LVMTask:
     def score(self, pred: torch.Tensor, samples: Samples) -> dict[str, float]:
         tgt = self.bank_t[torch.from_numpy(samples.target).to(self.device)]
         cos = (pred * tgt).sum(-1)
-        ids = exact_topk(self.bank_t, pred, max(VAL_KS) + self.L)
+        ids = self.index.search(pred.cpu().numpy(), max(VAL_KS) + self.L)[1]
         ranks = first_hit_rank(ids, samples.target, ctx_ids=samples.context_ids(self.L),
                                text_group=self.bank.text_group)
         out = {"cos": float(cos.mean())}
