@@ -88,7 +88,10 @@ def state_numel(module: torch.nn.Module) -> int:
 
 def write_weights(flat: torch.Tensor, module: torch.nn.Module) -> None:
     """Copy a module's state, in state-dict order, into the float32 buffer ``flat`` (a CPU module)."""
-    torch.cat([v.reshape(-1) for v in module.state_dict().values()], out=flat)
+    parts = [v.reshape(-1) for v in module.state_dict().values()]
+    if sum(p.numel() for p in parts) != flat.numel():
+        raise ValueError(f"the tower has {sum(p.numel() for p in parts)} weights, the shared buffer {flat.numel()}")
+    torch.cat(parts, out=flat)
 
 
 @torch.no_grad()
