@@ -288,11 +288,14 @@ class AsyncMiner:
             self._loop(gen, core)
 
     def _load_pending(self) -> None:
-        """Load the weights the trainer last handed over (``refresh``) into the miner's tower (lock held)."""
-        if self._pending is None:
+        """Load the weights the trainer last handed over (``refresh``) into the miner's tower. The lock is held
+        only to take them: copying them down to a host tower waits for the GPU, and the trainer must not wait on
+        the lock meanwhile."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
             return
-        sd, ver, ev = self._pending
-        self._pending = None
+        sd, ver, ev = pending
         if ev is not None and self._tower_device is not None and self._tower_device.type == "cuda":
             cur = torch.cuda.current_stream()  # clones on the GPU: this stream waits (on the GPU) for them
             cur.wait_event(ev)
@@ -313,12 +316,12 @@ class AsyncMiner:
                 if job is None:
                     self._cond.wait(timeout=0.05)
                     continue
-                self._load_pending()
-                version = self.version
+            self._busy_since = time.monotonic()  # the watchdog covers the weights' copy too
+            self._load_pending()
+            version = self.version
             batches, phase = job
             idx = np.concatenate([b for _, b in batches])
             e, j = batches[0][0]
-            self._busy_since = time.monotonic()
             try:
                 self._jobs += 1
                 self.counters["jobs"] += 1
