@@ -170,6 +170,9 @@ def test_eval_cli_table_and_json(full_run, capsys):
     for name, m in rep["misses"].items():
         assert m["n_queries"] == 20 and m["hit"] + m["same_article"] + m["elsewhere"] == pytest.approx(1.0)
         assert m["hit"] == pytest.approx(rep["methods"][name]["R@10"])
+    # the tower's tally reads the recall search's results; with --ks too shallow for it, it searches on its own
+    shallow = evaluate_retriever(full_run, split="test", max_queries=20, ks=(1, 10), baselines=True)
+    assert shallow["misses"] == rep["misses"]
 
 
 def test_where_misses_splits_the_top_k_by_article(tmp_path):

@@ -22,6 +22,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,10 @@ BM25_STOPWORDS = "en"
 
 def retrieve_ranks(index: Any, queries: np.ndarray, samples: Samples, L: int, k: int, *,
                    include_context: bool = False, text_hits: bool = True, bank: Bank | None = None,
-                   batch: int = 2048) -> np.ndarray:
+                   batch: int = 2048, on_ids: Callable[[slice, np.ndarray], None] | None = None) -> np.ndarray:
     """0-based rank of each sample's target among ``index``'s results for ``queries`` (-1 = not in top ``k``),
-    with the hit rules applied. ``index`` is any object with ``search(queries, k) -> (scores, ids)``."""
+    with the hit rules applied. ``index`` is any object with ``search(queries, k) -> (scores, ids)``.
+    ``on_ids(rows, ids)`` sees each batch's raw results (``k + L`` deep unless ``include_context``)."""
     if text_hits and bank is None:
         raise ValueError("text_hits needs the bank (for its text groups)")
     tg = bank.text_group if text_hits and bank is not None else None
@@ -56,6 +58,8 @@ def retrieve_ranks(index: Any, queries: np.ndarray, samples: Samples, L: int, k:
     for s in range(0, n, batch):
         sl = slice(s, min(n, s + batch))
         _, ids = index.search(np.ascontiguousarray(queries[sl], dtype=np.float32), kk)
+        if on_ids is not None:
+            on_ids(sl, ids)
         ctx = None if include_context else samples.context_ids(L, sl)
         ranks[sl] = first_hit_rank(ids, samples.target[sl], ctx_ids=ctx, text_group=tg)
     return ranks

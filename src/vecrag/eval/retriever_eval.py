@@ -109,7 +109,11 @@ def evaluate_retriever(run: str | Path, bank: Bank | None = None, *, split: str 
     t = time.perf_counter()
     q = tower_queries(model, bank, samples, L, device=device)
     dindex = doc_index(model, bank, raw, device)
-    ranks = retrieve_ranks(dindex, q, samples, L, ks[-1], bank=bank)
+    # the tower's "where the top 10 goes" reads the recall search's results when they are deep enough
+    tally = MissTally(samples, L, bank) if baselines else None
+    if tally is not None and ks[-1] + L < tally.depth:
+        tally = None  # --ks too small: where_misses searches again below
+    ranks = retrieve_ranks(dindex, q, samples, L, ks[-1], bank=bank, on_ids=tally.add if tally else None)
     name = f"tower-{cfg.model.kind}({info['checkpoint'].removesuffix('.pt')})"
     elapsed = round(time.perf_counter() - t, 3)
     rows: dict[str, dict[str, Any]] = {name: {**recall_table(ranks, ks), "elapsed_s": elapsed}}
@@ -125,13 +129,12 @@ def evaluate_retriever(run: str | Path, bank: Bank | None = None, *, split: str 
         a, alpha = cfg.model.anchor, cfg.model.alpha
         qa = np.concatenate([heuristic_query(*gather_context(bank.vectors, samples.context_ids(L, slice(s, s + 4096))),
                                              a, alpha) for s in range(0, len(samples), 4096)])
-        report["misses"] = {name: where_misses(dindex, q, samples, L, bank),
+        report["misses"] = {name: tally.result() if tally else where_misses(dindex, q, samples, L, bank),
                             f"{a}-{alpha:g}" if a == "ewma" else a: where_misses(raw, qa, samples, L, bank)}
     return report
 
 
-def where_misses(index: Any, queries: np.ndarray, samples: Samples, L: int, bank: Bank, *, k: int = 10,
-                 back: int = 256, batch: int = 2048) -> dict[str, Any]:
+class MissTally:
     """Where the top-``k`` goes (context ids excluded, same text = hit, as in the recall tables): the share of
     queries whose target is in it (``hit``), whose target is not but another chunk of the target's article is
     (``same_article``: the tower found the article, not the position), and neither (``elsewhere``);
@@ -139,35 +142,55 @@ def where_misses(index: Any, queries: np.ndarray, samples: Samples, L: int, bank
     ``offsets``: for the ``same_article`` queries, where the article's best-ranked chunk sits relative to the target
     (chunk id minus target id: +1 is the chunk after the target; "before" lies before the context window);
     ``hit_forward``: R@k when the chunks of the article before the context are excluded too (a continuation that
-    never goes back; searched ``back`` results deeper, so a lower bound where more than ``back`` of them outrank)."""
-    from vecrag.eval.metrics import first_hit_rank, kept_results
+    never goes back; ``back`` results deeper, so a lower bound where more than ``back`` of them outrank).
 
-    n = len(samples)
-    hit = np.zeros(n, bool)
-    fwd = np.zeros(n, bool)
-    art = np.zeros(n, bool)
-    off = np.zeros(n, np.int64)
-    for s in range(0, n, batch):
-        sl = slice(s, min(n, s + batch))
-        _, ids = index.search(np.ascontiguousarray(queries[sl], dtype=np.float32), min(k + L + back, bank.n))
-        kept = kept_results(ids, samples.context_ids(L, sl))
+    Fed batch by batch with search results at least ``depth`` deep (``add``), e.g. by ``retrieve_ranks``'
+    ``on_ids`` so that the recall table and this share one search."""
+
+    def __init__(self, samples: Samples, L: int, bank: Bank, *, k: int = 10, back: int = 256):
+        self.samples, self.L, self.bank, self.k = samples, L, bank, k
+        self.depth = min(k + L + back, bank.n)
+        n = len(samples)
+        self.hit, self.fwd, self.art = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
+        self.off = np.zeros(n, np.int64)
+
+    def add(self, sl: slice, ids: np.ndarray) -> None:
+        """Results ``ids`` [len(sl), >= depth] of the samples ``sl``, best first."""
+        from vecrag.eval.metrics import first_hit_rank, kept_results
+
+        smp, k, tg = self.samples, self.k, self.bank.text_group
+        ids = ids[:, :self.depth]
+        kept = kept_results(ids, smp.context_ids(self.L, sl))
         valid = kept & (np.cumsum(kept, axis=1) <= k)  # the first k kept results
-        hit[sl] = first_hit_rank(np.where(valid, ids, -1), samples.target[sl], text_group=bank.text_group) >= 0
-        kept &= ~before_target(ids, samples.start[sl], samples.target[sl])  # never go back
+        self.hit[sl] = first_hit_rank(np.where(valid, ids, -1), smp.target[sl], text_group=tg) >= 0
+        kept &= ~before_target(ids, smp.start[sl], smp.target[sl])  # never go back
         kept &= np.cumsum(kept, axis=1) <= k
-        fwd[sl] = first_hit_rank(np.where(kept, ids, -1), samples.target[sl], text_group=bank.text_group) >= 0
-        same = (bank.article_start[np.where(valid, ids, 0)] == samples.start[sl][:, None]) & valid
-        art[sl] = same.any(axis=1)
+        self.fwd[sl] = first_hit_rank(np.where(kept, ids, -1), smp.target[sl], text_group=tg) >= 0
+        same = (self.bank.article_start[np.where(valid, ids, 0)] == smp.start[sl][:, None]) & valid
+        self.art[sl] = same.any(axis=1)
         first_same = ids[np.arange(len(ids)), same.argmax(axis=1)]  # the article's best-ranked chunk
-        off[sl] = np.where(art[sl], first_same - samples.target[sl], 0)
-    first = bank.articles.column("first_chunk").to_numpy()  # increasing: an article's chunks are contiguous
-    art_len = bank.articles.column("n_chunks").to_numpy()[np.searchsorted(first, samples.start)]
-    cands = art_len - samples.context_lengths(L)  # the target and the article's other non-context chunks
-    d = max(n, 1)
-    return {"k": k, "n_queries": n, "hit": float(hit.sum() / d), "same_article": float((art & ~hit).sum() / d),
-            "elsewhere": float((~art & ~hit).sum() / d),
-            "article_chance": float(np.minimum(1.0, k / np.maximum(cands, 1)).mean()) if n else 0.0,
-            "offsets": offset_shares(off[art & ~hit]), "hit_forward": float(fwd.sum() / d)}
+        self.off[sl] = np.where(self.art[sl], first_same - smp.target[sl], 0)
+
+    def result(self) -> dict[str, Any]:
+        smp, hit, art, n = self.samples, self.hit, self.art, len(self.samples)
+        first = self.bank.articles.column("first_chunk").to_numpy()  # increasing: an article's chunks are contiguous
+        art_len = self.bank.articles.column("n_chunks").to_numpy()[np.searchsorted(first, smp.start)]
+        cands = art_len - smp.context_lengths(self.L)  # the target and the article's other non-context chunks
+        d = max(n, 1)
+        return {"k": self.k, "n_queries": n, "hit": float(hit.sum() / d),
+                "same_article": float((art & ~hit).sum() / d), "elsewhere": float((~art & ~hit).sum() / d),
+                "article_chance": float(np.minimum(1.0, self.k / np.maximum(cands, 1)).mean()) if n else 0.0,
+                "offsets": offset_shares(self.off[art & ~hit]), "hit_forward": float(self.fwd.sum() / d)}
+
+
+def where_misses(index: Any, queries: np.ndarray, samples: Samples, L: int, bank: Bank, *, k: int = 10,
+                 back: int = 256, batch: int = 2048) -> dict[str, Any]:
+    """:class:`MissTally` of ``index``'s results for ``queries`` (one search, ``depth`` deep)."""
+    tally = MissTally(samples, L, bank, k=k, back=back)
+    for s in range(0, len(samples), batch):
+        sl = slice(s, min(len(samples), s + batch))
+        tally.add(sl, index.search(np.ascontiguousarray(queries[sl], dtype=np.float32), tally.depth)[1])
+    return tally.result()
 
 
 OFFSET_BUCKETS = (("+1", 1, 1), ("+2", 2, 2), ("+3..+5", 3, 5), (">+5", 6, None), ("before", None, -1))
