@@ -51,3 +51,35 @@ def test_to_device_on_the_cpu_is_the_same_array():
     assert t.device.type == "cpu" and torch.equal(t, torch.from_numpy(a))
     with priority_stream("cpu"):  # no stream off CUDA: a no-op context
         assert to_device(a[:, ::2], torch.device("cpu")).tolist() == [[0, 2], [4, 6], [8, 10]]
+
+
+def test_faiss_flat_search_uses_blas_from_a_few_queries_on_few_cores():
+    """faiss 1.15's default (SIMD scan below nq * d = 128,000) made the CPU miner's 64-query searches 10x slower;
+    vecrag replaces faiss's defaults only: an older faiss (threshold in queries) or a user's value stays."""
+    from types import SimpleNamespace
+
+    from vecrag.runtime import tune_faiss_flat
+
+    f = SimpleNamespace(cvar=SimpleNamespace(distance_compute_blas_threshold=128_000,
+                                             distance_compute_blas_database_bs=1024))
+    tune_faiss_flat(f, 2)
+    assert (f.cvar.distance_compute_blas_threshold, f.cvar.distance_compute_blas_database_bs) == (1600, 1024)
+    tune_faiss_flat(f, 16)  # a later call with another thread count re-tunes its own values
+    assert f.cvar.distance_compute_blas_threshold == 12_800
+    f.cvar.distance_compute_blas_threshold = 5000  # the user's choice
+    tune_faiss_flat(f, 2)
+    assert f.cvar.distance_compute_blas_threshold == 5000
+    old = SimpleNamespace(cvar=SimpleNamespace(distance_compute_blas_threshold=20,
+                                               distance_compute_blas_database_bs=1024))
+    tune_faiss_flat(old, 2)  # faiss < 1.15: the threshold counts queries; leave it
+    assert (old.cvar.distance_compute_blas_threshold, old.cvar.distance_compute_blas_database_bs) == (20, 1024)
+
+
+def test_set_threads_tunes_the_installed_faiss():
+    import faiss
+
+    from vecrag.runtime import set_threads
+
+    set_threads(faiss_threads=2)
+    if tuple(int(x) for x in faiss.__version__.split(".")[:2]) >= (1, 15):  # its nq * d rule
+        assert faiss.cvar.distance_compute_blas_threshold == 1600

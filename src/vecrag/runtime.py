@@ -26,9 +26,28 @@ def set_threads(torch_threads: int | None = None, faiss_threads: int | None = No
         import faiss
 
         faiss.omp_set_num_threads(ft)
+        tune_faiss_flat(faiss, ft)
     except ImportError:
         ft = 0
     return {"torch": tt, "faiss": ft}
+
+
+FAISS_BLAS_NQD = 128_000  # faiss's default since its threshold became nq * d (1.15): BLAS at nq * d >= this
+_faiss_tuned: dict[int, int] = {}  # id(faiss.cvar) -> the threshold tune_faiss_flat last set there
+
+
+def tune_faiss_flat(faiss, threads: int) -> None:
+    """Make faiss's exact (flat) search use BLAS from a handful of queries on few cores.
+
+    faiss 1.15 scans with its own SIMD loop below nq * d = 128,000 (tuned on many-core machines: faiss PR
+    #5022); on this 2-core machine that made a 64-query search of a 100k x 384 flat index 8.5x slower than BLAS
+    (488 vs 57 ms, ``benchmarks/flat_search.py``), and the CPU miner searches 64-256 queries a batch
+    (docs/bugs-and-fixes.md). The crossover upstream measured scales with the OpenMP threads (PR #5109: about
+    800 x threads) and matches ours (BLAS ahead from ~8 queries on 2 threads). Only faiss's own default is
+    replaced: an older faiss (a threshold in queries, default 20) or a user's value is left alone."""
+    cv = faiss.cvar
+    if getattr(cv, "distance_compute_blas_threshold", None) in (FAISS_BLAS_NQD, _faiss_tuned.get(id(cv))):
+        _faiss_tuned[id(cv)] = cv.distance_compute_blas_threshold = 800 * max(1, int(threads))  # re-tunable
 
 
 def openmp_runtimes() -> list[str]:
