@@ -130,12 +130,24 @@ def _text_ranks(ids: np.ndarray, samples: Samples, L: int, include_context: bool
     return first_hit_rank(ids, samples.target, ctx_ids=ctx, text_group=bank.text_group if text_hits else None)
 
 
+def _shifted(hook: Callable[[slice, np.ndarray], None], start: int) -> Callable[[slice, np.ndarray], None]:
+    """``hook`` for rows counted from ``start`` (a sub-batch's rows -> the whole sample set's)."""
+    return lambda rows, ids: hook(slice(start + rows.start, start + rows.stop), ids)
+
+
+def vector_methods(ewma_alphas: tuple[float, ...] = EWMA_ALPHAS) -> list[str]:
+    """Names of the context-vector heuristics ``run_baselines`` measures (the oracle aside)."""
+    return ["last", "mean", *[f"ewma-{a:g}" for a in ewma_alphas]]
+
+
 def run_baselines(bank: Bank, samples: Samples, L: int, ks: tuple[int, ...] = DEFAULT_KS, *, index: Any = None,
                   include_context: bool = False, text_hits: bool = True, ewma_alphas: tuple[float, ...] = EWMA_ALPHAS,
                   oracle: bool = True, text_baselines: bool = True, bm25_last: int = 3, encoder: Any = None,
-                  batch: int = 2048, progress: bool = True) -> dict[str, dict[str, Any]]:
+                  batch: int = 2048, progress: bool = True,
+                  on_ids: dict[str, Callable[[slice, np.ndarray], None]] | None = None) -> dict[str, dict[str, Any]]:
     """Recall table per method (``recall_table`` plus ``elapsed_s``; ``skipped`` with a reason instead when
-    a text baseline cannot run). ``index`` defaults to ``vecrag.index.open_index(bank)``."""
+    a text baseline cannot run). ``index`` defaults to ``vecrag.index.open_index(bank)``. ``on_ids[method](rows,
+    ids)`` sees that vector method's raw results (as ``retrieve_ranks``' ``on_ids``, rows of ``samples``)."""
     from tqdm import tqdm
 
     from vecrag.index import open_index
@@ -148,7 +160,7 @@ def run_baselines(bank: Bank, samples: Samples, L: int, ks: tuple[int, ...] = DE
     ks = tuple(sorted(set(int(k) for k in ks)))
     kmax = ks[-1]
     index = index if index is not None else open_index(bank)
-    methods = ["last", "mean", *[f"ewma-{a:g}" for a in ewma_alphas]] + (["oracle"] if oracle else [])
+    methods = vector_methods(ewma_alphas) + (["oracle"] if oracle else [])
     ranks = {m: np.full(len(samples), -1, dtype=np.int64) for m in methods}
     elapsed = dict.fromkeys(methods, 0.0)
     n = len(samples)
@@ -164,8 +176,10 @@ def run_baselines(bank: Bank, samples: Samples, L: int, ks: tuple[int, ...] = DE
                 q = heuristic_query(ctx, mask, "ewma", float(m[5:]))
             else:
                 q = heuristic_query(ctx, mask, m)
+            hook = (on_ids or {}).get(m)
             ranks[m][sl] = retrieve_ranks(index, q, sub, L, kmax, include_context=include_context,
-                                          text_hits=text_hits, bank=bank, batch=batch)
+                                          text_hits=text_hits, bank=bank, batch=batch,
+                                          on_ids=None if hook is None else _shifted(hook, s))
             elapsed[m] += time.perf_counter() - t
     rows = {m: {**recall_table(ranks[m], ks), "elapsed_s": round(elapsed[m], 3)} for m in methods}
     if text_baselines:

@@ -91,7 +91,7 @@ def evaluate_retriever(run: str | Path, bank: Bank | None = None, *, split: str 
                        backend: str = "auto", device: str = "cpu", baselines: bool = True,
                        text_baselines: bool = False, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """The report dict (``methods``: tower first, then every baseline) of ``vecrag eval retriever``."""
-    from vecrag.eval.baselines import baselines_report, retrieve_ranks, run_baselines
+    from vecrag.eval.baselines import baselines_report, retrieve_ranks, run_baselines, vector_methods
     from vecrag.index import open_index
     from vecrag.sequences import make_samples
 
@@ -109,29 +109,37 @@ def evaluate_retriever(run: str | Path, bank: Bank | None = None, *, split: str 
     t = time.perf_counter()
     q = tower_queries(model, bank, samples, L, device=device)
     dindex = doc_index(model, bank, raw, device)
-    # the tower's "where the top 10 goes" reads the recall search's results when they are deep enough
-    tally = MissTally(samples, L, bank) if baselines else None
-    if tally is not None and ks[-1] + L < tally.depth:
-        tally = None  # --ks too small: where_misses searches again below
+    # "where the top 10 goes" for the tower and its anchor heuristic reads their recall searches' results when
+    # those are deep enough (else where_misses searches again below)
+    a, alpha = cfg.model.anchor, cfg.model.alpha
+    anchor = f"{a}-{alpha:g}" if a == "ewma" else a
+    deep = baselines and ks[-1] + L >= MissTally(samples, L, bank).depth
+    tally = MissTally(samples, L, bank) if deep else None
+    atally = MissTally(samples, L, bank) if deep and anchor in vector_methods() else None
     ranks = retrieve_ranks(dindex, q, samples, L, ks[-1], bank=bank, on_ids=tally.add if tally else None)
     name = f"tower-{cfg.model.kind}({info['checkpoint'].removesuffix('.pt')})"
     elapsed = round(time.perf_counter() - t, 3)
     rows: dict[str, dict[str, Any]] = {name: {**recall_table(ranks, ks), "elapsed_s": elapsed}}
     if baselines:
-        rows.update(run_baselines(bank, samples, L, ks, index=raw, text_baselines=text_baselines, progress=progress))
+        rows.update(run_baselines(bank, samples, L, ks, index=raw, text_baselines=text_baselines, progress=progress,
+                                  on_ids={anchor: atally.add} if atally else None))
     report = baselines_report(bank, split, L, ks, rows, include_context=False, text_hits=True, index=raw,
                               run=str(run), checkpoint=info, tower=name, anchor=cfg.model.anchor,
                               created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     report["gap_closed"] = gap_closed(rows, name)
     if baselines:  # where the tower's top 10 goes, next to its anchor heuristic's, on the same queries
-        from vecrag.eval.heuristics import heuristic_query
-
-        a, alpha = cfg.model.anchor, cfg.model.alpha
-        qa = np.concatenate([heuristic_query(*gather_context(bank.vectors, samples.context_ids(L, slice(s, s + 4096))),
-                                             a, alpha) for s in range(0, len(samples), 4096)])
         report["misses"] = {name: tally.result() if tally else where_misses(dindex, q, samples, L, bank),
-                            f"{a}-{alpha:g}" if a == "ewma" else a: where_misses(raw, qa, samples, L, bank)}
+                            anchor: atally.result() if atally else where_misses(raw, anchor_queries(
+                                bank, samples, L, a, alpha), samples, L, bank)}
     return report
+
+
+def anchor_queries(bank: Bank, samples: Samples, L: int, anchor: str, alpha: float) -> np.ndarray:
+    """The anchor heuristic's query for every sample (4,096 contexts at a time)."""
+    from vecrag.eval.heuristics import heuristic_query
+
+    return np.concatenate([heuristic_query(*gather_context(bank.vectors, samples.context_ids(L, slice(s, s + 4096))),
+                                           anchor, alpha) for s in range(0, len(samples), 4096)])
 
 
 class MissTally:
