@@ -108,7 +108,7 @@ def test_mining_core_flags_the_chunks_before_the_context_as_back(tmp_path):
     bank = make_synthetic_bank(tmp_path / "b", n_articles=6, per_article=12, dim=16)
     samples = make_samples(bank, "train", min_context=1)
     seen = {}
-    real = miners.select_negatives
+    real = miners.pack_selection
 
     def spy(cand, cq, cp, pq, masked, phase, filt, back=None):
         seen.update(cand=cand.numpy(), masked=masked.numpy(), back=back.numpy())
@@ -117,11 +117,11 @@ def test_mining_core_flags_the_chunks_before_the_context_as_back(tmp_path):
     core = miners.MiningCore(bank.vectors, samples, 3, NegativeMasker(ChunkMeta.from_bank(bank), window=0),
                              FilterConfig(0.95, 0.98, True), 40, ExactTorchIndex(bank.vectors))
     idx = np.arange(len(samples))[samples.target - samples.start >= 6][:4]  # >= 3 chunks before the context
-    miners.select_negatives = spy
+    miners.pack_selection = spy
     try:
         core.mine(QueryTower(16, TowerConfig(hidden=8)), idx, Phase(0, 0, 4, -1.0, 1.0))
     finally:
-        miners.select_negatives = real
+        miners.pack_selection = real
     cand, back = seen["cand"], seen["back"]
     start, target = samples.start[idx][:, None], samples.target[idx][:, None]
     expect = (cand >= start) & (cand < target - 3) & (cand >= 0)  # before the 3-chunk context

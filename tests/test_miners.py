@@ -193,10 +193,50 @@ def test_mining_on_cuda_uses_the_gpu_and_mines(bank, tmp_path, mode):
     st = task.stats()
     assert st.get("miner_errors", 0) == 0
     assert st["mining_mined_sync"] + st["mining_mined_async"] > 0
+    if mode == "async":  # the thread core replayed its jobs from CUDA graphs (vecrag.train.mine_graph)
+        assert st["miner_graph_failed"] == 0 and st["miner_graph_replays"] == st["miner_jobs"] > 0
+    else:
+        assert task._sync.core.graphs.failed is None and task._sync.core.graphs.replays == st["mining_mined_sync"]
     core = task._core()
     assert core.searcher.device.startswith("cuda") and core.device.type == "cuda"
     # one copy of the bank on the GPU: the miner's searcher and the validation index are views of bank_t
     assert core.searcher._blocks[0].data_ptr() == task.bank_t.data_ptr() == task._val_index._blocks[0].data_ptr()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+@pytest.mark.parametrize("kind,keep_back", [("gru", False), ("transformer", True)])
+def test_cuda_graph_mining_matches_eager_mining(bank, kind, keep_back):
+    """Jobs replayed from CUDA graphs mine exactly what the same jobs launched kernel by kernel mine: for new
+    samples, a new phase, a new job size, and after the tower's weights change in place (as a refresh does)."""
+    samples = make_samples(bank, "train")
+    masker = NegativeMasker(ChunkMeta.from_bank(bank), window=2)
+    torch.manual_seed(0)
+    tower = QueryTower(bank.dim, TowerConfig(kind=kind, hidden=32, layers=2)).cuda()
+    searcher = make_searcher(bank, "torch", "cuda")
+    cores = {g: MiningCore(bank.vectors, samples, 4, masker, FilterConfig(0.95, 0.98, keep_back), k=64,
+                           searcher=searcher, device="cuda", cuda_graph=g) for g in (True, False)}
+    rng = np.random.default_rng(0)
+    jobs = [(rng.choice(len(samples), n, replace=False), ph) for n, ph in
+            [(96, Phase(0, 0, 6, 0.1, 0.95)), (96, Phase(0, 0, 6, 0.1, 0.95)), (96, Phase(1, 1, 3, 0.3, 0.9)),
+             (40, Phase(0, 0, 6, 0.1, 0.95)), ("perturb", None), (96, Phase(0, 0, 6, 0.1, 0.95))]]
+    jobs[-1] = (jobs[0][0], jobs[-1][1])  # the first job again, after the weights changed
+    before = None
+    for idx, phase in jobs:
+        if isinstance(idx, str):
+            with torch.no_grad():
+                for p in tower.parameters():
+                    p.add_(0.3 * torch.randn_like(p))
+            continue
+        got, want = (cores[g].mine(tower, idx, phase) for g in (True, False))
+        np.testing.assert_array_equal(got.neg, want.neg)
+        assert got.stats.removed == want.stats.removed and got.stats.n_short == want.stats.n_short
+        assert got.stats.neg_n == want.stats.neg_n > 0
+        assert got.stats.neg_sum == pytest.approx(want.stats.neg_sum, rel=1e-9)
+        before = got.neg.copy() if before is None else before
+    graphs = cores[True].graphs
+    assert graphs.failed is None and graphs.captures == 3 and graphs.replays == 5
+    assert not np.array_equal(before, got.neg)  # the same samples, new weights: other negatives
+    assert cores[False].graphs is None
 
 
 def test_exact_index_over_a_tensor_shares_its_memory(bank):

@@ -123,19 +123,22 @@ class ExactTorchIndex(SearchIndex):
         self.params = {"dtype": str(self.dtype).replace("torch.", ""), "resident": resident}
         self._source = vectors
         self._blocks: list[Any] | None = None
+        self._whole: Any = None  # the resident bank, ONE tensor; the blocks are views of it
         if isinstance(vectors, torch.Tensor):  # zero-copy views when it already has this device and dtype
-            self._blocks = list(vectors.to(self.device, self.dtype).split(block_rows))
+            self._whole = vectors.to(self.device, self.dtype)
         elif resident or self.device != "cpu":
-            self._blocks = []
             try:
+                self._whole = torch.empty((self.ntotal, self.dim), dtype=self.dtype, device=self.device)
                 for s in range(0, self.ntotal, block_rows):
                     blk = np.array(vectors[s:s + block_rows], dtype=np.float32)
-                    self._blocks.append(torch.from_numpy(blk).to(self.device, self.dtype))
+                    self._whole[s:s + len(blk)] = torch.from_numpy(blk).to(self.device, self.dtype)
             except torch.OutOfMemoryError as e:
-                self._blocks = None
+                self._whole = None
                 raise VecragError(f"the bank ({self.ntotal} x {self.dim}) does not fit in {self.device} memory",
                                   hint="use a FAISS index sharded over GPUs (`vecrag index BANK --device cuda`) "
                                        "or search on the CPU") from e
+        if self._whole is not None:
+            self._blocks = list(self._whole.split(block_rows))
 
     def query_chunk_size(self) -> int:
         """Queries per matmul: at most ``query_chunk``, and ``chunk x block rows <= max_elems``."""
@@ -165,19 +168,11 @@ class ExactTorchIndex(SearchIndex):
         when the bank is not resident). Miners use it to score candidates without re-reading the memory map."""
         import torch
 
-        if self._blocks is None:
+        if self._whole is None:
             return None
         ids_t = (ids.to(self.device) if isinstance(ids, torch.Tensor)
                  else torch.as_tensor(np.asarray(ids, np.int64), device=self.device))
-        if len(self._blocks) == 1:
-            return self._blocks[0][ids_t].float()
-        out = torch.empty((len(ids_t), self.dim), dtype=torch.float32, device=self.device)
-        blk_of = ids_t // self.block_rows
-        for b, blk in enumerate(self._blocks):
-            sel = (blk_of == b).nonzero(as_tuple=True)[0]
-            if len(sel):
-                out[sel] = blk[ids_t[sel] - b * self.block_rows].float()
-        return out
+        return self._whole[ids_t].float()  # one gather, no host sync (the CUDA-graph miner captures it)
 
     def search_tensor(self, qt: Any, k: int) -> tuple[Any, Any]:
         """Top-``k`` (scores, ids) of a query tensor, as tensors on this index's device (no copy to the host:

@@ -189,6 +189,10 @@ class AsyncMiner:
         out["miner_disabled"] = float(self.disabled)
         out["miner_worker_restarts"] = float(sum(getattr(c, "restarts", 0) for c in self._cores))
         out["miner_job_ms"] = 1000.0 * (self._job_s or 0.0)  # EMA of one job (a batch mined), IPC included
+        graphs = [c.graphs for c in self._cores if getattr(c, "graphs", None) is not None]  # thread cores
+        if graphs:
+            out["miner_graph_replays"] = float(sum(g.replays for g in graphs))
+            out["miner_graph_failed"] = float(any(g.failed is not None for g in graphs))
         return out
 
     def close(self) -> None:

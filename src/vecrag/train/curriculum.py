@@ -181,6 +181,16 @@ def select_negatives(cand_ids, cand_q, cand_pos, pos_q, masked, phase: Phase, fi
     where the tensors are (the GPU miner's stay on the GPU) and ends in ONE copy to the host. Returns int64
     [B, n_neg] ids (-1 where a sample lacks enough negatives, which is counted) and the round's statistics.
     """
+    B, K = cand_ids.shape
+    packed = pack_selection(cand_ids, cand_q, cand_pos, pos_q, masked, phase, filt, back)
+    return unpack_selection(packed.cpu().numpy(), B, K, phase.n_neg)
+
+
+def pack_selection(cand_ids, cand_q, cand_pos, pos_q, masked, phase: Phase, filt: FilterConfig,
+                   back=None):
+    """:func:`select_negatives`' device work: a float64 tensor on the candidates' device holding the chosen ids
+    (exact below 2**53), the removal counts and the score sums, for :func:`unpack_selection`. No host sync and
+    fixed shapes for fixed inputs: the GPU miner captures it in a CUDA graph (:mod:`vecrag.train.mine_graph`)."""
     import torch
 
     def t(a):
@@ -194,10 +204,10 @@ def select_negatives(cand_ids, cand_q, cand_pos, pos_q, masked, phase: Phase, fi
     rel = cand_q > filt.rel * pos_q[:, None] if filt.rel > 0 else None
     if rel is not None and filt.keep_back and back is not None:
         rel = rel & ~t(back)
-    rules = [("dup", cand_pos > filt.dup if filt.dup < 1.0 else None),
-             ("rel", rel),
-             ("band", (cand_q < phase.lo) | (cand_q > phase.hi))]
-    for _, hit in rules:
+    rules = [cand_pos > filt.dup if filt.dup < 1.0 else None,                # RULES[1:]: dup, rel, band
+             rel,
+             (cand_q < phase.lo) | (cand_q > phase.hi)]
+    for hit in rules:
         new = hit & ~gone if hit is not None else torch.zeros_like(gone)
         counts.append(new.sum())
         gone |= new
@@ -211,13 +221,18 @@ def select_negatives(cand_ids, cand_q, cand_pos, pos_q, masked, phase: Phase, fi
     n_chosen = chosen.sum(1)
     v, p = torch.where(chosen, cand_q.double(), 0.0), pos_q.double()  # (padding's -inf * 0 would be nan)
     counts += [(n_chosen < n_neg).sum(), n_chosen.sum()]
-    # one host copy: ids (exact in float64 below 2**53), counts, then the score sums
-    packed = torch.cat([out[:, :n_neg].reshape(-1).double(), torch.stack(counts).double(),
-                        torch.stack([v.sum(), (v * v).sum(), p.sum(), (p * p).sum()])]).cpu().numpy()
+    return torch.cat([out[:, :n_neg].reshape(-1).double(), torch.stack(counts).double(),
+                      torch.stack([v.sum(), (v * v).sum(), p.sum(), (p * p).sum()])])
+
+
+def unpack_selection(packed: np.ndarray, B: int, K: int, n_neg: int) -> tuple[np.ndarray, MiningStats]:
+    """(ids [B, n_neg], statistics) from :func:`pack_selection`'s tensor, copied to the host (``K``: candidates
+    a sample)."""
+    n_counts = len(RULES) + 2
     ids = packed[:B * n_neg].astype(np.int64).reshape(B, n_neg)
-    c = packed[B * n_neg:B * n_neg + len(counts)].astype(np.int64)
-    neg_sum, neg_sq, pos_sum, pos_sq = packed[B * n_neg + len(counts):].tolist()
+    c = packed[B * n_neg:B * n_neg + n_counts].astype(np.int64)
+    neg_sum, neg_sq, pos_sum, pos_sq = packed[B * n_neg + n_counts:].tolist()
     st = MiningStats(n_samples=B, n_candidates=B * K, n_short=int(c[-2]), neg_n=int(c[-1]),
                      neg_sum=neg_sum, neg_sq=neg_sq, pos_sum=pos_sum, pos_sq=pos_sq)
-    st.removed = {"mask": int(c[0]), **{name: int(x) for (name, _), x in zip(rules, c[1:4], strict=True)}}
+    st.removed = {name: int(x) for name, x in zip(RULES, c[:len(RULES)], strict=True)}
     return ids, st

@@ -54,6 +54,7 @@ class CoreSpec:
     tower: dict          # TowerConfig fields
     threads: int = 1
     keep_back: bool = False
+    cuda_graph: bool = True
 
 
 def build_core(spec: CoreSpec):
@@ -71,7 +72,7 @@ def build_core(spec: CoreSpec):
     masker = NegativeMasker(ChunkMeta.from_bank(bank), window=spec.window, dup_eps=spec.dup_eps)
     where = spec.device if spec.device.startswith("cuda") else "cpu"
     core = MiningCore(bank.vectors, samples, spec.context, masker, FilterConfig(spec.rel, spec.dup, spec.keep_back),
-                      spec.k, make_searcher(bank, spec.backend, where), spec.device)
+                      spec.k, make_searcher(bank, spec.backend, where), spec.device, cuda_graph=spec.cuda_graph)
     tower = QueryTower(spec.dim, from_dict(TowerConfig, spec.tower)).to(core.device).eval()
     return core, tower
 
@@ -247,7 +248,8 @@ def spec_for(task) -> CoreSpec:
     c = task.cfg
     return CoreSpec(bank=str(task.bank.path), min_context=c.min_context, context=task.L, window=c.loss.window,
                     dup_eps=c.loss.dup_eps, rel=c.mining.rel, dup=c.mining.dup, keep_back=c.mining.keep_back,
-                    k=c.mining.k, backend=c.mining.backend, device=str(task.device), dim=task.bank.dim,
+                    k=c.mining.k, backend=c.mining.backend, cuda_graph=c.mining.cuda_graph,
+                    device=str(task.device), dim=task.bank.dim,
                     tower=dataclasses.asdict(c.model),
                     # on a GPU the child's CPU work is light: 2 threads leave the cores to the trainer (1, 4 and
                     # 16 measured the same on the H200 within noise); on the CPU it searches: the trainer's count

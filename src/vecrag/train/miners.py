@@ -26,8 +26,9 @@ import torch
 from vecrag.errors import VecragError
 from vecrag.runtime import to_device
 from vecrag.sequences import Samples, before_target
-from vecrag.train.curriculum import FilterConfig, MiningStats, Phase, select_negatives
+from vecrag.train.curriculum import FilterConfig, MiningStats, Phase, pack_selection, unpack_selection
 from vecrag.train.losses import NegativeMasker
+from vecrag.train.mine_graph import MiningGraphs
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ class MiningCore:
     """Encode contexts with a tower, search, mask, filter. Stateless apart from its search handle."""
 
     def __init__(self, vectors: np.ndarray, samples: Samples, context: int, masker: NegativeMasker,
-                 filters: FilterConfig, k: int, searcher, device: str | torch.device = "cpu"):
+                 filters: FilterConfig, k: int, searcher, device: str | torch.device = "cpu",
+                 cuda_graph: bool = True):
         self.vectors = vectors
         self.samples = samples
         self.L = int(context)
@@ -84,6 +86,8 @@ class MiningCore:
         self.searcher = searcher
         self.device = torch.device(device)
         self.use_resident: bool | None = None  # None = auto (see _resident)
+        # on a GPU with a resident searcher: the device work replayed from CUDA graphs (vecrag.train.mine_graph)
+        self.graphs = MiningGraphs() if cuda_graph else None
 
     def _resident(self) -> bool:
         """Read bank rows from the searcher's resident copy (``gather``)? Default: whenever it has one."""
@@ -109,13 +113,27 @@ class MiningCore:
         return torch.from_numpy(np.asarray(self.vectors[ids.numpy()], np.float32))
 
     def _mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int) -> MineResult:
-        # Everything runs where the bank rows are: on the GPU with a resident searcher (one host copy at the end,
-        # in select_negatives: the miner's per-step syncs and numpy work were most of a mining step on the H200,
-        # docs/bugs-and-fixes.md), else on the host.
+        # Everything runs where the bank rows are: on the GPU with a resident searcher (one host copy at the end:
+        # the miner's per-step syncs and numpy work were most of a mining step on the H200,
+        # docs/bugs-and-fixes.md), else on the host. On a GPU the device work is replayed from a CUDA graph.
         idx = np.asarray(idx, np.int64)
-        dev = torch.device(self.searcher.device) if self._resident() else torch.device("cpu")
-        ctx_ids = to_device(self.samples.context_ids(self.L, idx), dev)
-        pos_ids = to_device(self.samples.target[idx], dev)
+        host = (self.samples.context_ids(self.L, idx), self.samples.target[idx], self.samples.start[idx])
+        k = min(self.k + self.L, len(self.vectors))
+        packed = None
+        if self.graphs is not None and self._resident() and torch.device(self.searcher.device).type == "cuda":
+            key = (id(tower), len(idx), phase.n_neg, phase.lo, phase.hi)
+            packed = self.graphs.run(key, lambda *a: self._select(tower, *a, phase=phase), host)
+        if packed is None:
+            dev = torch.device(self.searcher.device) if self._resident() else torch.device("cpu")
+            packed = self._select(tower, *(to_device(a, dev) for a in host), phase=phase)
+        neg, st = unpack_selection(packed.cpu().numpy(), len(idx), k, phase.n_neg)
+        return MineResult(idx, neg, st, version)
+
+    def _select(self, tower: torch.nn.Module, ctx_ids: torch.Tensor, pos_ids: torch.Tensor, start: torch.Tensor,
+                *, phase: Phase) -> torch.Tensor:
+        """The device work of a mining job, from the samples' context, target and article-start ids to
+        :func:`pack_selection`'s tensor: encode, search, score, mask, filter. No host sync (CUDA-graph safe)."""
+        dev = ctx_ids.device
         cmask = ctx_ids >= 0
         ctx = self._rows(ctx_ids.clamp(min=0).reshape(-1)).reshape(*ctx_ids.shape, -1) * cmask[..., None]
         was_training = tower.training
@@ -143,11 +161,9 @@ class MiningCore:
         take = lambda a: torch.gather(a, 1, order)  # noqa: E731
         back = None
         if self.filters.keep_back:  # chunks of the target's article before the context (ids are in article order)
-            start = to_device(self.samples.start[idx], dev)
             back = take(before_target(cand, start, pos_ids) & ~masked)
-        neg, st = select_negatives(take(cand), take(cand_q), take(cand_pos), pos_q, take(masked), phase,
-                                   self.filters, back)
-        return MineResult(idx, neg, st, version)
+        return pack_selection(take(cand), take(cand_q), take(cand_pos), pos_q, take(masked), phase, self.filters,
+                              back)
 
 
 class SyncMiner:

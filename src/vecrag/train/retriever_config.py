@@ -47,6 +47,7 @@ class MiningConfig:
     lookahead: int = 8         # async: micro-batches mined ahead
     per_job: int = 4           # async: micro-batches mined in one search (<= lookahead; half the time a batch)
     worker: str = field(default="thread", metadata={"choices": ("thread", "process")})  # async: where mining runs
+    cuda_graph: bool = True    # GPU mining: replay each job's kernels from a CUDA graph (false: launch them one by one)
     fallback: str = field(default="sync", metadata={"choices": ("sync", "inbatch")})
     stall: float = 60.0        # async: replace a thread whose job runs longer than this (s)
     max_restarts: int = 3

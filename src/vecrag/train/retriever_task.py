@@ -136,7 +136,8 @@ class RetrieverTask:
         # torch exact search runs where the tower runs (the bank on the GPU when training there); faiss on CPU
         where = str(self.device) if self.device.type == "cuda" else "cpu"
         return MiningCore(self.bank.vectors, self.train, self.L, self.masker, self.filters, m.k,
-                          searcher or make_searcher(self.bank, m.backend, where, self._search_bank), self.device)
+                          searcher or make_searcher(self.bank, m.backend, where, self._search_bank), self.device,
+                          cuda_graph=m.cuda_graph)
 
     def _search_bank(self) -> torch.Tensor:
         """The bank as exact torch searchers hold it, ONE copy shared by validation and every miner of this

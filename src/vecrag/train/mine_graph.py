@@ -1,0 +1,94 @@
+"""The GPU miner's device work as CUDA graphs: one launch a job instead of ~250.
+
+A mining job on the GPU (:meth:`vecrag.train.miners.MiningCore._select`: gather the context rows, run the query
+tower, search the bank, score, mask, filter, pack) is a few hundred small kernels whose shapes depend only on the
+job size and the curriculum phase. Launched one by one from Python they cost milliseconds of host time a job, and
+an async miner thread spends that time holding the trainer's GIL (docs/benchmarks.md, sessions 6-7: a thread that
+only takes its share of the GIL costs the trainer what the miner costs it). :class:`MiningGraphs` captures the work
+once per shape and replays it: the host side of a job becomes three small copies in, one replay and one copy out.
+
+The graph reads the tower's parameters where they are: weight refreshes must copy into them in place
+(``load_state_dict`` and the optimizer do). Inputs are copied into static tensors before each replay, and the
+packed output is read by the caller before the next replay. Capture runs in ``thread_local`` mode, so the
+trainer's thread keeps using CUDA freely meanwhile. Anything that cannot be captured (a host sync in a custom
+tower, an old driver) makes the miner log one warning and mine eagerly from then on: the results are the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    inputs: list[torch.Tensor]
+    out: torch.Tensor
+
+
+class MiningGraphs:
+    """CUDA graphs of a function of a few integer arrays, one per key (at most ``max_graphs``, least recently used
+    dropped). All graphs share one memory pool: they are replayed one at a time, from one thread."""
+
+    def __init__(self, max_graphs: int = 4, warmup: int = 2):
+        self.max_graphs = int(max_graphs)
+        self.warmup = int(warmup)
+        self._graphs: OrderedDict[Hashable, _Captured] = OrderedDict()
+        self._pool = None
+        self.failed: str | None = None   # why capture failed (then every job runs eagerly)
+        self.captures = 0
+        self.replays = 0
+
+    def run(self, key: Hashable, fn: Callable[..., torch.Tensor], inputs: Sequence[np.ndarray],
+            device: torch.device | str | None = None) -> torch.Tensor | None:
+        """``fn(*tensors)`` for ``inputs`` copied to the GPU, replayed from the graph captured for ``key`` (captured
+        now if new). The returned tensor is the graph's static output: read it before the next call. None when
+        graphs cannot be used (the caller runs ``fn`` eagerly)."""
+        if self.failed is not None:
+            return None
+        cap = self._graphs.get(key)
+        if cap is None:
+            cap = self._capture(fn, inputs, device)
+            if cap is None:
+                return None
+            self._graphs[key] = cap
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(key)
+        for static, a in zip(cap.inputs, inputs, strict=True):
+            static.copy_(torch.from_numpy(np.ascontiguousarray(a)), non_blocking=True)
+        cap.graph.replay()
+        self.replays += 1
+        return cap.out
+
+    def _capture(self, fn: Callable[..., torch.Tensor], inputs: Sequence[np.ndarray],
+                 device: torch.device | str | None) -> _Captured | None:
+        dev = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+        try:
+            static = [torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in inputs]
+            side = torch.cuda.Stream(dev)  # warm-up (lazy inits: cuBLAS handles, cached metadata) off the stream
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    fn(*static)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                out = fn(*static)
+            self._pool = graph.pool()
+        except Exception as err:  # noqa: BLE001 -- any capture failure means: mine eagerly
+            self.failed = f"{type(err).__name__}: {err}"
+            self._graphs.clear()
+            log.warning("mining runs without CUDA graphs (capture failed: %s); the negatives are the same, the "
+                        "miner's host side is slower", self.failed)
+            return None
+        self.captures += 1
+        return _Captured(graph, static, out)
