@@ -71,7 +71,8 @@ def main() -> int:
     p.add_argument("--size", type=int, default=100_000)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--modes", default="none,static,sync,async,async-proc",
-                   help="as benchmarks/train_retriever.py (async-j1: one micro-batch a mining job), plus static "
+                   help="as benchmarks/train_retriever.py (async-j1: one micro-batch a mining job; -nog: no CUDA "
+                        "graphs), plus static "
                         "load (static + the miner's search kernels in a thread) and gil (static + a thread of "
                         "CPU torch ops and Python in bursts: the miner's host side without its GPU work)")
     p.add_argument("--gil-busy", type=float, default=0.008, help="gil mode: seconds of each burst (a 4-batch job "
@@ -134,13 +135,14 @@ def main() -> int:
           f"{args.neg} negatives, {args.tower} hidden {args.hidden}, context 10, {args.steps} steps, "
           f"median of {args.repeats} interleaved rounds (range: min-max)")
     print(f"{'mode':>12} {'samples/s':>10} {'range':>13} {'vs none':>8} {'hits':>6} {'fallbacks':>9} {'miner ms':>8} "
-          f"{'wait ms':>7} {'load jobs/s':>11}")
+          f"{'wait ms':>7} {'load jobs/s':>11} {'graph jobs':>10}")
     for mode, rs in runs.items():
         sps = [r["samples_per_s"] for r in rs]
         last = rs[-1]
         print(f"{mode:>12} {med[mode]:>10.0f} {min(sps):>6.0f}-{max(sps):<6.0f} {100 * med[mode] / base:>7.0f}% "
               f"{last['hits']:>6.0f} {last['fallbacks']:>9.0f} {last['job_ms']:>8.1f} "
-              f"{last.get('wait_ms', float('nan')) / args.steps:>7.2f} {last.get('load_jobs_s', float('nan')):>11.1f}")
+              f"{last.get('wait_ms', float('nan')) / args.steps:>7.2f} {last.get('load_jobs_s', float('nan')):>11.1f} "
+              f"{last.get('graph_replays', float('nan')):>10.0f}")
     return 0
 
 

@@ -59,7 +59,8 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     from vecrag.train.loop import Trainer
     from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
 
-    # mode: none | sync | async[-proc][-jN] (-proc: mining.worker=process; -jN: mining.per_job=N)
+    # mode: none | sync | async[-proc][-jN][-nog] (-proc: mining.worker=process; -jN: mining.per_job=N;
+    # -nog: mining.cuda_graph=false, the GPU miner's kernels launched one by one)
     parts = mode.split("-")
     per_job = next((int(x[1:]) for x in parts[1:] if x[:1] == "j" and x[1:].isdigit()), None)
     over = [f"train.batch_size={args.batch}", f"train.grad_accum={args.accum}", f"train.max_steps={args.steps}",
@@ -71,6 +72,7 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
             f"mining.timeout={args.timeout}", "mining.refresh_every=10", "mining.lookahead=8",
             f"model.hidden={args.hidden}", "val_backend=torch", *TOWERS[getattr(args, "tower", "gru")]] \
         + ([f"mining.per_job={per_job}"] if per_job else []) \
+        + (["mining.cuda_graph=false"] if "nog" in parts else []) \
         + ([f"loss.queue={args.queue}"] if getattr(args, "queue", None) is not None else [])
     cfg = load_config(RetrieverConfig, "retriever-default", over)
     resolve_config(cfg, bank)
@@ -96,7 +98,8 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     st = task.stats()
     return {"samples_per_s": float(np.median(sps)), "hits": st.get("miner_hits", 0.0),
             "job_ms": st.get("miner_job_ms", float("nan")), "wait_ms": st.get("miner_wait_ms", float("nan")),
-            "fallbacks": st.get("miner_fallbacks", 0.0), "rss_mb": recs[-1]["rss_mb"] if recs else float("nan"),
+            "fallbacks": st.get("miner_fallbacks", 0.0), "graph_replays": st.get("miner_graph_replays", float("nan")),
+            "rss_mb": recs[-1]["rss_mb"] if recs else float("nan"),
             "gpu_mb": max((r.get("cuda_mem_mb", 0.0) for r in recs), default=0.0)}
 
 

@@ -184,17 +184,20 @@ def test_async_faiss_mining_keeps_training_throughput(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_mining_on_cuda_uses_the_gpu_and_mines(bank, tmp_path, mode):
+@pytest.mark.parametrize("mode,graphs", [("sync", "auto"), ("async", "auto"), ("async", "on")])
+def test_mining_on_cuda_uses_the_gpu_and_mines(bank, tmp_path, mode, graphs):
     """Regression (wiki-full H200 run): the async miner's tower copy stayed on the CPU while its inputs went to
     cuda (every job failed, counted, in-batch fallback), and the torch mining search ran on the CPU."""
     result, task, _ = _run(bank, tmp_path / "run", {"mode": mode, "backend": "torch", "timeout": 5.0, "ttl": 50,
-                                                    "fallback": "inbatch"}, {"device": "cuda", "epochs": 1})
+                                                    "fallback": "inbatch", "cuda_graph": graphs},
+                           {"device": "cuda", "epochs": 1})
     st = task.stats()
     assert st.get("miner_errors", 0) == 0
     assert st["mining_mined_sync"] + st["mining_mined_async"] > 0
-    if mode == "async":  # the thread core replayed its jobs from CUDA graphs (vecrag.train.mine_graph)
+    if mode == "async" and graphs == "on":  # the thread core replayed its jobs from CUDA graphs
         assert st["miner_graph_failed"] == 0 and st["miner_graph_replays"] == st["miner_jobs"] > 0
+    elif mode == "async":  # auto: a miner thread launches its kernels one by one (faster beside the trainer)
+        assert "miner_graph_replays" not in st and st["miner_jobs"] > 0
     else:
         assert task._sync.core.graphs.failed is None and task._sync.core.graphs.replays == st["mining_mined_sync"]
     core = task._core()
@@ -216,10 +219,11 @@ def test_cuda_graph_mining_matches_eager_mining(bank, kind, keep_back):
     cores = {g: MiningCore(bank.vectors, samples, 4, masker, FilterConfig(0.95, 0.98, keep_back), k=64,
                            searcher=searcher, device="cuda", cuda_graph=g) for g in (True, False)}
     rng = np.random.default_rng(0)
-    jobs = [(rng.choice(len(samples), n, replace=False), ph) for n, ph in
-            [(96, Phase(0, 0, 6, 0.1, 0.95)), (96, Phase(0, 0, 6, 0.1, 0.95)), (96, Phase(1, 1, 3, 0.3, 0.9)),
-             (40, Phase(0, 0, 6, 0.1, 0.95)), ("perturb", None), (96, Phase(0, 0, 6, 0.1, 0.95))]]
-    jobs[-1] = (jobs[0][0], jobs[-1][1])  # the first job again, after the weights changed
+    first, wide = rng.choice(len(samples), 96, replace=False), Phase(0, 0, 6, 0.1, 0.95)
+    jobs = [(first, wide), (rng.choice(len(samples), 96, replace=False), wide),
+            (rng.choice(len(samples), 96, replace=False), Phase(1, 1, 3, 0.3, 0.9)),
+            (rng.choice(len(samples), 40, replace=False), wide),
+            ("perturb", None), (first, wide)]  # the first job again, after the weights changed
     before = None
     for idx, phase in jobs:
         if isinstance(idx, str):
@@ -514,3 +518,20 @@ def test_refresh_on_the_miners_gpu_hands_over_a_device_clone(where):
     a = np.arange(1000, dtype=np.int64)
     t = to_device(a, "cuda")
     assert t.is_cuda and torch.equal(t.cpu(), torch.from_numpy(a))
+
+
+def test_cuda_graph_setting_picks_which_cores_capture(bank):
+    """mining.cuda_graph: auto gives the sync miner and a miner process CUDA graphs and a miner thread none (it ran
+    slower beside the trainer with them on the H200); on / off apply to every core; other values are refused."""
+    from vecrag.train.miner_process import spec_for
+
+    seen = {}
+    for setting in ("auto", "on", "off"):
+        cfg = from_dict(RetrieverConfig, {"train": {"context": 4, "device": "cpu"}, "model": {"hidden": 8},
+                                          "mining": {"cuda_graph": setting}})
+        task = RetrieverTask(bank, cfg)
+        seen[setting] = (task._core().graphs is not None, task._core(thread=True).graphs is not None,
+                         spec_for(task).cuda_graph)
+    assert seen == {"auto": (True, False, True), "on": (True, True, True), "off": (False, False, False)}
+    with pytest.raises(VecragError, match="cuda_graph"):
+        from_dict(RetrieverConfig, {"mining": {"cuda_graph": "sometimes"}})

@@ -47,7 +47,10 @@ class MiningConfig:
     lookahead: int = 8         # async: micro-batches mined ahead
     per_job: int = 4           # async: micro-batches mined in one search (<= lookahead; half the time a batch)
     worker: str = field(default="thread", metadata={"choices": ("thread", "process")})  # async: where mining runs
-    cuda_graph: bool = True    # GPU mining: replay each job's kernels from a CUDA graph (false: launch them one by one)
+    # GPU mining: replay each job's kernels from a CUDA graph (vecrag.train.mine_graph). auto: for sync mining
+    # and a miner process, not a miner thread (H200, transformer tower: sync 62 -> 81 % of no mining, process
+    # 89-90 -> 90-92 %, but thread 92-93 -> 86-87 %; docs/benchmarks.md, session 10)
+    cuda_graph: str = field(default="auto", metadata={"choices": ("auto", "on", "off")})
     fallback: str = field(default="sync", metadata={"choices": ("sync", "inbatch")})
     stall: float = 60.0        # async: replace a thread whose job runs longer than this (s)
     max_restarts: int = 3

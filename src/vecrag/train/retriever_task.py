@@ -27,6 +27,7 @@ each rank mines its own samples. Mining stats and counters in the log are rank 0
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import warnings
@@ -131,13 +132,14 @@ class RetrieverTask:
             s += a.size
         return out
 
-    def _core(self, searcher=None) -> MiningCore:
+    def _core(self, searcher=None, thread: bool = False) -> MiningCore:
+        """A mining core of this process: the sync miner's, or (``thread``) an async miner thread's."""
         m = self.cfg.mining
         # torch exact search runs where the tower runs (the bank on the GPU when training there); faiss on CPU
         where = str(self.device) if self.device.type == "cuda" else "cpu"
         return MiningCore(self.bank.vectors, self.train, self.L, self.masker, self.filters, m.k,
                           searcher or make_searcher(self.bank, m.backend, where, self._search_bank), self.device,
-                          cuda_graph=m.cuda_graph)
+                          cuda_graph=m.cuda_graph == "on" or (m.cuda_graph == "auto" and not thread))
 
     def _search_bank(self) -> torch.Tensor:
         """The bank as exact torch searchers hold it, ONE copy shared by validation and every miner of this
@@ -191,7 +193,7 @@ class RetrieverTask:
 
         acfg = AsyncConfig(ttl=m.ttl, timeout=m.timeout, refresh_every=m.refresh_every, lookahead=m.lookahead,
                            per_job=m.per_job, stall=m.stall, max_restarts=m.max_restarts)
-        make_core = self._core
+        make_core = functools.partial(self._core, thread=True)
         if m.worker == "process":  # no GIL shared with the trainer (vecrag.train.miner_process)
             from vecrag.train.miner_process import ProcessCore, spec_for
 
