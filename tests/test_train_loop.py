@@ -269,6 +269,23 @@ def test_config_yaml_and_overrides(tmp_path):
     assert parse_overrides(["a.b=1", "a.c=x"]) == {"a": {"b": 1, "c": "x"}}
 
 
+def test_config_words_yaml_reads_as_booleans_stay_words(tmp_path):
+    """YAML 1.1 reads ``off`` (and on/yes/no) as a boolean: a string field with such choices gets its word back,
+    from an override (``train.amp=off``, ``mining.cuda_graph=off`` failed before) and from a YAML file."""
+    from vecrag.train.retriever_task import RetrieverConfig
+
+    assert load_config(RunConfig, None, ["train.amp=off"]).train.amp == "off"
+    assert load_config(RetrieverConfig, None, ["mining.cuda_graph=off"]).mining.cuda_graph == "off"
+    assert load_config(RetrieverConfig, None, ["mining.cuda_graph=on"]).mining.cuda_graph == "on"
+    y = tmp_path / "c.yaml"
+    y.write_text("mining:\n  cuda_graph: off\ntrain:\n  amp: off\n")
+    c = load_config(RetrieverConfig, y)
+    assert c.mining.cuda_graph == "off" and c.train.amp == "off"
+    assert load_config(RunConfig, None, ["bank=yes"]).bank == "true"  # no choices: the canonical word
+    with pytest.raises(VecragError, match="not one of auto, bf16, off"):
+        load_config(RunConfig, None, ["train.amp=yes"])
+
+
 @pytest.mark.parametrize("override, match", [
     (["train.lrr=1"], "unknown config key.*train.lrr"),
     (["nope=1"], "unknown config key"),

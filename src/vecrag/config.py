@@ -155,7 +155,10 @@ def _coerce(value: Any, tp: Any, key: str, choices: tuple | None) -> Any:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif tp is str:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no/true/false as booleans: take the word back
+            words = ("on", "true", "yes") if value else ("off", "false", "no")
+            value = next((w for w in words if choices and w in choices), words[1])
+        elif isinstance(value, int | float):
             value = str(value)
         ok = isinstance(value, str)
     elif origin in (list, tuple):
