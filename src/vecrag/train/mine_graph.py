@@ -36,7 +36,9 @@ class _Captured:
 
 class MiningGraphs:
     """CUDA graphs of a function of a few integer arrays, one per key (at most ``max_graphs``, least recently used
-    dropped). All graphs share one memory pool: they are replayed one at a time, from one thread."""
+    dropped). All graphs share one memory pool: safe in any replay order because they are replayed one at a time,
+    from one thread, and none reads another's output (pytorch/pytorch PR #166975 documents this use). The static
+    inputs live outside the pool; each output is read before the next replay, which may reuse its memory."""
 
     def __init__(self, max_graphs: int = 4, warmup: int = 2):
         self.max_graphs = int(max_graphs)
