@@ -4,6 +4,7 @@
 mkdir -p .gpu/site && python3 -m pip install -q --no-index --no-deps --no-compile --target .gpu/site .gpu/wsmall/*.whl .gpu/wfaiss/*.whl 2>/dev/null
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/.gpu/site:$PWD/src
 R=.gpu/r16; rm -rf $R; mkdir -p $R
+python3 -m pytest -q -p no:cacheprovider tests/test_miners.py -k "cuda or graph" 2>&1 | tail -2
 S="0-0:none;1-2:8@0.3-0.95;3-99:16@0.3-0.97"
 run() { name=$1; shift; python3 -m vecrag.cli train retriever .gpu/w300 --config retriever-gpu train.epochs=8 \
   train.torch_threads=3 train.device=cuda train.val_max_queries=0 train.early_stop_metric=R@10 train.patience=10 \
