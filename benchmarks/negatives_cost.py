@@ -142,7 +142,7 @@ def main() -> int:
         print(f"{mode:>12} {med[mode]:>10.0f} {min(sps):>6.0f}-{max(sps):<6.0f} {100 * med[mode] / base:>7.0f}% "
               f"{last['hits']:>6.0f} {last['fallbacks']:>9.0f} {last['job_ms']:>8.1f} "
               f"{last.get('wait_ms', float('nan')) / args.steps:>7.2f} {last.get('load_jobs_s', float('nan')):>11.1f} "
-              f"{last.get('graph_replays', float('nan')):>10.0f}")
+              f"{last.get('graph_jobs', float('nan')):>10.0f}")
     return 0
 
 

@@ -98,7 +98,8 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     st = task.stats()
     return {"samples_per_s": float(np.median(sps)), "hits": st.get("miner_hits", 0.0),
             "job_ms": st.get("miner_job_ms", float("nan")), "wait_ms": st.get("miner_wait_ms", float("nan")),
-            "fallbacks": st.get("miner_fallbacks", 0.0), "graph_replays": st.get("miner_graph_replays", float("nan")),
+            "fallbacks": st.get("miner_fallbacks", 0.0),
+            "graph_jobs": st.get("miner_graph_jobs", st.get("mining_mined_sync_graph", float("nan"))),
             "rss_mb": recs[-1]["rss_mb"] if recs else float("nan"),
             "gpu_mb": max((r.get("cuda_mem_mb", 0.0) for r in recs), default=0.0)}
 

@@ -92,7 +92,8 @@ class AsyncMiner:
         self._stop = threading.Event()
         self.disabled = False
         self.round_stats = MiningStats()
-        self.counters = dict.fromkeys(("hits", "stale", "misses", "fallbacks", "errors", "restarts", "jobs"), 0)
+        self.counters = dict.fromkeys(("hits", "stale", "misses", "fallbacks", "errors", "restarts", "jobs",
+                                       "graph_jobs"), 0)
         self.wait_ms = 0.0
         self._thread: threading.Thread | None = None
         self._cores: list = []  # every core opened (a process core is a child process to stop at close)
@@ -189,10 +190,6 @@ class AsyncMiner:
         out["miner_disabled"] = float(self.disabled)
         out["miner_worker_restarts"] = float(sum(getattr(c, "restarts", 0) for c in self._cores))
         out["miner_job_ms"] = 1000.0 * (self._job_s or 0.0)  # EMA of one job (a batch mined), IPC included
-        graphs = [c.graphs for c in self._cores if getattr(c, "graphs", None) is not None]  # thread cores
-        if graphs:
-            out["miner_graph_replays"] = float(sum(g.replays for g in graphs))
-            out["miner_graph_failed"] = float(any(g.failed is not None for g in graphs))
         return out
 
     def close(self) -> None:
@@ -344,6 +341,7 @@ class AsyncMiner:
                     self._busy_since = time.monotonic()
                 t_job = time.monotonic()
                 res = core.mine(self._tower, idx, phase, version)
+                self.counters["graph_jobs"] += int(res.graphed)  # replayed from a CUDA graph (thread or child)
                 dt = time.monotonic() - t_job
                 self._job_s = dt if self._job_s is None else 0.8 * self._job_s + 0.2 * dt
             except WorkerGone as err:

@@ -64,6 +64,7 @@ class MineResult:
     neg: np.ndarray        # int64 [B, n_neg]: row j = sample ids[j]'s negatives (-1 padded)
     stats: MiningStats
     version: int           # optimizer step of the tower weights used
+    graphed: bool = False  # replayed from a CUDA graph (vecrag.train.mine_graph)
 
     @property
     def negatives(self) -> dict[int, np.ndarray]:
@@ -123,11 +124,12 @@ class MiningCore:
         if self.graphs is not None and self._resident() and torch.device(self.searcher.device).type == "cuda":
             key = (id(tower), len(idx), phase.n_neg, phase.lo, phase.hi)
             packed = self.graphs.run(key, lambda *a: self._select(tower, *a, phase=phase), host)
+        graphed = packed is not None
         if packed is None:
             dev = torch.device(self.searcher.device) if self._resident() else torch.device("cpu")
             packed = self._select(tower, *(to_device(a, dev) for a in host), phase=phase)
         neg, st = unpack_selection(packed.cpu().numpy(), len(idx), k, phase.n_neg)
-        return MineResult(idx, neg, st, version)
+        return MineResult(idx, neg, st, version, graphed)
 
     def _select(self, tower: torch.nn.Module, ctx_ids: torch.Tensor, pos_ids: torch.Tensor, start: torch.Tensor,
                 *, phase: Phase) -> torch.Tensor:

@@ -98,7 +98,7 @@ class RetrieverTask:
         self.curriculum = Curriculum.parse(cfg.mining.schedule, base=cfg.mining.schedule_base)
         self.filters = FilterConfig(rel=cfg.mining.rel, dup=cfg.mining.dup, keep_back=cfg.mining.keep_back)
         self.round = MiningStats()
-        self.counters = {"mined_sync": 0, "mined_async": 0, "fallback_inbatch": 0}
+        self.counters = {"mined_sync": 0, "mined_async": 0, "fallback_inbatch": 0, "mined_sync_graph": 0}
         self.trainer = None
         self.device = torch.device("cpu")
         self._sync: SyncMiner | None = None
@@ -179,6 +179,7 @@ class RetrieverTask:
         res = self._sync.mine(self.model.query, idx, phase, step)
         self.round.merge(res.stats)
         self.counters["mined_sync"] += 1
+        self.counters["mined_sync_graph"] += int(res.graphed)  # replayed from a CUDA graph
         return res.neg
 
     def _start_async(self, step: int) -> None:
