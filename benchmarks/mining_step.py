@@ -59,6 +59,9 @@ def main() -> int:
     ap.add_argument("--context", type=int, default=10)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--device", default="cpu", help="device of the tower and of the resident bank copy")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print torch.profiler's ops by self CPU time over --reps resident steps (random "
+                         "candidates): which part of the step outside the search costs what")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as d:
@@ -87,6 +90,17 @@ def main() -> int:
                 times.append(1000 * (time.perf_counter() - t0))
             times = times[1:]  # the first call warms caches
             print(f"{name:>10} {statistics.median(times):21.1f} {min(times):8.1f}")
+            if args.profile and name == "resident":
+                profiled = (core, [rng.choice(len(samples), args.batch, replace=False) for _ in range(args.reps)])
+        if args.profile:
+            from torch.profiler import profile
+
+            core, batches = profiled
+            with profile() as prof:
+                for idx in batches:
+                    core.mine(tower, idx, phase)
+            print(f"\nresident path, {args.reps} steps under torch.profiler:")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
         print(f"\n{'gather in the training step':>34} {'ms (median)':>12}")
         for name, rows in ((f"mined negatives ({args.batch} x 8)", args.batch * 8), ("queue (4,096)", 4096)):
             times = []
