@@ -50,30 +50,31 @@ class MiningGraphs:
         self.replays = 0
 
     def run(self, key: Hashable, fn: Callable[..., torch.Tensor], inputs: Sequence[np.ndarray],
-            device: torch.device | str | None = None) -> torch.Tensor | None:
-        """``fn(*tensors)`` for ``inputs`` copied to the GPU, replayed from the graph captured for ``key`` (captured
-        now if new). The returned tensor is the graph's static output: read it before the next call. None when
-        graphs cannot be used (the caller runs ``fn`` eagerly)."""
+            device: torch.device | str) -> torch.Tensor | None:
+        """``fn(*tensors)`` for ``inputs`` copied to ``device`` (a GPU), replayed from the graph captured for ``key``
+        (captured now if new). The returned tensor is the graph's static output: read it before the next call.
+        None when graphs cannot be used (the caller runs ``fn`` eagerly)."""
         if self.failed is not None:
             return None
-        cap = self._graphs.get(key)
-        if cap is None:
-            cap = self._capture(fn, inputs, device)
+        dev = torch.device(device)
+        with torch.cuda.device(dev):  # capture and replay on the work's GPU, whichever is current
+            cap = self._graphs.get(key)
             if cap is None:
-                return None
-            self._graphs[key] = cap
-            while len(self._graphs) > self.max_graphs:
-                self._graphs.popitem(last=False)
-        self._graphs.move_to_end(key)
-        for static, a in zip(cap.inputs, inputs, strict=True):
-            static.copy_(torch.from_numpy(np.ascontiguousarray(a)), non_blocking=True)
-        cap.graph.replay()
+                cap = self._capture(fn, inputs, dev)
+                if cap is None:
+                    return None
+                self._graphs[key] = cap
+                while len(self._graphs) > self.max_graphs:
+                    self._graphs.popitem(last=False)
+            self._graphs.move_to_end(key)
+            for static, a in zip(cap.inputs, inputs, strict=True):
+                static.copy_(torch.from_numpy(np.ascontiguousarray(a)), non_blocking=True)
+            cap.graph.replay()
         self.replays += 1
         return cap.out
 
     def _capture(self, fn: Callable[..., torch.Tensor], inputs: Sequence[np.ndarray],
-                 device: torch.device | str | None) -> _Captured | None:
-        dev = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+                 dev: torch.device) -> _Captured | None:
         try:
             static = [torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in inputs]
             side = torch.cuda.Stream(dev)  # warm-up (lazy inits: cuBLAS handles, cached metadata) off the stream

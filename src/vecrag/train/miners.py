@@ -123,7 +123,7 @@ class MiningCore:
         packed = None
         if self.graphs is not None and self._resident() and torch.device(self.searcher.device).type == "cuda":
             key = (id(tower), len(idx), phase.n_neg, phase.lo, phase.hi)
-            packed = self.graphs.run(key, lambda *a: self._select(tower, *a, phase=phase), host)
+            packed = self.graphs.run(key, lambda *a: self._select(tower, *a, phase=phase), host, self.searcher.device)
         graphed = packed is not None
         if packed is None:
             dev = torch.device(self.searcher.device) if self._resident() else torch.device("cpu")
