@@ -110,6 +110,23 @@ def main() -> int:
                 np.asarray(bank.vectors[ids], np.float32)
                 times.append(1000 * (time.perf_counter() - t0))
             print(f"{name:>34} {statistics.median(times[1:]):12.2f}")
+        # the miner's row gather from the resident copy (ExactTorchIndex.gather): its candidates and positives
+        rows = args.batch * (args.k + args.context + 1)
+        whole = exact._whole
+        print(f"\n{f'resident row gather ({rows:,} rows)':>34} {'ms (median)':>12}")
+        for name, fn in (("advanced indexing (bank[ids])", lambda i: whole[i]),
+                         ("index_select (what gather uses)", lambda i: whole.index_select(0, i))):
+            times = []
+            for _ in range(args.reps + 1):
+                ids_t = torch.from_numpy(rng.integers(0, args.size, rows)).to(whole.device)
+                if whole.is_cuda:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fn(ids_t)
+                if whole.is_cuda:
+                    torch.cuda.synchronize()
+                times.append(1000 * (time.perf_counter() - t0))
+            print(f"{name:>34} {statistics.median(times[1:]):12.2f}")
     return 0
 
 
