@@ -244,6 +244,28 @@ def test_cuda_graph_mining_matches_eager_mining(bank, kind, keep_back):
     assert cores[False].graphs is None
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+def test_mining_graphs_replay_evict_and_fall_back_to_eager(caplog):
+    """MiningGraphs: one capture per key, replays with new inputs, the least recently used graph dropped past
+    max_graphs; a function that syncs with the host cannot be captured: one warning, then None (eager) for good."""
+    from vecrag.train.mine_graph import MiningGraphs
+
+    graphs = MiningGraphs(max_graphs=2)
+
+    def fn(x):
+        return (x * 2 + 1).double()
+
+    for key, n, shift in [("a", 3, 0), ("b", 4, 0), ("a", 3, 10), ("c", 5, 0)]:
+        arr = np.arange(n) + shift
+        out = graphs.run(key, fn, [arr], "cuda")
+        assert torch.equal(out.cpu(), torch.from_numpy(arr * 2 + 1).double())
+    assert graphs.captures == 3 and graphs.replays == 4 and list(graphs._graphs) == ["a", "c"]
+    bad = MiningGraphs()
+    assert bad.run("k", lambda x: x * int(x.sum().item()), [np.arange(3)], "cuda") is None  # .item(): a sync
+    assert bad.failed is not None and "without CUDA graphs" in caplog.text
+    assert bad.run("k2", fn, [np.arange(3)], "cuda") is None and bad.captures == 0
+
+
 def test_exact_index_over_a_tensor_shares_its_memory(bank):
     from vecrag.index import ExactTorchIndex
 
