@@ -3,9 +3,10 @@
 ``MiningCore`` searches the FULL bank with the current query tower, takes the top ``k`` candidates, removes
 masked ones (the positive, its text/vector duplicates, same-article chunks within +-window, the sample's own
 context chunks, which the evaluation's hit rules also exclude), applies the positive-aware filters and the
-phase's cosine band (:func:`vecrag.train.curriculum.select_negatives`) and returns the negative chunk ids of
+phase's cosine band (:func:`vecrag.train.curriculum.pack_selection`) and returns the negative chunk ids of
 each sample, keyed by sample id (the index of the training sample), never by batch position. With a resident
-searcher every step of that stays on the searcher's device until one host copy of the selected ids.
+searcher every step of that stays on the searcher's device until one host copy of the selected ids; on a GPU
+that device work is replayed from a CUDA graph (:mod:`vecrag.train.mine_graph`, ``mining.cuda_graph``).
 
 ``SyncMiner`` mines in the training step with the live tower (deterministic: exact resume holds). The
 asynchronous miner (a background thread, or a process) is :mod:`vecrag.train.async_miner`.
