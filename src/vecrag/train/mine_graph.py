@@ -2,16 +2,20 @@
 
 A mining job on the GPU (:meth:`vecrag.train.miners.MiningCore._select`: gather the context rows, run the query
 tower, search the bank, score, mask, filter, pack) is a few hundred small kernels whose shapes depend only on the
-job size and the curriculum phase. Launched one by one from Python they cost milliseconds of host time a job, and
-an async miner thread spends that time holding the trainer's GIL (docs/benchmarks.md, sessions 6-7: a thread that
-only takes its share of the GIL costs the trainer what the miner costs it). :class:`MiningGraphs` captures the work
-once per shape and replays it: the host side of a job becomes three small copies in, one replay and one copy out.
+job size and the curriculum phase. Launched one by one from Python they cost milliseconds of host time a job: for
+sync mining that is the trainer's own time, for a miner process a longer hold on the GPU. :class:`MiningGraphs`
+captures the work once per shape and replays it: the host side of a job becomes three small copies in, one replay
+and one copy out. On an H200 (docs/benchmarks.md, session 10) sync mining went from 62 to 81 % of the no-mining
+rate and a miner process from 89-91 to 90-100 %; a miner THREAD beside the trainer was slower with graphs (86-87 vs
+91-93 %), so ``mining.cuda_graph: auto`` leaves a thread's jobs eager.
 
-The graph reads the tower's parameters where they are: weight refreshes must copy into them in place
-(``load_state_dict`` and the optimizer do). Inputs are copied into static tensors before each replay, and the
-packed output is read by the caller before the next replay. Capture runs in ``thread_local`` mode, so the
-trainer's thread keeps using CUDA freely meanwhile. Anything that cannot be captured (a host sync in a custom
-tower, an old driver) makes the miner log one warning and mine eagerly from then on: the results are the same.
+The graph reads the tower's parameters where they were at capture: weight refreshes must copy into them in place
+(``load_state_dict`` and the optimizer do); a tower whose parameters moved (``.to()``, a new tower at a reused
+``id``) no longer matches the graph's guard (the parameters' addresses) and is captured again. Inputs are copied
+into static tensors before each replay, and the packed output is read by the caller before the next replay. Capture
+runs in ``thread_local`` mode, so the trainer's thread keeps using CUDA freely meanwhile. Anything that cannot be
+captured (a host sync in a custom tower, an old driver) makes the miner log one warning and mine eagerly from then
+on: the results are the same.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class _Captured:
     graph: torch.cuda.CUDAGraph
     inputs: list[torch.Tensor]
     out: torch.Tensor
+    guard: Hashable
 
 
 class MiningGraphs:
@@ -50,17 +55,22 @@ class MiningGraphs:
         self.replays = 0
 
     def run(self, key: Hashable, fn: Callable[..., torch.Tensor], inputs: Sequence[np.ndarray],
-            device: torch.device | str) -> torch.Tensor | None:
+            device: torch.device | str, guard: Hashable = None) -> torch.Tensor | None:
         """``fn(*tensors)`` for ``inputs`` copied to ``device`` (a GPU), replayed from the graph captured for ``key``
-        (captured now if new). The returned tensor is the graph's static output: read it before the next call.
-        None when graphs cannot be used (the caller runs ``fn`` eagerly)."""
+        (captured now if new). ``guard``: what the graph reads besides its inputs, e.g. the addresses of the
+        tower's parameters; a graph captured under another guard is captured again (a tower moved or rebuilt).
+        The returned tensor is the graph's static output: read it before the next call. None when graphs cannot
+        be used (the caller runs ``fn`` eagerly)."""
         if self.failed is not None:
             return None
         dev = torch.device(device)
         with torch.cuda.device(dev):  # capture and replay on the work's GPU, whichever is current
             cap = self._graphs.get(key)
+            if cap is not None and cap.guard != guard:
+                del self._graphs[key]
+                cap = None
             if cap is None:
-                cap = self._capture(fn, inputs, dev)
+                cap = self._capture(fn, inputs, dev, guard)
                 if cap is None:
                     return None
                 self._graphs[key] = cap
@@ -74,7 +84,7 @@ class MiningGraphs:
         return cap.out
 
     def _capture(self, fn: Callable[..., torch.Tensor], inputs: Sequence[np.ndarray],
-                 dev: torch.device) -> _Captured | None:
+                 dev: torch.device, guard: Hashable) -> _Captured | None:
         try:
             static = [torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in inputs]
             side = torch.cuda.Stream(dev)  # warm-up (lazy inits: cuBLAS handles, cached metadata) off the stream
@@ -94,4 +104,4 @@ class MiningGraphs:
                         "miner's host side is slower", self.failed)
             return None
         self.captures += 1
-        return _Captured(graph, static, out)
+        return _Captured(graph, static, out, guard)

@@ -124,7 +124,9 @@ class MiningCore:
         packed = None
         if self.graphs is not None and self._resident() and torch.device(self.searcher.device).type == "cuda":
             key = (id(tower), len(idx), phase.n_neg, phase.lo, phase.hi)
-            packed = self.graphs.run(key, lambda *a: self._select(tower, *a, phase=phase), host, self.searcher.device)
+            guard = tuple(t.data_ptr() for t in (*tower.parameters(), *tower.buffers()))  # where the graph reads
+            packed = self.graphs.run(key, lambda *a: self._select(tower, *a, phase=phase), host, self.searcher.device,
+                                     guard)
         graphed = packed is not None
         if packed is None:
             dev = torch.device(self.searcher.device) if self._resident() else torch.device("cpu")
