@@ -241,10 +241,12 @@ def test_cuda_graph_mining_matches_eager_mining(bank, kind, keep_back):
     graphs = cores[True].graphs
     assert graphs.failed is None and graphs.captures == 3 and graphs.replays == 5
     assert not np.array_equal(before, got.neg)  # the same samples, new weights: other negatives
+    held = [p.data for p in tower.parameters()]  # alive: the moved parameters cannot land on their addresses
     tower.cpu().cuda()  # the parameters move: the graph must not read their old addresses
     got, want = (cores[g].mine(tower, first, wide) for g in (True, False))
     np.testing.assert_array_equal(got.neg, want.neg)
     assert graphs.captures == 4 and graphs.replays == 6
+    del held
     assert cores[False].graphs is None
 
 
