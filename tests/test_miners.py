@@ -564,3 +564,31 @@ def test_cuda_graph_setting_picks_which_cores_capture(bank):
     assert seen == {"auto": (True, False, True), "on": (True, True, True), "off": (False, False, False)}
     with pytest.raises(VecragError, match="cuda_graph"):
         from_dict(RetrieverConfig, {"mining": {"cuda_graph": "sometimes"}})
+
+
+@pytest.mark.parametrize("kind", ["gru", "mean_mlp"])
+def test_cpu_sync_mining_with_the_training_queries_trains_the_same_weights(bank, tmp_path, kind):
+    """Sync mining on a CPU takes the training step's own queries instead of running the tower again: for these
+    towers (no dropout, no autocast) the queries are the miner's bit for bit, so the run is unchanged."""
+    weights, evals = {}, {}
+    for reuse in (True, False):
+        cfg = from_dict(RetrieverConfig, {
+            "val_backend": "torch",
+            "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "log_every": 5, "device": "cpu", "context": 4,
+                      "val_max_queries": 50, "tensorboard": False, "patience": 0, "max_steps": 30},
+            "model": {"hidden": 16, "kind": kind},
+            "mining": {"mode": "sync", "schedule": "0-1:4@0.0-0.99", "k": 32}})
+        resolve_config(cfg, bank)
+        task = RetrieverTask(bank, cfg)
+        task.reuse_query = reuse
+        assert task._reuse_query() is reuse
+        calls: list[bool] = []
+        task.model.query.register_forward_hook(lambda mod, args, out, calls=calls: calls.append(mod.training))
+        Trainer(task, cfg.train, tmp_path / f"run-{reuse}", run_config=cfg, quiet=True).fit()
+        assert task.stats()["mining_mined_sync"] == 30
+        assert calls.count(True) == 30  # the training forwards
+        evals[reuse] = calls.count(False)  # validation's, plus the miner's own unless it reused the queries
+        weights[reuse] = {k: v.clone() for k, v in task.model.state_dict().items()}
+    assert evals[False] - evals[True] == 30
+    for k, v in weights[True].items():
+        assert torch.equal(v, weights[False][k]), k

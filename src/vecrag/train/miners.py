@@ -99,13 +99,16 @@ class MiningCore:
         # from the resident fp32 copy vs 55 ms reading the memory map: benchmarks/mining_step.py)
         return self.use_resident if self.use_resident is not None else True
 
-    def mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int = 0) -> MineResult:
+    def mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int = 0,
+             queries: torch.Tensor | None = None) -> MineResult:
+        """Negatives for the samples ``idx``. ``queries``: the samples' query vectors when the caller has them
+        already (the sync miner on a CPU, from the training step's own forward): the tower is then not run."""
         # sync mining is called inside the trainer's bf16 autocast region: without this the tower and the scores
         # would run in bf16, whose rounding blurs the cosine bands and the duplicate test (cos >= 1 - 1e-6)
         no_amp = (torch.autocast(self.device.type, enabled=False) if self.device.type in ("cuda", "cpu")
                   else contextlib.nullcontext())  # amp "auto" is bf16 on cuda only (loop.py); cpu for amp=bf16
         with torch.no_grad(), no_amp:
-            return self._mine(tower, idx, phase, version)
+            return self._mine(tower, idx, phase, version, queries)
 
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         """float32 bank rows of ``ids`` (all >= 0): from the searcher's resident copy (on its GPU), else read
@@ -114,7 +117,8 @@ class MiningCore:
             return self.searcher.gather(ids)
         return torch.from_numpy(np.asarray(self.vectors[ids.numpy()], np.float32))
 
-    def _mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int) -> MineResult:
+    def _mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, version: int,
+              queries: torch.Tensor | None = None) -> MineResult:
         # Everything runs where the bank rows are: on the GPU with a resident searcher (one host copy at the end:
         # the miner's per-step syncs and numpy work were most of a mining step on the H200,
         # docs/bugs-and-fixes.md), else on the host. On a GPU the device work is replayed from a CUDA graph.
@@ -122,7 +126,8 @@ class MiningCore:
         host = (self.samples.context_ids(self.L, idx), self.samples.target[idx], self.samples.start[idx])
         k = min(self.k + self.L, len(self.vectors))
         packed = None
-        if self.graphs is not None and self._resident() and torch.device(self.searcher.device).type == "cuda":
+        if (queries is None and self.graphs is not None and self._resident()
+                and torch.device(self.searcher.device).type == "cuda"):
             key = (id(tower), len(idx), phase.n_neg, phase.lo, phase.hi)
             guard = tuple(t.data_ptr() for t in (*tower.parameters(), *tower.buffers()))  # where the graph reads
             packed = self.graphs.run(key, lambda *a: self._select(tower, *a, phase=phase), host, self.searcher.device,
@@ -130,23 +135,26 @@ class MiningCore:
         graphed = packed is not None
         if packed is None:
             dev = torch.device(self.searcher.device) if self._resident() else torch.device("cpu")
-            packed = self._select(tower, *(to_device(a, dev) for a in host), phase=phase)
+            packed = self._select(tower, *(to_device(a, dev) for a in host), phase=phase, q=queries)
         neg, st = unpack_selection(packed.cpu().numpy(), len(idx), k, phase.n_neg)
         return MineResult(idx, neg, st, version, graphed)
 
     def _select(self, tower: torch.nn.Module, ctx_ids: torch.Tensor, pos_ids: torch.Tensor, start: torch.Tensor,
-                *, phase: Phase) -> torch.Tensor:
-        """The device work of a mining job, from the samples' context, target and article-start ids to
-        :func:`pack_selection`'s tensor: encode, search, score, mask, filter. No host sync (CUDA-graph safe)."""
+                *, phase: Phase, q: torch.Tensor | None = None) -> torch.Tensor:
+        """The device work of a mining job, from the samples' context, target and article-start ids (and their
+        queries ``q``, else the tower's) to :func:`pack_selection`'s tensor: encode, search, score, mask, filter.
+        No host sync (CUDA-graph safe)."""
         dev = ctx_ids.device
         cmask = ctx_ids >= 0
-        ctx = self._rows(ctx_ids.clamp(min=0).reshape(-1)).reshape(*ctx_ids.shape, -1) * cmask[..., None]
-        was_training = tower.training
-        tower.eval()
-        try:
-            q = tower(ctx.to(self.device), cmask.to(self.device)).float().to(dev)
-        finally:
-            tower.train(was_training)
+        if q is None:
+            ctx = self._rows(ctx_ids.clamp(min=0).reshape(-1)).reshape(*ctx_ids.shape, -1) * cmask[..., None]
+            was_training = tower.training
+            tower.eval()
+            try:
+                q = tower(ctx.to(self.device), cmask.to(self.device))
+            finally:
+                tower.train(was_training)
+        q = q.float().to(dev)
         k = min(self.k + self.L, len(self.vectors))
         if hasattr(self.searcher, "search_tensor"):
             cand = self.searcher.search_tensor(q, k)[1].to(dev)
@@ -177,5 +185,6 @@ class SyncMiner:
     def __init__(self, core: MiningCore):
         self.core = core
 
-    def mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, step: int) -> MineResult:
-        return self.core.mine(tower, idx, phase, step)
+    def mine(self, tower: torch.nn.Module, idx: np.ndarray, phase: Phase, step: int,
+             queries: torch.Tensor | None = None) -> MineResult:
+        return self.core.mine(tower, idx, phase, step, queries)

@@ -102,6 +102,7 @@ class RetrieverTask:
         self.trainer = None
         self.device = torch.device("cpu")
         self._sync: SyncMiner | None = None
+        self.reuse_query = True  # sync mining on a CPU mines with the training step's queries (_reuse_query)
         self._async: AsyncMiner | None = None
         self._refreshed = -1
         self.bank_t = bank_tensor(bank.vectors, torch.device("cpu"))  # moved to the training device by attach()
@@ -152,8 +153,9 @@ class RetrieverTask:
                 self._bank_f32 = torch.from_numpy(np.array(self.bank.vectors, dtype=np.float32))
         return self._bank_f32
 
-    def _mined(self, idx: np.ndarray, step: int) -> np.ndarray | None:
-        """Mined negatives [len(idx), n_neg] for the batch (row j for sample idx[j]; -1 padded), or None."""
+    def _mined(self, idx: np.ndarray, step: int, queries: torch.Tensor | None = None) -> np.ndarray | None:
+        """Mined negatives [len(idx), n_neg] for the batch (row j for sample idx[j]; -1 padded), or None.
+        ``queries``: the batch's query vectors for the sync miner (see :meth:`_reuse_query`)."""
         epoch = self.trainer.epoch if self.trainer is not None else 0
         phase = self.curriculum.phase_for(epoch)
         m = self.cfg.mining
@@ -176,7 +178,7 @@ class RetrieverTask:
                 return None
         if self._sync is None:
             self._sync = SyncMiner(self._core())
-        res = self._sync.mine(self.model.query, idx, phase, step)
+        res = self._sync.mine(self.model.query, idx, phase, step, queries)
         self.round.merge(res.stats)
         self.counters["mined_sync"] += 1
         self.counters["mined_sync_graph"] += int(res.graphed)  # replayed from a CUDA graph
@@ -208,9 +210,19 @@ class RetrieverTask:
         self._refreshed = step
         self._async.start()
 
+    def _reuse_query(self) -> bool:
+        """Sync mining on a CPU reads the training step's own query vectors instead of running the tower again
+        (half of a CPU mining step outside the search: benchmarks/mining_step.py --profile). Only where they are
+        the miner's: no dropout, no autocast (the miner scores in float32). The GRU / LSTM / mean-MLP towers give
+        bit-identical queries either way (a test); the transformer's training path differs from its eval fast
+        path by ~1e-7."""
+        return (self.reuse_query and self.cfg.mining.mode == "sync" and self.device.type == "cpu"
+                and self.cfg.model.dropout == 0 and not torch.is_autocast_enabled("cpu"))
+
     def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         idx = np.asarray(idx, np.int64)
-        mined = self._mined(idx, step)  # before the forward pass: sync mining toggles eval mode
+        reuse = self._reuse_query()
+        mined = None if reuse else self._mined(idx, step)  # before the forward: sync mining toggles eval mode
         pos_ids = self.train.target[idx]
         qids = self.queue.current()
         parts = [self.train.context_ids(self.L, idx), pos_ids, qids] + ([mined] if mined is not None else [])
@@ -218,6 +230,10 @@ class RetrieverTask:
         (ctx_t, ctx), (_, pos_rows), (_, q_rows) = got[:3]
         mask = ctx_t >= 0
         q = self.model.query(ctx * mask[..., None], mask)
+        if reuse:
+            mined = self._mined(idx, step, queries=q.detach())
+            if mined is not None:
+                got += self._rows(mined)
         pos = self.model.doc(pos_rows)
         neg_sets, masked = [], {}
         all_ids, sizes = dd.gather_ids(pos_ids)        # every rank's positives, in rank order (plain run: own)
