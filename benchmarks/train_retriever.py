@@ -60,7 +60,7 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
 
     # mode: none | sync | async[-proc][-jN][-nog] (-proc: mining.worker=process; -jN: mining.per_job=N;
-    # -nog: mining.cuda_graph=false, the GPU miner's kernels launched one by one)
+    # -nog: mining.cuda_graph=off, the GPU miner's kernels launched one by one)
     parts = mode.split("-")
     per_job = next((int(x[1:]) for x in parts[1:] if x[:1] == "j" and x[1:].isdigit()), None)
     over = [f"train.batch_size={args.batch}", f"train.grad_accum={args.accum}", f"train.max_steps={args.steps}",
@@ -72,7 +72,7 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
             f"mining.timeout={args.timeout}", "mining.refresh_every=10", "mining.lookahead=8",
             f"model.hidden={args.hidden}", "val_backend=torch", *TOWERS[getattr(args, "tower", "gru")]] \
         + ([f"mining.per_job={per_job}"] if per_job else []) \
-        + (["mining.cuda_graph=false"] if "nog" in parts else []) \
+        + (["mining.cuda_graph=off"] if "nog" in parts else []) \
         + ([f"loss.queue={args.queue}"] if getattr(args, "queue", None) is not None else [])
     cfg = load_config(RetrieverConfig, "retriever-default", over)
     resolve_config(cfg, bank)

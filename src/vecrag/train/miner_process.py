@@ -248,7 +248,7 @@ def spec_for(task) -> CoreSpec:
     c = task.cfg
     return CoreSpec(bank=str(task.bank.path), min_context=c.min_context, context=task.L, window=c.loss.window,
                     dup_eps=c.loss.dup_eps, rel=c.mining.rel, dup=c.mining.dup, keep_back=c.mining.keep_back,
-                    k=c.mining.k, backend=c.mining.backend, cuda_graph=c.mining.cuda_graph != "off",
+                    k=c.mining.k, backend=c.mining.backend, cuda_graph=c.mining.graphs_for(thread=False),
                     device=str(task.device), dim=task.bank.dim,
                     tower=dataclasses.asdict(c.model),
                     # on a GPU the child's CPU work is light: 2 threads leave the cores to the trainer (1, 4 and

@@ -91,6 +91,11 @@ class MiningCore:
         # on a GPU with a resident searcher: the device work replayed from CUDA graphs (vecrag.train.mine_graph)
         self.graphs = MiningGraphs() if cuda_graph else None
 
+    @property
+    def n_candidates(self) -> int:
+        """Candidates searched a query: ``k`` plus the context length (the context's own chunks are masked)."""
+        return min(self.k + self.L, len(self.vectors))
+
     def _resident(self) -> bool:
         """Read bank rows from the searcher's resident copy (``gather``)? Default: whenever it has one."""
         if not getattr(self.searcher, "is_resident", False):
@@ -124,7 +129,6 @@ class MiningCore:
         # docs/bugs-and-fixes.md), else on the host. On a GPU the device work is replayed from a CUDA graph.
         idx = np.asarray(idx, np.int64)
         host = (self.samples.context_ids(self.L, idx), self.samples.target[idx], self.samples.start[idx])
-        k = min(self.k + self.L, len(self.vectors))
         packed = None
         if (queries is None and self.graphs is not None and self._resident()
                 and torch.device(self.searcher.device).type == "cuda"):
@@ -136,7 +140,7 @@ class MiningCore:
         if packed is None:
             dev = torch.device(self.searcher.device) if self._resident() else torch.device("cpu")
             packed = self._select(tower, *(to_device(a, dev) for a in host), phase=phase, q=queries)
-        neg, st = unpack_selection(packed.cpu().numpy(), len(idx), k, phase.n_neg)
+        neg, st = unpack_selection(packed.cpu().numpy(), len(idx), self.n_candidates, phase.n_neg)
         return MineResult(idx, neg, st, version, graphed)
 
     def _select(self, tower: torch.nn.Module, ctx_ids: torch.Tensor, pos_ids: torch.Tensor, start: torch.Tensor,
@@ -155,7 +159,7 @@ class MiningCore:
             finally:
                 tower.train(was_training)
         q = q.float().to(dev)
-        k = min(self.k + self.L, len(self.vectors))
+        k = self.n_candidates
         if hasattr(self.searcher, "search_tensor"):
             cand = self.searcher.search_tensor(q, k)[1].to(dev)
         else:  # faiss: numpy in and out

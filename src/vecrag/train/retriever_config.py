@@ -56,6 +56,11 @@ class MiningConfig:
     max_restarts: int = 3
     fault: str = ""            # fault injection for tests: "raise@N", "crash@N", "hang@N:SECONDS" (comma-sep.)
 
+    def graphs_for(self, thread: bool) -> bool:
+        """Whether a mining core captures CUDA graphs under ``cuda_graph`` (``thread``: an async miner thread's
+        core, which ``auto`` leaves eager; the sync miner's and a miner process's capture)."""
+        return self.cuda_graph == "on" or (self.cuda_graph == "auto" and not thread)
+
     def validate(self) -> None:
         Curriculum.parse(self.schedule, base=self.schedule_base)
         check(self.k >= 1, "mining.k", self.k, "must be >= 1")

@@ -140,7 +140,7 @@ class RetrieverTask:
         where = str(self.device) if self.device.type == "cuda" else "cpu"
         return MiningCore(self.bank.vectors, self.train, self.L, self.masker, self.filters, m.k,
                           searcher or make_searcher(self.bank, m.backend, where, self._search_bank), self.device,
-                          cuda_graph=m.cuda_graph == "on" or (m.cuda_graph == "auto" and not thread))
+                          cuda_graph=m.graphs_for(thread))
 
     def _search_bank(self) -> torch.Tensor:
         """The bank as exact torch searchers hold it, ONE copy shared by validation and every miner of this
