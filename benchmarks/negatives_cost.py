@@ -71,8 +71,8 @@ def main() -> int:
     p.add_argument("--size", type=int, default=100_000)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--modes", default="none,static,sync,async,async-proc",
-                   help="as benchmarks/train_retriever.py (async-j1: one micro-batch a mining job; -nog: no CUDA "
-                        "graphs), plus static "
+                   help="as benchmarks/train_retriever.py (async-j1: one micro-batch a mining job; -nog / -gon: "
+                        "CUDA graphs off / on; -noreuse: CPU sync mining runs the tower again), plus static "
                         "load (static + the miner's search kernels in a thread) and gil (static + a thread of "
                         "CPU torch ops and Python in bursts: the miner's host side without its GPU work)")
     p.add_argument("--gil-busy", type=float, default=0.008, help="gil mode: seconds of each burst (a 4-batch job "

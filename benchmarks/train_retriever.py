@@ -59,8 +59,9 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     from vecrag.train.loop import Trainer
     from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
 
-    # mode: none | sync | async[-proc][-jN][-nog] (-proc: mining.worker=process; -jN: mining.per_job=N;
-    # -nog: mining.cuda_graph=off, the GPU miner's kernels launched one by one)
+    # mode: none | sync | async[-proc][-jN][-nog|-gon][-noreuse] (-proc: mining.worker=process; -jN:
+    # mining.per_job=N; -nog / -gon: mining.cuda_graph=off / on (default auto); -noreuse: CPU sync mining runs the
+    # tower again instead of reading the training step's queries, as before af03ed5)
     parts = mode.split("-")
     per_job = next((int(x[1:]) for x in parts[1:] if x[:1] == "j" and x[1:].isdigit()), None)
     over = [f"train.batch_size={args.batch}", f"train.grad_accum={args.accum}", f"train.max_steps={args.steps}",
@@ -72,7 +73,7 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
             f"mining.timeout={args.timeout}", "mining.refresh_every=10", "mining.lookahead=8",
             f"model.hidden={args.hidden}", "val_backend=torch", *TOWERS[getattr(args, "tower", "gru")]] \
         + ([f"mining.per_job={per_job}"] if per_job else []) \
-        + (["mining.cuda_graph=off"] if "nog" in parts else []) \
+        + (["mining.cuda_graph=off"] if "nog" in parts else ["mining.cuda_graph=on"] if "gon" in parts else []) \
         + ([f"loss.queue={args.queue}"] if getattr(args, "queue", None) is not None else [])
     cfg = load_config(RetrieverConfig, "retriever-default", over)
     resolve_config(cfg, bank)
@@ -83,6 +84,7 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     task = RetrieverTask(bank, cfg)
+    task.reuse_query = "noreuse" not in parts
     try:
         trainer = Trainer(task, cfg.train, run_dir, run_config=cfg, quiet=True)
         if task._async is not None:  # the async miner starts with the trainer: time the steps, not its start-up
@@ -129,7 +131,8 @@ def main() -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--modes", default="none,sync,async,async-proc",
                    help="none, sync, async (miner thread), async-proc (miner process: mining.worker=process); "
-                        "a -jN suffix mines N micro-batches a job (mining.per_job; default 4), e.g. async-j1")
+                        "a -jN suffix mines N micro-batches a job (mining.per_job; default 4), e.g. async-j1; -nog / "
+                        "-gon: mining.cuda_graph=off / on; -noreuse: CPU sync mining runs the tower again")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--accum", type=int, default=1)
     p.add_argument("--context", type=int, default=10)

@@ -267,9 +267,14 @@ def test_mining_graphs_replay_evict_and_fall_back_to_eager(caplog):
         assert torch.equal(out.cpu(), torch.from_numpy(arr * 2 + 1).double())
     assert graphs.captures == 3 and graphs.replays == 4 and list(graphs._graphs) == ["a", "c"]
     bad = MiningGraphs()
+    seed = torch.cuda.initial_seed()
     assert bad.run("k", lambda x: x * int(x.sum().item()), [np.arange(3)], "cuda") is None  # .item(): a sync
     assert bad.failed is not None and "without CUDA graphs" in caplog.text
     assert bad.run("k2", fn, [np.arange(3)], "cuda") is None and bad.captures == 0
+    # the failed capture left the device's random ops usable (they raised "Offset increment outside graph capture"
+    # for the rest of the process before release_rng), with the same seed
+    assert torch.randn(8, device="cuda").isfinite().all() and torch.cuda.initial_seed() == seed
+    assert torch.nn.functional.dropout(torch.ones(64, device="cuda"), 0.5).sum() > 0
 
 
 def test_exact_index_over_a_tensor_shares_its_memory(bank):
@@ -324,10 +329,11 @@ def test_process_worker_mines_what_the_thread_core_mines(bank, kind):
     proc = ProcessCore(spec_for(task), stall=60)
     try:
         for version in (5, 6):  # new weights (a new version) reach the child through the shared buffer
-            if version == 6:
+            if version == 6:  # a seeded change: with the global generator, earlier tests' draws decided whether
+                gen = torch.Generator().manual_seed(0)  # any candidate survived the filters (neg_n 0 on a GPU run)
                 with torch.no_grad():
                     for p in task.model.query.parameters():
-                        p.add_(0.5 * torch.randn_like(p))
+                        p.add_(0.5 * torch.randn(p.shape, generator=gen))
             want = core.mine(task.model.query, idx, phase, version)
             got = proc.mine(task.model.query, idx, phase, version)
             assert got.version == version and set(got.negatives) == set(want.negatives)
@@ -564,6 +570,14 @@ def test_cuda_graph_setting_picks_which_cores_capture(bank):
     assert seen == {"auto": (True, False, True), "on": (True, True, True), "off": (False, False, False)}
     with pytest.raises(VecragError, match="cuda_graph"):
         from_dict(RetrieverConfig, {"mining": {"cuda_graph": "sometimes"}})
+    # a capture in a miner THREAD marks the device's CUDA generator, and the trainer's dropout would then raise
+    thread_on = {"mining": {"mode": "async", "worker": "thread", "cuda_graph": "on"}}
+    validate_config(from_dict(RetrieverConfig, thread_on))  # no dropout: allowed
+    with pytest.raises(VecragError, match="mining.cuda_graph.*dropout"):
+        validate_config(from_dict(RetrieverConfig, {**thread_on, "model": {"dropout": 0.1}}))
+    for ok in ({"cuda_graph": "auto"}, {"worker": "process"}, {"mode": "sync"}):  # the ways out the error names
+        validate_config(from_dict(RetrieverConfig, {"mining": {**thread_on["mining"], **ok},
+                                                    "model": {"dropout": 0.1}}))
 
 
 @pytest.mark.parametrize("kind", ["gru", "mean_mlp"])

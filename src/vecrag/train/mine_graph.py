@@ -100,8 +100,21 @@ class MiningGraphs:
         except Exception as err:  # noqa: BLE001 -- any capture failure means: mine eagerly
             self.failed = f"{type(err).__name__}: {err}"
             self._graphs.clear()
+            release_rng(dev)
             log.warning("mining runs without CUDA graphs (capture failed: %s); the negatives are the same, the "
                         "miner's host side is slower", self.failed)
             return None
         self.captures += 1
         return _Captured(graph, static, out, guard)
+
+
+def release_rng(dev: torch.device) -> None:
+    """Free ``dev``'s default CUDA generator from a capture that failed.
+
+    Every capture registers the device's default generator (torch marks it "capturing"), and only a capture that
+    ENDS cleanly unmarks it: after a failed one, every random op on the device (dropout, ``randn``) raises "Offset
+    increment outside graph capture encountered unexpectedly" for the rest of the process (found by the CUDA tests
+    in session 11). The generator gets a copy of its own state (same seed and offset) that no graph holds."""
+    gen = torch.cuda.default_generators[dev.index if dev.index is not None else torch.cuda.current_device()]
+    if hasattr(gen, "clone_state"):  # torch >= 2.4 (graph-safe generator states); older ones keep no such mark
+        gen.graphsafe_set_state(gen.clone_state())

@@ -104,6 +104,15 @@ class RetrieverConfig:
 
     def validate(self) -> None:
         check(self.min_context >= 1, "min_context", self.min_context, "must be >= 1")
+        # while a graph is being captured torch marks the device's default CUDA generator as capturing, and a
+        # random op of ANOTHER thread (the trainer's dropout) then raises; sync mining and a miner process capture
+        # where nothing else draws from that generator
+        m = self.mining
+        check(not (m.mode == "async" and m.worker == "thread" and m.cuda_graph == "on" and self.model.dropout > 0),
+              "mining.cuda_graph", m.cuda_graph,
+              f"cannot be 'on' for a miner thread while the tower trains with dropout ({self.model.dropout}): a "
+              "capture in the miner's thread makes the trainer's dropout fail on a GPU; use mining.cuda_graph=auto, "
+              "mining.worker=process or model.dropout=0")
 
 
 def resolve_config(cfg: RetrieverConfig, bank) -> RetrieverConfig:
