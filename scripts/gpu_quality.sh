@@ -15,7 +15,7 @@
 # retriever, e.g. "train.lr=1e-4"), SCHED (curriculum), LVM_NCE (LVM InfoNCE weights, "0.1"),
 # MAX_SAMPLES (cascade/decode test samples, 10000), SKIP_TRAIN (1: evaluate existing runs only),
 # INGEST_ARGS (extra ingest flags, e.g. --max-articles 40), RET_ONLY (1: retrievers only: no LVM, cascade or
-# decode; with LVM_NCE="").
+# decode; with LVM_NCE=""), BANK_NAME (the bank directory under WORK, wiki-full).
 set -uo pipefail
 W="$1"; shift
 V="${VECRAG:-vecrag}"
@@ -29,7 +29,7 @@ RET_ARGS="${RET_ARGS:-train.lr=2e-4}"
 SCHED="${SCHED:-0-0:none;1-1:8@0.3-0.95;2-99:16@0.3-0.97}"
 LVM_NCE="${LVM_NCE-0.1}"    # one LVM per InfoNCE weight
 MS="${MAX_SAMPLES:-10000}"
-BANK="$W/wiki-full"
+BANK="$W/${BANK_NAME:-wiki-full}"
 mkdir -p "$W/runs" "$W/eval"
 t0=$(date +%s)
 stamp() { echo "== +$(( $(date +%s) - t0 ))s $*"; }
