@@ -13,9 +13,12 @@ The graph reads the tower's parameters where they were at capture: weight refres
 (``load_state_dict`` and the optimizer do); a tower whose parameters moved (``.to()``, a new tower at a reused
 ``id``) no longer matches the graph's guard (the parameters' addresses) and is captured again. Inputs are copied
 into static tensors before each replay, and the packed output is read by the caller before the next replay. Capture
-runs in ``thread_local`` mode, so the trainer's thread keeps using CUDA freely meanwhile. Anything that cannot be
-captured (a host sync in a custom tower, an old driver) makes the miner log one warning and mine eagerly from then
-on: the results are the same.
+runs in ``thread_local`` mode, so other threads keep launching CUDA work meanwhile, with one exception: torch marks
+the device's default random generator as capturing, and a random op of another thread (dropout) raises until the
+capture ends (measured, docs/bugs-and-fixes.md), hence the config refuses ``cuda_graph=on`` for a miner thread
+beside a tower with dropout. Anything that cannot be captured (a host sync in a custom tower, an old driver) makes
+the miner log one warning, frees the generator (:func:`release_rng`) and mine eagerly from then on: the results are
+the same.
 """
 
 from __future__ import annotations

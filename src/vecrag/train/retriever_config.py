@@ -110,7 +110,7 @@ class RetrieverConfig:
         m = self.mining
         check(not (m.mode == "async" and m.worker == "thread" and m.cuda_graph == "on" and self.model.dropout > 0),
               "mining.cuda_graph", m.cuda_graph,
-              f"cannot be 'on' for a miner thread while the tower trains with dropout ({self.model.dropout}): a "
+              f"is not allowed for a miner thread while the tower trains with dropout ({self.model.dropout}): a "
               "capture in the miner's thread makes the trainer's dropout fail on a GPU; use mining.cuda_graph=auto, "
               "mining.worker=process or model.dropout=0")
 
