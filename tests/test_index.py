@@ -216,7 +216,7 @@ def test_exact_torch_chunks_queries_and_blocks_with_bounded_memory() -> None:
     ref_s, ref_i = ExactTorchIndex(x).search(q, 64)
     # 7 bank blocks of 700 rows, k (50) > the last block's 100 rows; score blocks of <= 7,000 values -> 10 queries
     small = ExactTorchIndex(x, block_rows=700, max_elems=7000, query_chunk=64)
-    assert small.query_chunk_size() == 10 and len(small._blocks) == 8
+    assert small.query_chunk_size() == 10 and len(list(small._iter_blocks())) == 8
     s, i = small.search(q, 50)
     assert np.array_equal(i, ref_i[:, :50]) and np.allclose(s, ref_s[:, :50], atol=1e-6)
     # k (64) above the block size (30 rows): the running top-k grows across blocks

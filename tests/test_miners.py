@@ -204,7 +204,7 @@ def test_mining_on_cuda_uses_the_gpu_and_mines(bank, tmp_path, mode, graphs):
     core = task._core()
     assert core.searcher.device.startswith("cuda") and core.device.type == "cuda"
     # one copy of the bank on the GPU: the miner's searcher and the validation index are views of bank_t
-    assert core.searcher._blocks[0].data_ptr() == task.bank_t.data_ptr() == task._val_index._blocks[0].data_ptr()
+    assert core.searcher._whole.data_ptr() == task.bank_t.data_ptr() == task._val_index._whole.data_ptr()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
@@ -282,7 +282,7 @@ def test_exact_index_over_a_tensor_shares_its_memory(bank):
 
     t = torch.from_numpy(bank.vectors_f32())
     shared = ExactTorchIndex(t, block_rows=100)
-    assert shared._blocks[0].data_ptr() == t.data_ptr() and len(shared._blocks) == -(-bank.n // 100)
+    assert shared._whole.data_ptr() == t.data_ptr() and len(list(shared._iter_blocks())) == -(-bank.n // 100)
     q = bank.vectors_f32()[:20]
     for a, b in zip(shared.search(q, 7), ExactTorchIndex(bank.vectors).search(q, 7), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -378,8 +378,8 @@ def test_validation_and_miners_share_one_bank_copy_on_the_cpu(bank, tmp_path):
     async miner thread search views of it (each used to make its own)."""
     _, task, _ = _run(bank, tmp_path / "run", {"mode": "async", "timeout": 1.0, "ttl": 50, "fallback": "sync"},
                       {"epochs": 1})
-    ptrs = {task._val_index._blocks[0].data_ptr(), task._core().searcher._blocks[0].data_ptr(),
-            task._async._cores[0].searcher._blocks[0].data_ptr(), task._bank_f32.data_ptr()}
+    ptrs = {task._val_index._whole.data_ptr(), task._core().searcher._whole.data_ptr(),
+            task._async._cores[0].searcher._whole.data_ptr(), task._bank_f32.data_ptr()}
     assert len(ptrs) == 1
 
 

@@ -122,8 +122,7 @@ class ExactTorchIndex(SearchIndex):
         self.query_chunk, self.block_rows = query_chunk, block_rows
         self.params = {"dtype": str(self.dtype).replace("torch.", ""), "resident": resident}
         self._source = vectors
-        self._blocks: list[Any] | None = None
-        self._whole: Any = None  # the resident bank, ONE tensor; the blocks are views of it
+        self._whole: Any = None  # the resident bank, ONE tensor; searched in views of block_rows rows
         if isinstance(vectors, torch.Tensor):  # zero-copy views when it already has this device and dtype
             self._whole = vectors.to(self.device, self.dtype)
         elif resident or self.device != "cpu":
@@ -137,8 +136,6 @@ class ExactTorchIndex(SearchIndex):
                 raise VecragError(f"the bank ({self.ntotal} x {self.dim}) does not fit in {self.device} memory",
                                   hint="use a FAISS index sharded over GPUs (`vecrag index BANK --device cuda`) "
                                        "or search on the CPU") from e
-        if self._whole is not None:
-            self._blocks = list(self._whole.split(block_rows))
 
     def query_chunk_size(self) -> int:
         """Queries per matmul: at most ``query_chunk``, and ``chunk x block rows <= max_elems``."""
@@ -148,11 +145,9 @@ class ExactTorchIndex(SearchIndex):
     def _iter_blocks(self) -> Any:
         import torch
 
-        if self._blocks is not None:
-            s = 0
-            for b in self._blocks:
-                yield s, b
-                s += b.shape[0]
+        if self._whole is not None:
+            for s in range(0, self.ntotal, self.block_rows):
+                yield s, self._whole[s:s + self.block_rows]
             return
         for s in range(0, self.ntotal, self.block_rows):
             blk = np.array(self._source[s:s + self.block_rows], dtype=np.float32)
@@ -161,7 +156,7 @@ class ExactTorchIndex(SearchIndex):
     @property
     def is_resident(self) -> bool:
         """The bank is held in memory (on this index's device): ``gather`` works."""
-        return self._blocks is not None
+        return self._whole is not None
 
     def gather(self, ids: Any) -> Any | None:
         """Rows ``ids`` (numpy or a tensor) of the resident bank as a float32 tensor on this index's device (None
