@@ -88,7 +88,9 @@ class RetrieverTask:
         self.val = make_samples(bank, "val", min_context=cfg.min_context,
                                 max_samples=cfg.train.val_max_queries or None, seed=cfg.train.seed)
         self.n_train = len(self.train)
-        with torch.random.fork_rng():
+        # the tower is built on the host: fork the CPU generator only (by default fork_rng also saves and restores
+        # every GPU's, initialising CUDA in a CPU run and warning on a multi-GPU machine)
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
             self.model = RetrieverModel(bank.dim, cfg.model)
         self.meta = ChunkMeta.from_bank(bank)
