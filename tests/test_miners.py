@@ -575,7 +575,7 @@ def test_cuda_graph_setting_picks_which_cores_capture(bank):
     validate_config(from_dict(RetrieverConfig, thread_on))  # no dropout: allowed
     with pytest.raises(VecragError, match="mining.cuda_graph.*dropout"):
         validate_config(from_dict(RetrieverConfig, {**thread_on, "model": {"dropout": 0.1}}))
-    for ok in ({"cuda_graph": "auto"}, {"worker": "process"}, {"mode": "sync"}):  # the ways out the error names
+    for ok in ({"cuda_graph": "auto"}, {"worker": "process"}, {"mode": "sync"}):  # the error's ways out, and sync
         validate_config(from_dict(RetrieverConfig, {"mining": {**thread_on["mining"], **ok},
                                                     "model": {"dropout": 0.1}}))
 
