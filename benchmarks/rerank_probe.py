@@ -7,7 +7,10 @@ cosines (and the context mask), trains a small MLP on top of the tower's logits 
 candidates, any chunk with the target's text is a positive) on ``--train`` train queries, and prints R@1 / R@10 /
 R@k on val and test before and after re-ranking::
 
-    .venv/bin/python benchmarks/rerank_probe.py demo_out/runs/retriever --k 100 --train 20000
+    .venv/bin/python benchmarks/rerank_probe.py demo_out/runs/retriever --k 100 --train 20000 [--vectors]
+
+``--vectors`` also feeds each candidate's vector and its products with the query and the last context vector: a
+score that need not be linear in the candidate (the tower's q . c is), e.g. one that learns what a lead reads like.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from vecrag.sequences import gather_context, make_samples
 
 
 def candidates(bank, model, L, split, k, max_samples, min_context):
-    """Features [n, k, 1 + 2L] (tower score, cosine to each context position, context mask), hits [n, k]."""
+    """Features [n, k, 1 + 2L] (tower score, cosine to each context position, context mask), hits [n, k], and for
+    ``--vectors`` the candidate ids [n, k], the queries [n, D] and the last context vectors [n, D]."""
     s = make_samples(bank, split, min_context=min_context, max_samples=max_samples, seed=0)
     q = tower_queries(model, bank, s, L)
     _, ids = open_index(bank, backend="torch").search(q, k + L)
@@ -41,7 +45,17 @@ def candidates(bank, model, L, split, k, max_samples, min_context):
     mask = np.broadcast_to(cm[:, None, :], prof.shape).astype(np.float32)
     tg = bank.text_group
     hit = (tg[top.clip(0)] == tg[s.target][:, None]) & (top >= 0)
-    return torch.from_numpy(np.concatenate([score[..., None], prof, mask], -1)), torch.from_numpy(hit)
+    feats = torch.from_numpy(np.concatenate([score[..., None], prof, mask], -1))
+    extra = (torch.from_numpy(top.clip(0)), torch.from_numpy(q), torch.from_numpy(cv[:, -1].astype(np.float32)))
+    return feats, torch.from_numpy(hit), extra
+
+
+def with_vectors(f, extra, rows, bank_t):
+    """``f`` plus, per candidate c, the vectors c, q * c and last * c (q: the tower's query, last: the newest
+    context vector): what a re-ranker needs to learn a score that is not linear in c (e.g. "lead-like" chunks)."""
+    top, q, last = (t[rows] for t in extra)
+    c = bank_t[top]
+    return torch.cat([f, c, q[:, None] * c, last[:, None] * c], -1)
 
 
 def recall(scores, hit, ks):
@@ -56,33 +70,43 @@ def main() -> int:
     p.add_argument("--train", type=int, default=20000, help="train queries for the re-ranker")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--tau", type=float, default=0.05, help="temperature of the tower's logits")
+    p.add_argument("--vectors", action="store_true",
+                   help="also give the re-ranker each candidate's vector and its products with the query and the "
+                        "last context vector (3 x D more inputs), not only the similarity profile")
+    p.add_argument("--hidden", type=int, default=64, help="the re-ranker's hidden units")
     args = p.parse_args()
     torch.manual_seed(0)
     cfg, model, _ = load_retriever(args.run)
     bank, L = Bank.open(cfg.bank), cfg.train.context
     data = {sp: candidates(bank, model, L, sp, args.k, args.train if sp == "train" else None, cfg.min_context)
             for sp in ("train", "val", "test")}
-    x, h = data["train"]
-    x, h = x[h.any(1)], h[h.any(1)]  # queries whose target is among the candidates
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[-1], 64), torch.nn.GELU(), torch.nn.Linear(64, 1))
+    bank_t = torch.from_numpy(bank.vectors_f32())
+    x, h, ex = data["train"]
+    has = h.any(1)  # queries whose target is among the candidates
+    x, h, ex = x[has], h[has], tuple(t[has] for t in ex)
+    inputs = (lambda f, e, rows: with_vectors(f, e, rows, bank_t)) if args.vectors else (lambda f, e, rows: f)
+    n_in = inputs(x[:1], ex, torch.arange(1)).shape[-1]
+    net = torch.nn.Sequential(torch.nn.Linear(n_in, args.hidden), torch.nn.GELU(), torch.nn.Linear(args.hidden, 1))
     torch.nn.init.zeros_(net[2].weight)  # starts as the tower's own ranking
     torch.nn.init.zeros_(net[2].bias)
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-2)
     logits = lambda f: f[..., 0] / args.tau + net(f).squeeze(-1)  # noqa: E731
     for _ in range(args.epochs):
         for b in torch.randperm(len(x)).split(256):
-            z = logits(x[b])
+            z = logits(inputs(x[b], ex, b))
             loss = (torch.logsumexp(z, 1) - torch.logsumexp(z.masked_fill(~h[b], -1e9), 1)).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
     ks = (1, 10, args.k)
-    print(f"re-ranking the tower's top {args.k} of {args.run} ({len(x)} train queries, {args.epochs} epochs)")
+    print(f"re-ranking the tower's top {args.k} of {args.run} ({len(x)} train queries, {args.epochs} epochs, "
+          f"inputs: similarity profile{' + candidate vectors' if args.vectors else ''}, {n_in} a candidate)")
     print(f"{'split':>6} {'ranking':>10} " + " ".join(f"{'R@' + str(k):>7}" for k in ks))
     with torch.no_grad():
         for sp in ("val", "test"):
-            f, hit = data[sp]
-            for name, sc in (("tower", f[..., 0]), ("reranked", logits(f))):
+            f, hit, e = data[sp]
+            z = torch.cat([logits(inputs(f[b], e, b)) for b in torch.arange(len(f)).split(256)])
+            for name, sc in (("tower", f[..., 0]), ("reranked", z)):
                 print(f"{sp:>6} {name:>10} " + " ".join(f"{r:>7.2f}" for r in recall(sc, hit, ks)))
     return 0
 
