@@ -102,7 +102,9 @@ for m in sys.argv[2:]:
     last = tr[-1] if tr else {}
     print(f"ret-{m}: median samples/s (epochs >= 1) {sps:,.0f}; miner hits {last.get('miner_hits', 0):.0f} "
           f"stale {last.get('miner_stale', 0):.0f} misses {last.get('miner_misses', 0):.0f} "
-          f"fallbacks {last.get('miner_fallbacks', 0):.0f}; sync-mined batches {last.get('mining_mined_sync', 0):.0f}")
+          f"fallbacks {last.get('miner_fallbacks', 0):.0f}; sync-mined batches {last.get('mining_mined_sync', 0):.0f}; "
+          f"miner job {last.get('miner_job_ms', float('nan')):.1f} ms, trainer's wait {last.get('miner_wait_ms', 0) / 1e3:.1f} s "
+          f"in all, graph jobs {last.get('miner_graph_jobs', last.get('mining_mined_sync_graph', 0)):.0f}")
 EOF
 
 if [ -n "${RET_ONLY:-}" ]; then stamp "done (RET_ONLY)"; exit 0; fi
