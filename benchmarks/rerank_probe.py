@@ -80,11 +80,14 @@ def main() -> int:
     bank, L = Bank.open(cfg.bank), cfg.train.context
     data = {sp: candidates(bank, model, L, sp, args.k, args.train if sp == "train" else None, cfg.min_context)
             for sp in ("train", "val", "test")}
-    bank_t = torch.from_numpy(bank.vectors_f32())
     x, h, ex = data["train"]
     has = h.any(1)  # queries whose target is among the candidates
     x, h, ex = x[has], h[has], tuple(t[has] for t in ex)
-    inputs = (lambda f, e, rows: with_vectors(f, e, rows, bank_t)) if args.vectors else (lambda f, e, rows: f)
+    if args.vectors:  # the bank as float32 rows, only for this mode (1.5 KB a chunk)
+        bank_t = torch.from_numpy(bank.vectors_f32())
+        inputs = lambda f, e, rows: with_vectors(f, e, rows, bank_t)  # noqa: E731
+    else:
+        inputs = lambda f, e, rows: f  # noqa: E731
     n_in = inputs(x[:1], ex, torch.arange(1)).shape[-1]
     net = torch.nn.Sequential(torch.nn.Linear(n_in, args.hidden), torch.nn.GELU(), torch.nn.Linear(args.hidden, 1))
     torch.nn.init.zeros_(net[2].weight)  # starts as the tower's own ranking

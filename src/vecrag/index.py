@@ -145,13 +145,12 @@ class ExactTorchIndex(SearchIndex):
     def _iter_blocks(self) -> Any:
         import torch
 
-        if self._whole is not None:
-            for s in range(0, self.ntotal, self.block_rows):
-                yield s, self._whole[s:s + self.block_rows]
-            return
         for s in range(0, self.ntotal, self.block_rows):
-            blk = np.array(self._source[s:s + self.block_rows], dtype=np.float32)
-            yield s, torch.from_numpy(blk).to(self.device, self.dtype)
+            if self._whole is not None:  # a view of the resident bank
+                yield s, self._whole[s:s + self.block_rows]
+            else:  # read and converted block by block (resident=False)
+                blk = np.array(self._source[s:s + self.block_rows], dtype=np.float32)
+                yield s, torch.from_numpy(blk).to(self.device, self.dtype)
 
     @property
     def is_resident(self) -> bool:

@@ -108,7 +108,8 @@ class RetrieverConfig:
         # random op of ANOTHER thread (the trainer's dropout) then raises; sync mining and a miner process capture
         # where nothing else draws from that generator
         m = self.mining
-        check(not (m.mode == "async" and m.worker == "thread" and m.cuda_graph == "on" and self.model.dropout > 0),
+        miner_thread = m.mode == "async" and m.worker == "thread"
+        check(not (miner_thread and m.graphs_for(thread=True) and self.model.dropout > 0),
               "mining.cuda_graph", m.cuda_graph,
               f"is not allowed for a miner thread while the tower trains with dropout ({self.model.dropout}): a "
               "capture in the miner's thread makes the trainer's dropout fail on a GPU; use mining.cuda_graph=auto, "
