@@ -208,6 +208,30 @@ def test_mining_on_cuda_uses_the_gpu_and_mines(bank, tmp_path, mode, graphs):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+def test_process_worker_on_cuda_warms_up_and_replays_its_first_job(bank):
+    """On a GPU the child mines one job of the first mining phase's shape before "ready": its first real job is
+    replayed from the graph captured then, and mines what the trainer's own core mines."""
+    from vecrag.train.miner_process import ProcessCore, spec_for
+
+    cfg = from_dict(RetrieverConfig, {"train": {"context": 4, "device": "cuda", "batch_size": 16},
+                                      "model": {"hidden": 16, "kind": "transformer", "layers": 2},
+                                      "mining": {"k": 32, "per_job": 2, "schedule": "0:none;1-2:4@0.0-0.99"}})
+    task = RetrieverTask(bank, cfg)
+    spec = spec_for(task)
+    phase = task.curriculum.phase_for(1)
+    assert spec.warmup == (32, phase)
+    idx = np.arange(100, 132)
+    want = task._core().mine(task.model.query, idx, phase, 3)
+    proc = ProcessCore(spec, stall=60)
+    try:
+        got = proc.mine(task.model.query.cpu(), idx, phase, 3)
+    finally:
+        proc.close()
+    assert got.graphed and got.stats.neg_n == want.stats.neg_n > 0
+    np.testing.assert_array_equal(got.neg, want.neg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
 @pytest.mark.parametrize("kind,keep_back", [("gru", False), ("transformer", True)])
 def test_cuda_graph_mining_matches_eager_mining(bank, kind, keep_back):
     """Jobs replayed from CUDA graphs mine exactly what the same jobs launched kernel by kernel mine: for new
@@ -315,7 +339,10 @@ def test_async_process_worker_mines_and_survives_a_crash(bank, tmp_path):
 
 @pytest.mark.parametrize("kind", ["gru", "transformer"])  # transformer: the retriever-gpu preset's tower
 def test_process_worker_mines_what_the_thread_core_mines(bank, kind):
-    """The child rebuilds the trainer's MiningCore from a CoreSpec: same weights, same negatives."""
+    """The child rebuilds the trainer's MiningCore from a CoreSpec: same weights, same negatives (also after a
+    warm-up job before "ready", what a child on a GPU mines: transformer case)."""
+    import dataclasses
+
     from vecrag.config import from_dict
     from vecrag.train.miner_process import ProcessCore, spec_for
 
@@ -326,7 +353,11 @@ def test_process_worker_mines_what_the_thread_core_mines(bank, kind):
     core = task._core()
     idx = np.arange(0, 200, 3)
     phase = Phase(0, 0, 4, 0.0, 0.99)
-    proc = ProcessCore(spec_for(task), stall=60)
+    spec = spec_for(task)
+    assert spec.warmup is None  # on a CPU the child starts without one
+    if kind == "transformer":
+        spec = dataclasses.replace(spec, warmup=(len(idx), phase))
+    proc = ProcessCore(spec, stall=60)
     try:
         for version in (5, 6):  # new weights (a new version) reach the child through the shared buffer
             if version == 6:  # a seeded change: with the global generator, earlier tests' draws decided whether

@@ -90,6 +90,13 @@ def test_presets_load_and_mirror_the_seed():
     assert gpu.loss.tau == 0.03 and default.loss.tau == 0.05  # 0.03 beat 0.05 on wiki-full (session 11)
 
 
+def test_context_beyond_the_transformers_positions_is_rejected_at_load():
+    with pytest.raises(VecragError, match=r"train.context=64 must be <= model.max_len \(32"):
+        load_config(RetrieverConfig, "retriever-gpu", ["train.context=64", "model.max_len=32"])
+    assert load_config(RetrieverConfig, "retriever-gpu", ["train.context=64", "model.kind=gru",
+                                                           "model.max_len=32"]).train.context == 64
+
+
 def test_async_ttl_below_refresh_is_rejected():
     """Weights refreshed every 20 steps are up to 20 steps old: ttl 5 would discard most async results."""
     with pytest.raises(VecragError, match=r"mining.ttl=5 must be >= mining.refresh_every \(20\)"):

@@ -73,3 +73,9 @@ def test_doc_tower_mlp_starts_as_identity_and_reencodes_bank(bank):
 def test_bad_tower_config(bad):
     with pytest.raises(VecragError):
         TowerConfig(**bad).validate()
+
+
+def test_transformer_context_longer_than_its_positions_names_the_keys():
+    tower = QueryTower(8, TowerConfig(kind="transformer", hidden=8, heads=2, max_len=4))
+    with pytest.raises(VecragError, match="model.max_len or lower train.context"):
+        tower(torch.zeros(2, 5, 8), torch.ones(2, 5, dtype=torch.bool))

@@ -109,7 +109,7 @@ class QueryTower(nn.Module):
             n, L, _ = x.shape
             if L > self.cfg.max_len:
                 raise VecragError(f"context length {L} exceeds the transformer's max_len {self.cfg.max_len}",
-                                  hint="raise model.max_len or lower data.context")
+                                  hint="raise model.max_len or lower train.context")
             pos = torch.arange(L, device=x.device)
             z = self.inp(x) + self.pos(pos)[None]
             # causal + key padding; a padded slot may always see itself (no all-masked rows -> no NaN)

@@ -15,7 +15,8 @@ seconds for a reply, then kills the child and raises; the miner counts that as a
 a fresh child, at most ``max_restarts`` times (then every job raises and training falls back). A child whose
 parent died exits on its own within a second. Costs: one more CUDA context on the training GPU (~0.5 GB) and
 its own copy of the bank there (what the miner thread already held), a start-up of a few seconds (imports,
-bank copy) during which the trainer falls back without waiting.
+bank copy and, on a GPU, one warm-up job of the first mining phase's shape, so that the first real jobs find
+their kernels loaded and their CUDA graph captured) during which the trainer falls back without waiting.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from vecrag.errors import VecragError
+from vecrag.train.curriculum import Phase
 from vecrag.train.miners import WorkerGone
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,9 @@ class CoreSpec:
     threads: int = 1
     keep_back: bool = False
     cuda_graph: bool = True
+    # (queries, phase) of one job the child mines before it reports "ready": the first jobs' cold start (kernels,
+    # cuBLAS, the CUDA graph's capture) then falls in the start-up, when the trainer does not wait for the miner
+    warmup: tuple[int, Phase] | None = None
 
 
 def build_core(spec: CoreSpec):
@@ -111,6 +116,9 @@ def _child(conn, spec: CoreSpec, box: torch.Tensor) -> None:  # pragma: no cover
     set_threads(spec.threads)
     try:
         core, tower = build_core(spec)
+        if spec.warmup is not None:  # the same shape and tower object as the first jobs: their graph is captured
+            n, phase = spec.warmup
+            core.mine(tower, np.arange(min(n, len(core.samples))), phase, -1)
     except Exception:
         conn.send(("err", traceback.format_exc()))
         return
@@ -251,6 +259,8 @@ def spec_for(task) -> CoreSpec:
                     k=c.mining.k, backend=c.mining.backend, cuda_graph=c.mining.graphs_for(thread=False),
                     device=str(task.device), dim=task.bank.dim,
                     tower=dataclasses.asdict(c.model),
+                    warmup=next(((c.train.batch_size * c.mining.per_job, p) for p in task.curriculum.phases
+                                 if p.n_neg > 0), None) if task.device.type == "cuda" else None,
                     # on a GPU the child's CPU work is light: 2 threads leave the cores to the trainer (1, 4 and
                     # 16 measured the same on the H200 within noise); on the CPU it searches: the trainer's count
                     threads=2 if task.device.type == "cuda" else max(1, torch.get_num_threads()))

@@ -104,6 +104,9 @@ class RetrieverConfig:
 
     def validate(self) -> None:
         check(self.min_context >= 1, "min_context", self.min_context, "must be >= 1")
+        check(self.model.kind != "transformer" or self.train.context <= self.model.max_len, "train.context",
+              self.train.context, f"must be <= model.max_len ({self.model.max_len}, the transformer tower's learned "
+              "positions); raise model.max_len or shorten the context")
         # while a graph is being captured torch marks the device's default CUDA generator as capturing, and a
         # random op of ANOTHER thread (the trainer's dropout) then raises; sync mining and a miner process capture
         # where nothing else draws from that generator
