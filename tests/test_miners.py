@@ -208,15 +208,17 @@ def test_mining_on_cuda_uses_the_gpu_and_mines(bank, tmp_path, mode, graphs):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
-def test_process_worker_on_cuda_warms_up_and_replays_its_first_job(bank):
+def test_process_worker_on_cuda_warms_up_and_replays_its_first_job(bank, tmp_path):
     """On a GPU the child mines one job of the first mining phase's shape before "ready": its first real job is
     replayed from the graph captured then, and mines what the trainer's own core mines."""
     from vecrag.train.miner_process import ProcessCore, spec_for
 
     cfg = from_dict(RetrieverConfig, {"train": {"context": 4, "device": "cuda", "batch_size": 16},
                                       "model": {"hidden": 16, "kind": "transformer", "layers": 2},
-                                      "mining": {"k": 32, "per_job": 2, "schedule": "0:none;1-2:4@0.0-0.99"}})
+                                      "mining": {"mode": "sync", "k": 32, "per_job": 2,
+                                                 "schedule": "0:none;1-2:4@0.0-0.99"}})
     task = RetrieverTask(bank, cfg)
+    Trainer(task, cfg.train, tmp_path / "run", run_config=cfg, quiet=True)  # attaches the task: on the GPU now
     spec = spec_for(task)
     phase = task.curriculum.phase_for(1)
     assert spec.warmup == (32, phase)
