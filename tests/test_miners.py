@@ -209,8 +209,9 @@ def test_mining_on_cuda_uses_the_gpu_and_mines(bank, tmp_path, mode, graphs):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
 def test_process_worker_on_cuda_warms_up_and_replays_its_first_job(bank, tmp_path):
-    """On a GPU the child mines one job of the first mining phase's shape before "ready": its first real job is
-    replayed from the graph captured then, and mines what the trainer's own core mines."""
+    """On a GPU spec_for asks the child for one warm-up job of the first mining phase's shape (batch x per_job)
+    before "ready"; after it the child's jobs, replayed from CUDA graphs, mine what the trainer's own core mines.
+    (What the warm-up saves, the first batches' fallbacks, is measured by negatives_cost: benchmarks.md, session 12.)"""
     from vecrag.train.miner_process import ProcessCore, spec_for
 
     cfg = from_dict(RetrieverConfig, {"train": {"context": 4, "device": "cuda", "batch_size": 16},
