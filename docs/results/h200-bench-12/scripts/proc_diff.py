@@ -15,10 +15,11 @@ from vecrag.train.miner_process import ProcessCore, spec_for
 from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask
 
 tmp = Path(tempfile.mkdtemp())
-bank = make_synthetic_bank(tmp / "bank", n_articles=60, per_article=12)
+bank = make_synthetic_bank(tmp / "bank", n_articles=120, per_article=12)  # as tests/test_miners.py
 cfg = from_dict(RetrieverConfig, {"train": {"context": 4, "device": "cuda", "batch_size": 16},
                                   "model": {"hidden": 16, "kind": "transformer", "layers": 2},
-                                  "mining": {"mode": "sync", "k": 32, "per_job": 2, "schedule": "0:none;1-2:4@0.0-0.99"}})
+                                  "mining": {"mode": "sync", "k": 32, "per_job": 2,
+                                             "schedule": "0:none;1-2:4@0.0-0.99"}})
 task = RetrieverTask(bank, cfg)
 Trainer(task, cfg.train, tmp / "run", run_config=cfg, quiet=True)
 phase = task.curriculum.phase_for(1)
@@ -34,13 +35,14 @@ m = torch.ones(32, 4, dtype=torch.bool, device="cuda")
 with torch.no_grad():
     task.model.query.eval()
     qa, qb = task.model.query(ctx, m), fresh(ctx, m)
-print("same process, same weights, two towers: max |q diff|", (qa - qb).abs().max().item(),
-      "fresh tower training flag", fresh.training, "trainer tower requires_grad", next(task.model.query.parameters()).requires_grad)
+print("same process, same weights, two towers: max |q diff|", (qa - qb).abs().max().item())
 proc = ProcessCore(spec_for(task), stall=60)
 try:
     c = proc.mine(task.model.query.cpu(), idx, phase, 3)
 finally:
     proc.close()
-for name, a, b in (("graph vs eager (trainer)", g, e), ("child vs trainer graph", c, g), ("child vs trainer eager", c, e)):
+for name, a, b in (("graph vs eager (trainer)", g, e), ("child vs trainer graph", c, g),
+                   ("child vs trainer eager", c, e)):
     rows = np.flatnonzero((a.neg != b.neg).any(1))
-    print(f"{name}: rows differing {len(rows)} of {len(idx)} {rows.tolist()}; neg_n {a.stats.neg_n} vs {b.stats.neg_n}")
+    print(f"{name}: rows differing {len(rows)} of {len(idx)} {rows.tolist()}; "
+          f"neg_n {a.stats.neg_n} vs {b.stats.neg_n}")
