@@ -210,8 +210,9 @@ def test_mining_on_cuda_uses_the_gpu_and_mines(bank, tmp_path, mode, graphs):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
 def test_process_worker_on_cuda_warms_up_and_replays_its_first_job(bank, tmp_path):
     """On a GPU spec_for asks the child for one warm-up job of the first mining phase's shape (batch x per_job)
-    before "ready"; after it the child's jobs, replayed from CUDA graphs, mine what the trainer's own core mines.
-    (What the warm-up saves, the first batches' fallbacks, is measured by negatives_cost: benchmarks.md, session 12.)"""
+    before "ready"; after it the child's jobs, replayed from the CUDA graph captured with the child's own initial
+    weights, mine with the weights sent since. (What the warm-up saves, the first batches' fallbacks, is measured by
+    negatives_cost: benchmarks.md, session 12.)"""
     from vecrag.train.miner_process import ProcessCore, spec_for
 
     cfg = from_dict(RetrieverConfig, {"train": {"context": 4, "device": "cuda", "batch_size": 16},
@@ -223,6 +224,13 @@ def test_process_worker_on_cuda_warms_up_and_replays_its_first_job(bank, tmp_pat
     spec = spec_for(task)
     phase = task.curriculum.phase_for(1)
     assert spec.warmup == (32, phase)
+    # weights away from the child's initial ones: a zero-initialised residual leaves every query at its anchor, and
+    # mining with stale weights would go unseen (on the CPU this change leaves 5 of 32 rows as they were, with 91
+    # of 128 negatives found; a larger one leaves too few queries near their positives for any negative to pass)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in task.model.query.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=gen).to(p.device))
     idx = np.arange(100, 132)
     want = task._core().mine(task.model.query, idx, phase, 3)
     proc = ProcessCore(spec, stall=60)
@@ -230,8 +238,11 @@ def test_process_worker_on_cuda_warms_up_and_replays_its_first_job(bank, tmp_pat
         got = proc.mine(task.model.query.cpu(), idx, phase, 3)
     finally:
         proc.close()
-    assert got.graphed and got.stats.neg_n == want.stats.neg_n > 0
-    np.testing.assert_array_equal(got.neg, want.neg)
+    assert got.graphed and want.stats.neg_n > 0
+    # two processes on a GPU need not agree to the last bit: on the H200 one row of 32 differed, a candidate at a
+    # filter's edge (session 12, before the perturbation above); stale weights would change most rows
+    same = (got.neg == want.neg).all(1)
+    assert same.sum() >= 29, f"{same.sum()} of 32 rows agree"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
