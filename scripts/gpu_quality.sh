@@ -16,6 +16,8 @@
 # MAX_SAMPLES (cascade/decode test samples, 10000), SKIP_TRAIN (1: evaluate existing runs only),
 # INGEST_ARGS (extra ingest flags, e.g. --max-articles 40), RET_ONLY (1: retrievers only: no LVM, cascade or
 # decode; with LVM_NCE=""), BANK_NAME (the bank directory under WORK, wiki-full).
+# At the end WORK/results.tgz holds what a GPU lease should bring back (a few hundred KB: logs, eval tables,
+# each run's log.jsonl, metrics and config); WORK itself also holds the banks and checkpoints (GBs).
 set -uo pipefail
 W="$1"; shift
 V="${VECRAG:-vecrag}"
@@ -33,6 +35,11 @@ BANK="$W/${BANK_NAME:-wiki-full}"
 mkdir -p "$W/runs" "$W/eval"
 t0=$(date +%s)
 stamp() { echo "== +$(( $(date +%s) - t0 ))s $*"; }
+pack() {  # the small files of WORK into WORK/results.tgz (no banks, shards or checkpoints)
+  (cd "$W" && tar czf results.tgz --ignore-failed-read eval ./*.log ./*.txt runs/*/log.jsonl runs/*/metrics \
+    runs/*/config.yaml 2>/dev/null)
+  stamp "packed $W/results.tgz ($(du -h "$W/results.tgz" | cut -f1)): logs, eval tables, run records"
+}
 
 stamp "ingest"
 if [ ! -f "$BANK/manifest.json" ]; then
@@ -107,7 +114,7 @@ for m in sys.argv[2:]:
           f"in all, graph jobs {last.get('miner_graph_jobs', last.get('mining_mined_sync_graph', 0)):.0f}")
 EOF
 
-if [ -n "${RET_ONLY:-}" ]; then stamp "done (RET_ONLY)"; exit 0; fi
+if [ -n "${RET_ONLY:-}" ]; then pack; stamp "done (RET_ONLY)"; exit 0; fi
 stamp "eval LVMs (test split, rollout 5)"
 for w in $LVM_NCE; do
   $V eval lvm "$W/runs/lvm-nce$w" --split test --horizon 5 --device "$DEV" --quiet | tee "$W/eval/lvm-nce$w.txt"
@@ -139,4 +146,5 @@ for p in conservative neutral creative; do
   $V eval decode "$BANK" --lvm "$W/runs/$L" --retriever "$W/runs/$R" --split test --backend torch \
     --device "$DEV" --profile "$p" --max-samples "$MS" --out "$W/eval" --quiet | tee "$W/eval/decode-$p.txt"
 done
+pack
 stamp "done"
