@@ -29,8 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--K", dest="K", type=int, default=500, help="tower shortlist size")
     p.add_argument("--k", dest="k", type=int, default=10, help="final shortlist size")
     p.add_argument("--w-tower", type=float, default=1.0, help="fusion weight on the tower score")
-    p.add_argument("--w-lvm", type=float, default=1.0, help="fusion weight on cos(LVM prediction, candidate)")
-    p.add_argument("--lane-lambda", type=float, default=0.05, help="lane bonus")
+    p.add_argument("--w-lvm", type=float, default=None,
+                   help="fusion weight on cos(LVM prediction, candidate) (default: the calibration's, chosen on "
+                        "VAL by `vecrag calibrate`; 0 without one)")
+    p.add_argument("--lane-lambda", type=float, default=None,
+                   help="lane bonus (default: the calibration's; 0 without one)")
+    p.add_argument("--calibration", default=None, metavar="FILE.json",
+                   help="calibration file (default: the one `vecrag calibrate` wrote for this LVM and retriever)")
     p.add_argument("--w-lvm-grid", type=_grid, default=(), metavar="W1,W2,...",
                    help="also report tower>fused at each of these LVM weights (one search: cheap); choose the "
                         "weight on --split val, report it on test")
@@ -61,9 +66,17 @@ def run(args: argparse.Namespace) -> int:
     lvm, tower = common.load_predictors(bank, args)
     samples = common.eval_samples(bank, args)
     index = common.open_search(bank, args)
-    rep = run_cascade_eval(bank, samples, lvm, tower, index, K=args.K, k=args.k, w_tower=args.w_tower,
-                           w_lvm=args.w_lvm, lane_lambda=args.lane_lambda, w_lvm_grid=args.w_lvm_grid,
+    from vecrag.decode.calibration import calibrated_cascade
+
+    cal = common.load_calibration_for(bank, args, required=False)
+    cfg = calibrated_cascade(cal, K=args.K, k=args.k, w_tower=args.w_tower, w_lvm=args.w_lvm,
+                             lane_lambda=args.lane_lambda)
+    rep = run_cascade_eval(bank, samples, lvm, tower, index, K=args.K, k=args.k, w_tower=cfg.w_tower,
+                           w_lvm=cfg.w_lvm, lane_lambda=cfg.lane_lambda, w_lvm_grid=args.w_lvm_grid,
                            never_back=args.never_back, progress=not args.quiet and sys.stderr.isatty())
+    rep["fusion_source"] = ("explicit flags" if args.w_lvm is not None and args.lane_lambda is not None else
+                            f"calibration {cal['path']} (chosen on {cal['split']})" if cal else
+                            "no calibration: the first stage alone (run `vecrag calibrate`)")
     rep["index"] = index.describe() if hasattr(index, "describe") else repr(index)
     path = common.out_dir(args, bank) / f"cascade_eval-{args.split}{'-never-back' if args.never_back else ''}.json"
     atomic_write_json(path, rep)

@@ -42,17 +42,18 @@ def run(args: argparse.Namespace) -> int:
     common.setup_runtime(args)
     bank = Bank.open(args.bank)
     profiles = load_profiles(args.profiles)
-    policies = profiles.policy_set(args.profile, {str(x) for x in bank.lanes if x})
     lvm, tower = common.load_predictors(bank, args)
+    setup = common.decoder_setup(bank, args, lvm, tower, profiles=profiles)
+    policies, cfg = setup.policies, setup.cascade
     samples = common.eval_samples(bank, args)
     index = common.open_search(bank, args)
-    cfg = common.cascade_config(args, policies.default.K)
     arrays, fallbacks = collect(bank, samples, lvm, tower, index, policies, cfg,
                                 exclude_context=not args.keep_context_ids, never_back=args.never_back,
                                 progress=not args.quiet and sys.stderr.isatty())
     meta = {"bank": str(bank.path), "split": args.split, "profile": args.profile, "lvm": lvm.name,
             "retriever": tower.name, "K": cfg.K, "k": cfg.k,
             "fusion": {"w_tower": cfg.w_tower, "w_lvm": cfg.w_lvm, "lane_lambda": cfg.lane_lambda},
+            "calibration": setup.calibration,
             "lane_policies": {ln: p.as_dict() for ln, p in sorted(policies.by_lane.items())},
             "context_ids": "kept in the shortlist" if args.keep_context_ids else "removed from the shortlist",
             "never_back": args.never_back,

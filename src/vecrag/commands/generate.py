@@ -6,6 +6,7 @@ import argparse
 import json
 import random
 import sys
+import textwrap
 from pathlib import Path
 
 from vecrag.errors import VecragError
@@ -17,13 +18,17 @@ The prompt is split into chunks with the bank's chunker settings and embedded wi
 --prompt-ids continues from bank chunks). Every step: the LVM predicts the next vector, the query tower
 searches the bank (top-K), the candidates are re-ranked (fusion of tower score and cos to the prediction,
 plus the lane bonus), and the policy decides SNAP (use the bank vector), BLEND or NOVEL (keep the
-prediction). The emitted vector is appended to the context. SNAP prints the bank chunk's text; BLEND and
-NOVEL print the nearest bank chunk's text marked (approx). A retrieval error, timeout or empty shortlist
-makes the step NOVEL (counted, never a crash). Decoding is deterministic; --seed fixes the RNGs for
-models with stochastic parts.
+prediction). SNAP prints the bank chunk's text; BLEND and NOVEL print the nearest bank chunk's text marked
+(approx). The chunk shown is appended to the context (--feedback emitted appends the decision's vector).
+No step shows a chunk already shown or a prompt chunk (by id or text). The calibrated profiles
+(conservative, neutral, creative) need `vecrag calibrate` for this LVM and retriever first. A retrieval
+error, timeout or empty shortlist makes the step NOVEL (counted, never a crash). Decoding is deterministic;
+--seed fixes the RNGs for models with stochastic parts. At the end the prompt and its continuation are
+printed as one passage.
 
-Example: vecrag generate banks/wiki-500 --lvm heuristic:ewma --retriever heuristic:last \\
-         --prompt "The Nile is a major river in Africa." --steps 5 --profile neutral
+Example: vecrag calibrate banks/wiki-500 --lvm runs/lvm --retriever runs/retriever
+         vecrag generate banks/wiki-500 --lvm runs/lvm --retriever runs/retriever \\
+         --prompt "The Nile is a major river in Africa." --steps 5
 """
 
 
@@ -44,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-context-ids", action="store_true",
                    help="leave the context's own bank chunks (bank-id prompts, chunks used by earlier steps) in the "
                         "shortlist; by default they are removed, as in `vecrag eval decode`, so generation moves on")
+    p.add_argument("--allow-repeats", action="store_true",
+                   help="let a step show a chunk already shown, or a prompt chunk (by id or text); by default "
+                        "generation never repeats itself or echoes the prompt")
     p.add_argument("--never-back", action="store_true",
                    help="also drop every chunk of an article the context has visited, up to the furthest one used: "
                         "generation never goes back in an article (measure it with `vecrag eval cascade --never-back`)")
@@ -69,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
     from vecrag.decode.inverter import load_inverter
     from vecrag.decode.profiles import check_lane, load_profiles
     from vecrag.fsutil import append_jsonl
-    from vecrag.lanes import context_lane_classifier
 
     if args.steps < 1:
         raise VecragError(f"--steps must be >= 1, got {args.steps}")
@@ -80,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
     bank_lanes = sorted({str(x) for x in bank.lanes if x})
     if args.lane:
         check_lane(args.lane, bank_lanes, profiles)
-    policies = profiles.policy_set(args.profile, bank_lanes)
     inverter = load_inverter(args.inverter, bank.encoder)
     lvm, tower = common.load_predictors(bank, args)
+    setup = common.decoder_setup(bank, args, lvm, tower, profiles=profiles)
     ids: list[int] | None = None
     if args.prompt_ids:
         ids = common.parse_ids(bank, args.prompt_ids)
@@ -91,20 +98,24 @@ def run(args: argparse.Namespace) -> int:
         chunks, how = common.split_prompt(bank, args.prompt)
         prompt_vecs = common.embed_prompt(bank, chunks, args.device)
     index = common.open_search(bank, args)
-    cfg = common.cascade_config(args, policies.default.K)
-    dec = Decoder(bank.vectors, bank.texts, bank.lanes, index, lvm, tower, policies, cfg, lane=args.lane,
-                  inverter=inverter, K=args.K, exclude_context=not args.keep_context_ids,
-                  lane_classifier=None if args.lane else context_lane_classifier(bank)[0],
-                  never_back=args.never_back, article_start=bank.article_start if args.never_back else None)
+    cfg = setup.cascade
+    dec = Decoder.for_bank(bank, index, lvm, tower, setup.policies, cfg, lane=args.lane, never_back=args.never_back,
+                           inverter=inverter, K=args.K, exclude_context=not args.keep_context_ids,
+                           no_repeat=not args.allow_repeats, feedback=setup.feedback)
     tele = Path(args.telemetry) if args.telemetry else None
     if tele:
         tele.parent.mkdir(parents=True, exist_ok=True)
     steps = []
     if not args.json:
-        print(f"prompt: {len(chunks)} chunk(s) ({how}); lvm={lvm.name} retriever={tower.name} "
-              f"profile={args.profile} K={cfg.K} k={cfg.k} timeout={args.timeout_ms or 'none'} ms")
+        p = setup.policies.default
+        bands = f"force {p.force}" if p.force else f"SNAP at c>={p.tau_snap:.3f}, NOVEL at c<={p.tau_novel:.3f}"
+        source = f"calibration {setup.calibration}" if setup.calibration else "no calibration"
+        print(f"prompt: {len(chunks)} chunk(s) ({how}); lvm={lvm.name} retriever={tower.name}\n"
+              f"profile={args.profile} ({bands}; {source}) K={cfg.K} k={cfg.k} w_lvm={cfg.w_lvm:g} "
+              f"lane_lambda={cfg.lane_lambda:g} w_topic={cfg.w_topic:g} feedback={setup.feedback} "
+              f"timeout={args.timeout_ms or 'none'} ms")
     try:
-        for st in dec.generate(list(prompt_vecs), args.steps, ids):
+        for st in dec.generate(list(prompt_vecs), args.steps, ids, chunks):
             rec = st.as_dict()
             steps.append(rec)
             if tele:
@@ -126,7 +137,22 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"bank": str(bank.path), "prompt_chunks": chunks, "prompt_split": how, "lvm": lvm.name,
                           "retriever": tower.name, "profile": args.profile, "lane": args.lane,
-                          "cascade": vars(cfg), "steps": steps, **summary}, indent=2))
+                          "decoder": setup.describe(), "cascade": vars(cfg), "steps": steps,
+                          "continuation": continuation(steps), **summary}, indent=2))
     else:
         print(f"decisions {summary['decisions']}; retrieval fallbacks {summary['fallbacks']}")
+        print("\n" + "\n".join(textwrap.wrap(" ".join(chunks), 100)))
+        print("\n".join(textwrap.wrap(continuation(steps), 100, initial_indent="  >> ", subsequent_indent="     ")))
+        print("(the prompt, then the continuation; [~...] marks text shown for a BLEND or NOVEL step)")
     return 0
+
+
+def continuation(steps: list[dict]) -> str:
+    """The generated steps as one readable passage: SNAP text as is, BLEND/NOVEL text marked [~ ...]."""
+    parts = []
+    for s in steps:
+        if s["text"] is None:
+            parts.append("[no text: retrieval failed]")
+        else:
+            parts.append(f"[~ {s['text']}]" if s["approx"] else s["text"])
+    return " ".join(parts)

@@ -16,10 +16,16 @@ the heuristic predictors by default) once, then serve:
 
   POST /search     texts or vectors -> top-k chunk ids, scores, texts, titles
   POST /next       context texts or chunk ids -> cascade top-k and the SNAP/BLEND/NOVEL decision
-  POST /generate   prompt -> decoded steps (as `vecrag generate`)
+  POST /generate   prompt -> decoded steps and the continuation as one passage (as `vecrag generate`)
   GET  /healthz, GET /metrics (Prometheus), GET /docs (OpenAPI)
   GET  /           dashboard: training curves, Recall@K vs baselines, decision mix, generate playground
                    for the run directories under --runs DIR
+
+Decode profiles: the calibrated ones (conservative, neutral, creative) use the calibration that `vecrag
+calibrate BANK --lvm ... --retriever ...` wrote for the same --lvm and --retriever; it is read once at start-up.
+With it the default profile is neutral; without it the default is greedy (always SNAP to the best unused
+chunk), gtr-t5 works too, and a request for a calibrated profile is refused (422) with the command to run.
+No generation shows a chunk twice or repeats the prompt.
 
 Binds to 127.0.0.1 by default; binding another address exposes the API (no authentication) and prints a
 warning. Requests are validated (422), bodies over --max-body-mb are refused (413), and all search/model

@@ -2,7 +2,12 @@
 
 Scores (all cosines, since bank rows and queries are unit vectors)::
 
-    fused = w_tower * cos(q, cand) + w_lvm * cos(v_hat, cand) + lane_lambda * [lane(cand) == context lane]
+    fused = w_tower * cos(q, cand) + w_lvm * cos(v_hat, cand) + w_topic * cos(topic, cand)
+            + lane_lambda * [lane(cand) == context lane]
+
+``topic`` is the normalised mean of everything the generation has read so far (the prompt and the chunks it
+showed): a candidate on the passage's topic ranks higher, so a rollout does not drift away after one wrong
+step. It uses vectors only (no article ids, no bank order).
 
 With ``w_tower = 0`` it is the seed's cascade (re-rank purely by the LVM); with ``w_lvm = 0`` the tower's
 own order. Candidates with id -1 (FAISS padding) never rank.
@@ -41,6 +46,7 @@ class CascadeConfig:
     w_lvm: float = 1.0
     lane_lambda: float = 0.05
     timeout_ms: float | None = 50.0
+    w_topic: float = 0.0
 
     def __post_init__(self) -> None:
         if self.K < 1 or self.k < 1:
@@ -159,7 +165,7 @@ class Cascade:
         return {r: int(self.guard.counts.get(r, 0)) for r in REASONS}
 
     def run(self, q: np.ndarray, v_hat: np.ndarray, ctx_lane: np.ndarray | None = None, *,
-            k: int | None = None, K: int | None = None) -> CascadeResult:
+            k: int | None = None, K: int | None = None, topic: np.ndarray | None = None) -> CascadeResult:
         cfg = self.cfg
         k, K = k or cfg.k, K or cfg.K
         t0 = time.perf_counter()
@@ -168,8 +174,11 @@ class Cascade:
         cand = np.asarray(self.vectors[np.maximum(ids, 0).reshape(-1)], np.float32).reshape(*ids.shape, -1)
         cand[ids < 0] = 0.0
         lvm = np.einsum("nkd,nd->nk", cand, np.asarray(v_hat, np.float32))
-        fused = fuse(t_scores, lvm, ids, w_tower=cfg.w_tower, w_lvm=cfg.w_lvm,
-                     lane_bonus=lane_bonus(ids, self.lane_codes, ctx_lane, cfg.lane_lambda))
+        bonus = lane_bonus(ids, self.lane_codes, ctx_lane, cfg.lane_lambda)
+        if topic is not None and cfg.w_topic:
+            tb = cfg.w_topic * np.einsum("nkd,nd->nk", cand, np.asarray(topic, np.float32)).astype(np.float64)
+            bonus = tb if bonus is None else bonus + tb
+        fused = fuse(t_scores, lvm, ids, w_tower=cfg.w_tower, w_lvm=cfg.w_lvm, lane_bonus=bonus)
         order = top_by(fused, k)
         rows = np.arange(len(ids))[:, None]
         out_ids = ids[rows, order]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,26 +32,149 @@ def add_model_arguments(p: argparse.ArgumentParser, *, lvm_default: str | None =
     p.add_argument("--threads", type=int, default=None, help="torch/faiss threads (default: all cores)")
 
 
-def add_cascade_arguments(p: argparse.ArgumentParser, *, timeout_default: float = 50.0) -> None:
-    p.add_argument("--profile", default="neutral",
-                   help="decode profile: conservative, neutral, creative, or minilm (tuned for all-MiniLM-L6-v2 "
-                        "banks: blends below the seed's tau_novel)")
+PROFILE_HELP = ("decode profile: conservative, neutral, creative (calibrated on VAL by `vecrag calibrate`: "
+                "conservative grounds more, creative less), greedy (always SNAP to the best unused chunk), or "
+                "gtr-t5 (absolute thresholds 0.92 / 0.85, set for GTR-T5 banks)")
+
+
+def add_cascade_arguments(p: argparse.ArgumentParser, *, timeout_default: float = 50.0,
+                          multi_profile: bool = False) -> None:
+    if multi_profile:
+        p.add_argument("--profile", dest="profiles_list", action="append", default=None, metavar="PROFILE",
+                       help=PROFILE_HELP + "; repeat for one row each (default: neutral)")
+    else:
+        p.add_argument("--profile", default="neutral", help=PROFILE_HELP)
     p.add_argument("--profiles", default=None, metavar="FILE.yaml",
                    help="decode profiles file (default: the shipped presets/decode.yaml)")
+    p.add_argument("--calibration", default=None, metavar="FILE.json",
+                   help="calibration file (default: the one `vecrag calibrate` wrote for this LVM and retriever)")
     p.add_argument("--K", dest="K", type=int, default=None,
                    help="tower shortlist size (default: the profile's K)")
     p.add_argument("--k", dest="k", type=int, default=10, help="final shortlist size after re-ranking")
     p.add_argument("--w-tower", type=float, default=1.0, help="fusion weight on the tower score")
-    p.add_argument("--w-lvm", type=float, default=1.0, help="fusion weight on cos(LVM prediction, candidate)")
-    p.add_argument("--lane-lambda", type=float, default=0.05,
-                   help="lane re-rank: bonus added to candidates in the context's lane (0 = off)")
+    p.add_argument("--w-lvm", type=float, default=None,
+                   help="fusion weight on cos(LVM prediction, candidate) (default: the calibration's, chosen on "
+                        "VAL; 0 without one)")
+    p.add_argument("--lane-lambda", type=float, default=None,
+                   help="lane re-rank: bonus added to candidates in the context's lane (default: the "
+                        "calibration's; 0 without one)")
+    p.add_argument("--w-topic", type=float, default=None,
+                   help="fusion weight on cos(candidate, mean of everything read so far): keeps a rollout on its "
+                        "passage's topic (default: the calibration's, chosen on VAL rollouts; 0 without one)")
+    p.add_argument("--feedback", default=None, choices=("shown", "emitted"),
+                   help="what each step appends to the context: the vector of the chunk it shows (default), or "
+                        "the decision's vector (SNAP/BLEND/NOVEL as emitted); default: the calibration's, else shown")
     p.add_argument("--timeout-ms", type=float, default=timeout_default,
                    help="retrieval timeout per step in ms; on overrun the step is NOVEL (0 = no timeout)")
 
 
-def cascade_config(args: argparse.Namespace, K: int) -> CascadeConfig:
-    return CascadeConfig(K=args.K or K, k=args.k, w_tower=args.w_tower, w_lvm=args.w_lvm,
-                         lane_lambda=args.lane_lambda, timeout_ms=args.timeout_ms or None)
+def cascade_config(args: argparse.Namespace, K: int, calibration: dict[str, Any] | None = None) -> CascadeConfig:
+    """The cascade: explicit flags first, then the calibration's VAL-chosen weights, else the first stage alone."""
+    from vecrag.decode.calibration import calibrated_cascade
+
+    return calibrated_cascade(calibration, K=args.K or K, k=args.k, timeout_ms=args.timeout_ms or None,
+                              w_tower=args.w_tower, w_lvm=args.w_lvm, lane_lambda=args.lane_lambda,
+                              w_topic=getattr(args, "w_topic", None))
+
+
+@dataclass
+class DecoderSetup:
+    """What a decoder needs besides the bank and the models: policies, cascade, feedback, and where they came
+    from (the calibration file, or none)."""
+
+    profile: str
+    policies: Any
+    cascade: CascadeConfig
+    feedback: str
+    calibration: str | None
+
+    def describe(self) -> dict[str, Any]:
+        p = self.policies.default
+        return {"profile": self.profile, "tau_snap": p.tau_snap, "tau_novel": p.tau_novel, "force": p.force,
+                "K": self.cascade.K, "k": self.cascade.k, "w_lvm": self.cascade.w_lvm,
+                "lane_lambda": self.cascade.lane_lambda, "w_topic": self.cascade.w_topic, "feedback": self.feedback,
+                "calibration": self.calibration}
+
+
+def load_calibration_for(bank: Any, args: argparse.Namespace, *, required: bool, why: str = "") -> Any:
+    from vecrag.decode.calibration import load_calibration
+
+    if getattr(args, "calibration", None):
+        import json
+        from pathlib import Path
+
+        p = Path(args.calibration)
+        try:
+            cal = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise VecragError(f"cannot read the calibration ({e})", path=p,
+                              hint="pass a file written by `vecrag calibrate`") from e
+        if not isinstance(cal, dict) or "samples" not in cal:
+            raise VecragError("not a vecrag decode calibration", path=p,
+                              hint="pass a file written by `vecrag calibrate`")
+        cal["path"] = str(p)
+        return cal
+    return load_calibration(bank, args.lvm, args.retriever, required=required, why=why)
+
+
+def decoder_setup(bank: Any, args: argparse.Namespace, lvm: Any, tower: Any, *, profile: str | None = None,
+                  profiles: Any = None) -> DecoderSetup:
+    """Policies and cascade for ``profile`` (default ``args.profile``), with the calibration when it needs one."""
+    from vecrag.decode.profiles import load_profiles
+
+    profiles = profiles or load_profiles(args.profiles)
+    profile = profile or args.profile
+    profiles._profile(profile)
+    cal = load_calibration_for(bank, args, required=profiles.is_calibrated(profile),
+                               why=f"the {profile!r} profile needs")
+    if cal is None:  # an absolute profile: the cascade still takes calibrated weights when they exist
+        cal = load_calibration_for(bank, args, required=False)
+    policies = profiles.policy_set(profile, sorted({str(x) for x in bank.lanes if x}), cal)
+    from vecrag.decode.calibration import calibrated_feedback
+
+    feedback = calibrated_feedback(cal, getattr(args, "feedback", None))
+    return DecoderSetup(profile, policies, cascade_config(args, policies.default.K, cal), feedback,
+                        (cal or {}).get("path"))
+
+
+def baseline_generators(bank: Any, index: Any, lvm: Any, tower: Any) -> dict[str, Any]:
+    """The rollout baselines, each a Decoder on the same bank and index: greedy retrieval-only generators (the
+    ewma heuristic, and the tower, as the query; always SNAP to the best chunk not yet used) and the LVM alone
+    (NOVEL every step, its own prediction fed back)."""
+    from vecrag.decode.generate import Decoder
+    from vecrag.decode.policy import NOVEL, SNAP, Policy
+    from vecrag.decode.predictors import HeuristicPredictor
+    from vecrag.decode.profiles import PolicySet
+
+    def always(kind: str) -> PolicySet:
+        return PolicySet(kind, Policy(force=kind), {})
+
+    greedy_cfg = CascadeConfig(K=500, k=1, w_tower=1.0, w_lvm=0.0, lane_lambda=0.0, timeout_ms=None)
+    ewma = HeuristicPredictor("ewma", 0.5, context_len=tower.context_len)
+    out = {"greedy: ewma query": Decoder.for_bank(bank, index, ewma, ewma, always(SNAP), greedy_cfg,
+                                                  lane="", feedback="shown")}
+    if tower.name != ewma.name:
+        out[f"greedy: {tower.name}"] = Decoder.for_bank(bank, index, tower, tower, always(SNAP), greedy_cfg,
+                                                        lane="", feedback="shown")
+    out[f"LVM alone ({lvm.name})"] = Decoder.for_bank(
+        bank, index, lvm, tower, always(NOVEL),
+        CascadeConfig(K=500, k=10, w_tower=1.0, w_lvm=0.0, lane_lambda=0.0, timeout_ms=None), lane="",
+        feedback="emitted")
+    return out
+
+
+def prompt_embedder(bank: Any, device: str = "cpu") -> Any:
+    """text -> (chunks, unit vectors), with the bank's chunker and encoder (loaded once)."""
+    from vecrag.encode import load_encoder
+
+    enc = load_encoder(bank.encoder["name"], device=device)
+    bank.check_encoder(enc.info.name, enc.info.dim)
+
+    def embed(text: str) -> tuple[list[str], np.ndarray]:
+        chunks, _ = split_prompt(bank, text)
+        return chunks, enc.encode(chunks)
+
+    return embed
 
 
 def setup_runtime(args: argparse.Namespace) -> None:

@@ -10,13 +10,22 @@ One step (:meth:`Decoder.step`)::
 Text out: SNAP -> the snapped bank chunk's text; BLEND/NOVEL -> the bank chunk nearest to the emitted
 vector within the shortlist, marked approximate (or, with a configured inverter, the inverted text too).
 
-With ``exclude_context`` (what ``vecrag generate`` does unless ``--keep-context-ids``, and what ``vecrag eval
-decode`` measures by default), the bank chunks already in the context window (bank-id prompts, and the chunks
-used by earlier SNAP/BLEND steps) are removed from each step's shortlist, so generation moves on instead of
-re-emitting the chunk it just used; without it only the near-duplicate rule (c > 0.98) stops a re-snap.
+**No loops, no echo** (``no_repeat``, the default everywhere): a chunk this rollout already showed or used, a
+prompt chunk (by id), and any bank chunk with the same text as one of those or as a text prompt's chunk, never
+enters a shortlist again: it can neither be snapped to nor shown as a BLEND/NOVEL step's nearest text. The
+near-duplicate rule (c > 0.98 against a chunk used in the last 8 steps) keeps its meaning for SNAP.
+With ``exclude_context`` the bank chunks in the context window are removed too (implied by ``no_repeat``,
+kept for ``no_repeat=False``, which shows what the decoder does without the rule).
+
+**Feedback** (``feedback``): what a step appends to the context. ``"emitted"`` appends the decision's vector
+(SNAP: the bank vector; BLEND: the mix; NOVEL: the raw prediction); ``"shown"`` appends the vector of the chunk
+the step shows (the bank chunk whose text the user reads), so the context is always the text on the screen.
+A chain of NOVEL steps under ``"emitted"`` feeds the LVM its own predictions and collapses onto one point
+(`vecrag eval generate` measures the cosine between consecutive emitted vectors).
+
 With ``never_back`` (``vecrag generate --never-back``) the shortlist also drops every chunk of an article the
-context has visited up to the furthest chunk used there: generation never goes back in an article (about half of
-the tower's same-article misses on wiki-full point there; ``vecrag eval cascade --never-back`` measures the rule).
+context has visited up to the furthest chunk used there: generation never goes back in an article. It reads
+the bank's order, so it is an option, never a default.
 
 The context lane is ``--lane`` when given; otherwise the lane predicted from the prompt's last L vectors by the
 bank's lane classifier (:func:`vecrag.lanes.context_lane_classifier`, the rule ``eval cascade`` / ``eval decode``
@@ -82,6 +91,10 @@ def window(ctx: list[np.ndarray], L: int, dim: int) -> tuple[np.ndarray, np.ndar
     return out, mask
 
 
+FEEDBACK = ("emitted", "shown")
+MAX_BANNED_DEPTH = 4096  # at most this many extra results are fetched to make room for banned chunks
+
+
 class Decoder:
     """Generation over one bank: owns the cascade (and its search thread); close() when done."""
 
@@ -89,14 +102,19 @@ class Decoder:
                  lvm: Predictor, tower: Predictor, policies: PolicySet, cfg: CascadeConfig | None = None,
                  *, lane: str | None = None, inverter: Any = None, K: int | None = None,
                  exclude_context: bool = False, lane_classifier: np.ndarray | None = None,
-                 never_back: bool = False, article_start: np.ndarray | None = None):
+                 never_back: bool = False, article_start: np.ndarray | None = None,
+                 text_group: np.ndarray | None = None, no_repeat: bool = True, feedback: str = "emitted"):
         """``K`` fixes the tower shortlist size; by default each step uses its lane policy's K.
         ``exclude_context``: drop the context window's own bank chunks from every shortlist (module doc).
         ``lane_classifier``: one unit row per lane, in sorted lane-name order, to pick the prompt's lane.
         ``never_back`` (needs ``article_start``: each chunk's article's first chunk id, ``Bank.article_start``):
-        drop the chunks of a visited article up to the furthest one used (module doc)."""
+        drop the chunks of a visited article up to the furthest one used (module doc).
+        ``text_group`` (``Bank.text_group``): chunks with the same text share a group; with ``no_repeat`` a
+        chunk whose text was shown is banned with it (without it, only ids are). ``feedback``: module doc."""
         if never_back and article_start is None:
             raise VecragError("never_back needs article_start (Bank.article_start: each chunk's article start)")
+        if feedback not in FEEDBACK:
+            raise VecragError(f"feedback must be one of {', '.join(FEEDBACK)}, got {feedback!r}")
         self.vectors, self.texts = vectors, texts
         self.lvm, self.tower, self.policies = lvm, tower, policies
         self.lanes = lanes if lanes is not None else np.full(len(texts), "", dtype=object)
@@ -111,6 +129,43 @@ class Decoder:
         self.K = K
         self.exclude_context = exclude_context
         self.never_back, self.article_start = never_back, article_start
+        self.text_group, self.no_repeat, self.feedback = text_group, no_repeat, feedback
+        self.group_size = np.bincount(text_group) if text_group is not None and len(text_group) else None
+        self.reset()
+
+    def reset(self, prompt_ids: list[int] | None = None, prompt_texts: list[str] | None = None) -> None:
+        """Start a new generation: the prompt's chunks (ids, texts) are banned from now on (``no_repeat``)."""
+        self.recent = [int(i) for i in (prompt_ids or [])]
+        self.banned_ids: set[int] = set()
+        self.banned_groups: set[int] = set()
+        self.banned_texts = {t.strip() for t in (prompt_texts or []) if t and t.strip()}
+        self._group_extra = 0
+        for i in prompt_ids or []:
+            self.ban(int(i))
+
+    def ban(self, i: int) -> None:
+        """Never show or use bank chunk ``i`` (nor a chunk with its text) again in this generation."""
+        if i < 0 or i in self.banned_ids:
+            return
+        self.banned_ids.add(i)
+        if self.text_group is not None:
+            g = int(self.text_group[i])
+            if g not in self.banned_groups:
+                self.banned_groups.add(g)
+                self._group_extra += int(self.group_size[g]) - 1 if self.group_size is not None else 0
+
+    @classmethod
+    def for_bank(cls, bank: Any, index: Any, lvm: Predictor, tower: Predictor, policies: PolicySet,
+                 cfg: CascadeConfig | None = None, *, lane: str | None = None, never_back: bool = False,
+                 **kw: Any) -> Decoder:
+        """The decoder `vecrag generate`, `POST /generate` and `vecrag eval generate` use, over a Bank: its
+        texts, lanes, text groups (no repeats by text) and, when no ``lane`` is fixed, its lane classifier."""
+        from vecrag.lanes import context_lane_classifier
+
+        kw.setdefault("exclude_context", True)
+        return cls(bank.vectors, bank.texts, bank.lanes, index, lvm, tower, policies, cfg, lane=lane,
+                   lane_classifier=None if lane else context_lane_classifier(bank)[0], never_back=never_back,
+                   article_start=bank.article_start if never_back else None, text_group=bank.text_group, **kw)
 
     @property
     def fallbacks(self) -> dict[str, int]:
@@ -134,18 +189,29 @@ class Decoder:
         return str(self.lanes[ids[0, 0]]) if ids[0, 0] >= 0 else ""
 
     def shortlist(self, q: np.ndarray, v_hat: np.ndarray, code: np.ndarray, ctx_ids: list[int] | None, *,
-                  K: int, k: int | None = None) -> CascadeResult:
+                  K: int, k: int | None = None, topic: np.ndarray | None = None) -> CascadeResult:
         """The cascade's top-``k`` (default: its config's k) for one step. With ``exclude_context`` the context
         window's own bank chunks (``ctx_ids``; -1 = not a bank chunk) are fetched on top of k and dropped (id -1,
         zero vector), so that k others remain; K grows with them if it must."""
         L = max(self.lvm.context_len, self.tower.context_len)
-        excluded = sorted({int(x) for x in (ctx_ids or [])[-L:] if x >= 0}) if self.exclude_context else []
+        excluded = {int(x) for x in (ctx_ids or [])[-L:] if x >= 0} if self.exclude_context else set()
+        if self.no_repeat:
+            excluded |= self.banned_ids
         k = k or self.cascade.cfg.k
         reach = self._reach(ctx_ids) if self.never_back else {}
-        kk = k + len(excluded) + (BACK_DEPTH if reach else 0)
-        res = self.cascade.run(q, v_hat, code, K=max(K, kk), k=kk)
-        if (excluded or reach) and not res.reasons[0]:
-            drop = np.isin(res.ids, np.asarray(excluded, np.int64))
+        texts = self.banned_texts if self.no_repeat else set()
+        depth = len(excluded) + (self._group_extra if self.no_repeat else 0) + 4 * len(texts)
+        kk = k + min(depth, MAX_BANNED_DEPTH) + (BACK_DEPTH if reach else 0)
+        kk = min(kk, len(self.vectors))
+        res = self.cascade.run(q, v_hat, code, K=min(max(K, kk), len(self.vectors)), k=kk, topic=topic)
+        if (excluded or reach or texts) and not res.reasons[0]:
+            drop = np.isin(res.ids, np.asarray(sorted(excluded), np.int64))
+            if self.no_repeat and self.banned_groups and self.text_group is not None:
+                groups = np.asarray(sorted(self.banned_groups), np.int64)
+                drop |= (res.ids >= 0) & np.isin(self.text_group[np.maximum(res.ids, 0)], groups)
+            if texts:
+                drop |= np.array([[i >= 0 and self.texts[i].strip() in texts for i in row] for row in res.ids],
+                                 dtype=bool).reshape(res.ids.shape)
             if reach:
                 starts = self.article_start[np.maximum(res.ids, 0)]
                 for a, furthest in reach.items():  # the few articles the context visited
@@ -176,7 +242,11 @@ class Decoder:
         t2 = time.perf_counter()
         policy = self.policies.for_lane(lane)
         code = np.array([self.lane_lut.get(lane, -1)], np.int64)
-        res = self.shortlist(q, v_hat, code, ctx_ids, K=self.K or policy.K)
+        topic = None
+        if self.cascade.cfg.w_topic:
+            m = np.mean(np.asarray(ctx, np.float32), axis=0)
+            topic = (m / max(float(np.linalg.norm(m)), 1e-12))[None]
+        res = self.shortlist(q, v_hat, code, ctx_ids, K=self.K or policy.K, topic=topic)
         t3 = time.perf_counter()
         if res.reasons[0]:
             dec = novel(v_hat[0], reason=res.reasons[0])
@@ -190,8 +260,9 @@ class Decoder:
             approx = False
         elif not res.reasons[0]:
             valid = res.ids[0] >= 0
-            sims = np.where(valid, res.vectors[0] @ dec.vector, -np.inf)
-            text_id = int(res.ids[0][int(np.argmax(sims))])
+            if valid.any():
+                sims = np.where(valid, res.vectors[0] @ dec.vector, -np.inf)
+                text_id = int(res.ids[0][int(np.argmax(sims))])
         inverted = None
         if self.inverter is not None and dec.kind != SNAP:
             inverted = self.inverter.invert(dec.vector[None])[0]
@@ -201,20 +272,28 @@ class Decoder:
                "total": 1000 * (t5 - t0)}
         return Step(i, dec, lane, text_id, self.texts[text_id] if text_id >= 0 else None, approx, lat, inverted)
 
-    def generate(self, prompt: list[np.ndarray], steps: int, prompt_ids: list[int] | None = None) -> Iterator[Step]:
-        """Yield ``steps`` steps; the emitted vector of each step is appended to the context.
+    def generate(self, prompt: list[np.ndarray], steps: int, prompt_ids: list[int] | None = None,
+                 prompt_texts: list[str] | None = None) -> Iterator[Step]:
+        """Yield ``steps`` steps; each step's feedback vector (module doc) is appended to the context.
 
         ``prompt_ids`` (when the prompt is made of bank chunks) seed the near-duplicate history: those chunks
-        count as used in the steps just before generation starts.
+        count as used in the steps just before generation starts. With ``no_repeat`` they, and bank chunks
+        with the text of a ``prompt_texts`` chunk, are never shown.
         """
         ctx = [np.asarray(v, np.float32) for v in prompt]
-        self.recent = [int(i) for i in (prompt_ids or [])]
+        self.reset(prompt_ids, prompt_texts)
         ctx_ids = [int(i) for i in prompt_ids] if prompt_ids and len(prompt_ids) == len(ctx) else [-1] * len(ctx)
         lane = self.initial_lane(ctx)
         for i in range(steps):
             st = self.step(ctx, lane, i, ctx_ids)
-            ctx.append(st.decision.vector.astype(np.float32))
-            ctx_ids.append(st.decision.used_id)
+            self.ban(st.text_id)
+            self.ban(st.decision.used_id)
+            if self.feedback == "shown" and st.text_id >= 0:
+                ctx.append(np.asarray(self.vectors[st.text_id], np.float32))
+                ctx_ids.append(st.text_id)
+            else:
+                ctx.append(st.decision.vector.astype(np.float32))
+                ctx_ids.append(st.decision.used_id)
             if self.fixed_lane is None and st.decision.used_id >= 0:
                 lane = str(self.lanes[st.decision.used_id])
             yield st

@@ -56,6 +56,7 @@ class Policy:
     near_dup: float = 0.98
     near_dup_window: int = 8
     K: int = 500
+    force: str = ""  # "" (the bands decide), "SNAP" (always ground: greedy) or "NOVEL" (never: the LVM alone)
 
     def __post_init__(self) -> None:
         ts, tn = _num(self.tau_snap, "tau_snap"), _num(self.tau_novel, "tau_novel")
@@ -91,6 +92,8 @@ class Policy:
             raise VecragError(f"decode policy: near_dup_window must be an integer >= 0 (steps), got {win!r}")
         if isinstance(K, bool) or not isinstance(K, int) or K < 1:
             raise VecragError(f"decode policy: K must be an integer >= 1 (shortlist size), got {K!r}")
+        if self.force not in ("", SNAP, NOVEL):
+            raise VecragError(f"decode policy: force must be '', SNAP or NOVEL, got {self.force!r}")
         object.__setattr__(self, "tau_snap", ts)
         object.__setattr__(self, "tau_novel", tn)
         object.__setattr__(self, "near_dup", nd)
@@ -104,7 +107,7 @@ class Policy:
     def as_dict(self) -> dict[str, object]:
         return {"tau_snap": self.tau_snap, "tau_novel": self.tau_novel,
                 "alpha_points": tuple(tuple(p) for p in self.alpha_points), "near_dup": self.near_dup,
-                "near_dup_window": self.near_dup_window, "K": self.K}
+                "near_dup_window": self.near_dup_window, "K": self.K, "force": self.force}
 
 
 def alpha(c: float | np.ndarray, policy: Policy | None = None) -> float | np.ndarray:
@@ -117,8 +120,12 @@ def alpha(c: float | np.ndarray, policy: Policy | None = None) -> float | np.nda
 
 
 def classify(c: float | np.ndarray, policy: Policy) -> str | np.ndarray:
-    """Band of cosine ``c``: SNAP if c >= tau_snap, NOVEL if c <= tau_novel, else BLEND (NaN -> NOVEL)."""
+    """Band of cosine ``c``: SNAP if c >= tau_snap, NOVEL if c <= tau_novel, else BLEND (NaN -> NOVEL);
+    a policy with ``force`` puts every finite ``c`` in that band."""
     arr = np.asarray(c, dtype=np.float64)
+    if policy.force:
+        out = np.where(np.isfinite(arr), policy.force, NOVEL)
+        return str(out) if out.ndim == 0 else out.astype(object)
     out = np.where(arr >= policy.tau_snap, SNAP, np.where(arr > policy.tau_novel, BLEND, NOVEL))
     return str(out) if out.ndim == 0 else out.astype(object)
 

@@ -146,7 +146,9 @@ def run_cascade_eval(bank: Bank, samples: Samples, lvm: Predictor, tower: Predic
 def format_cascade(report: dict[str, Any]) -> str:
     head = (f"cascade eval: {report['bank']} split={report['split']} queries={report['n_queries']} "
             f"L={report['context_len']} K={report['K']} k={report['k']} lvm={report['lvm']} "
-            f"retriever={report['retriever']}\nfusion {report['fusion']}; hit rules: {report['hit_rules']}"
+            f"retriever={report['retriever']}\nfusion {report['fusion']}"
+            + (f" from {report['fusion_source']}" if report.get("fusion_source") else "")
+            + f"; hit rules: {report['hit_rules']}"
             + ("" if report["lanes"] else "\n(the bank has no lanes: the lane stages equal their lane-less twins)"))
     K = report["K"]
     tail = f"\ntower R@{K} (ceiling of every re-rank of its top-K): {100 * report['rows']['tower'][f'R@{K}']:.2f}%"
@@ -155,3 +157,43 @@ def format_cascade(report: dict[str, Any]) -> str:
                  f"article's lane for {100 * report['lane_accuracy']:.1f}% of queries; tower>lane(article) uses the "
                  "article's label, which vector-built lanes derive from all its chunks incl. the target (upper bound)")
     return head + "\n" + format_table(report["rows"], ("Hit@1", "Hit@5", "Hit@10", "MRR@10")) + tail
+
+
+def fusion_grid(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, index: Any, *, K: int = 500,
+                w_lvm_grid: tuple[float, ...] = (0.0, 1.0), lane_grid: tuple[float, ...] = (0.0,),
+                batch: int = 64, progress: bool = False) -> dict[tuple[float, float], dict[str, Any]]:
+    """Hit@k / MRR@10 of the full cascade (w_tower 1, ``w_lvm``, lane bonus ``lambda``) at every grid point,
+    from one tower search per batch (the shared hit rules; the context lane predicted from the context)."""
+    L = context_len(lvm, tower)
+    tg = bank.text_group
+    codes, _ = lane_codes_of(bank.lanes)
+    centroids, _ = context_lane_classifier(bank)
+    n = len(samples)
+    points = [(float(w), float(lam)) for w in w_lvm_grid for lam in lane_grid]
+    ranks = {pt: np.full(n, -1, np.int64) for pt in points}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc="fusion grid", unit="q")
+    for s in range(0, n, batch):
+        sl = slice(s, min(n, s + batch))
+        ctx_ids = samples.context_ids(L, sl)
+        tgt = samples.target[sl]
+        ctx, mask = gather_context(bank.vectors, ctx_ids)
+        rank = partial(first_hit_rank, target=tgt, ctx_ids=ctx_ids, text_group=tg)
+        v_hat = predict(lvm, ctx, mask)
+        t_scores, ids = index.search(predict(tower, ctx, mask), K + L)
+        t_scores = np.asarray(t_scores, np.float32)
+        cand = np.asarray(bank.vectors[np.maximum(ids, 0).reshape(-1)], np.float32).reshape(*ids.shape, -1)
+        lvm_s = np.einsum("nkd,nd->nk", cand, v_hat)
+        unit = lane_bonus(ids, codes, predict_lanes(ctx, mask, centroids), 1.0)
+        for w, lam in points:
+            sc = fuse(t_scores, lvm_s, ids, w_tower=1.0, w_lvm=w,
+                      lane_bonus=None if unit is None or lam == 0.0 else lam * unit)
+            ranks[(w, lam)][sl] = rank(np.take_along_axis(ids, top_by(sc, ids.shape[1]), 1))
+        if bar is not None:
+            bar.update(len(tgt))
+    if bar is not None:
+        bar.close()
+    return {pt: {**hit_table(r), "hits10": (r >= 0) & (r < 10)} for pt, r in ranks.items()}

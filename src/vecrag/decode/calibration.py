@@ -1,0 +1,192 @@
+"""Calibrated decoding: thresholds and cascade weights measured on VAL, stored with the run.
+
+A cosine threshold means nothing across encoders (0.92 was set for GTR-T5; an all-MiniLM-L6-v2 prediction
+rarely comes within 0.85 of any chunk). So the shipped profiles state an *intent* and ``vecrag calibrate``
+turns it into cosines for one (bank, LVM, retriever):
+
+- ``snap_precision: p``  SNAP at the lowest ``c`` from which, on VAL, the step's candidate is the true next
+  chunk (or has its text) in at least ``p`` of the cases: the SNAP precision a user can expect;
+- ``novel_share: s``     NOVEL for the ``s`` least confident steps on VAL (``tau_novel`` = the ``s``-quantile of
+  ``c``; 0 = never NOVEL); between the two the step BLENDs.
+
+``conservative`` grounds more (a lower precision bar, fewer NOVEL steps), ``creative`` less; a lane's override
+shifts its profile's intent (``legal`` grounds more, the ``creative`` lane less), so lanes keep their
+relative order on any encoder. ``c`` is measured as the decoder measures it: the cascade's shortlist with the
+context's own chunks removed, teacher-forced on VAL articles.
+
+The cascade's fusion weights (``w_lvm`` on cos(v_hat, candidate), the lane bonus) are chosen on VAL too, on a
+grid that holds the first stage alone (``w_lvm = 0``, no lane bonus): a grid point is taken only when its
+paired gain in Hit@10 over the first stage exceeds one standard error (:func:`pick_fusion`), so the chosen
+cascade is never below its first stage on VAL and does not chase noise; ties go to the smaller weights.
+
+The file is ``calibration.json`` in the LVM's run directory (else the retriever's; for two heuristics
+``BANK/eval/calibration-LVM+RETRIEVER.json``); it names the bank, the encoder and both models, and a loader
+refuses it for any other pair.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vecrag.errors import VecragError
+
+FILE = "calibration.json"
+KIND = "vecrag-decode-calibration"
+VERSION = 1
+INTENT_KEYS = ("snap_precision", "novel_share")
+W_LVM_GRID = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
+LANE_GRID = (0.0, 0.02, 0.05)
+
+
+def _is_run(spec: str | None) -> bool:
+    return bool(spec) and not str(spec).startswith("heuristic:")
+
+
+def calibration_path(bank: Any, lvm: str, retriever: str) -> Path:
+    """Where the calibration of this (LVM, retriever) pair lives (module doc)."""
+    if _is_run(lvm):
+        return Path(lvm) / FILE
+    if _is_run(retriever):
+        return Path(retriever) / FILE
+    slug = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{lvm}+{retriever}")
+    return Path(bank.path) / "eval" / f"calibration-{slug}.json"
+
+
+def command_for(bank: Any, lvm: str, retriever: str) -> str:
+    return f"vecrag calibrate {bank.path} --lvm {lvm} --retriever {retriever}"
+
+
+def _identity(spec: str) -> str:
+    return str(Path(spec).resolve()) if _is_run(spec) else spec
+
+
+def load_calibration(bank: Any, lvm: str, retriever: str, *, required: bool = False,
+                     why: str = "") -> dict[str, Any] | None:
+    """The calibration of (bank, lvm, retriever), checked; None when there is none and it is not ``required``."""
+    import json
+
+    path = calibration_path(bank, lvm, retriever)
+    cmd = command_for(bank, lvm, retriever)
+    if not path.is_file():
+        if not required:
+            return None
+        raise VecragError(f"{why or 'this needs'} a calibration of this LVM and retriever on this bank, and there is "
+                          "none", path=path, hint=f"run `{cmd}` (a minute on a small bank), or pick an absolute "
+                                                  "profile: --profile gtr-t5")
+    try:
+        cal = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise VecragError(f"the calibration file is unreadable ({e})", path=path, hint=f"run `{cmd}` again") from e
+    if not isinstance(cal, dict) or cal.get("kind") != KIND or cal.get("version") != VERSION:
+        raise VecragError("not a vecrag decode calibration (or from another version)", path=path,
+                          hint=f"run `{cmd}` again")
+    want = {"lvm": _identity(lvm), "retriever": _identity(retriever), "bank_n": bank.n,
+            "encoder": bank.encoder.get("name")}
+    got = {k: cal.get(k) for k in want}
+    if got != want:
+        diff = ", ".join(f"{k}: {got[k]!r} (here {want[k]!r})" for k in want if got[k] != want[k])
+        raise VecragError(f"the calibration was made for another bank or model pair ({diff})", path=path,
+                          hint=f"run `{cmd}`")
+    cal["path"] = str(path)
+    return cal
+
+
+def threshold_for_precision(c: np.ndarray, hit: np.ndarray, p: float, min_support: int = 5) -> float:
+    """The lowest ``c`` from which the share of hits among the steps at or above it reaches ``p``, counting only
+    thresholds with at least ``min_support`` steps above them; 1.0 (never) when none reaches it. ``c`` finite."""
+    if not len(c):
+        return 1.0
+    order = np.argsort(-c, kind="stable")
+    cs, hs = c[order], hit[order].astype(np.float64)
+    prec = np.cumsum(hs) / np.arange(1, len(cs) + 1)
+    # a threshold is a distinct value: take the last row of each run of equal c
+    last = np.r_[cs[1:] != cs[:-1], True]
+    ok = np.flatnonzero(last & (prec >= p) & (np.arange(1, len(cs) + 1) >= min_support))
+    return float(cs[ok[-1]]) if len(ok) else 1.0
+
+
+def thresholds(c: np.ndarray, hit: np.ndarray, intent: dict[str, float]) -> dict[str, float]:
+    """(tau_snap, tau_novel) for one intent (module doc), with the VAL shares they give."""
+    c = np.asarray(c, np.float64)
+    ok = np.isfinite(c)
+    c, hit = c[ok], np.asarray(hit, bool)[ok]
+    p = float(np.clip(intent.get("snap_precision", 0.5), 0.0, 1.0))
+    s = float(np.clip(intent.get("novel_share", 0.0), 0.0, 1.0))
+    tau_snap = min(1.0, threshold_for_precision(c, hit, p))
+    tau_novel = float(np.quantile(c, s)) if s > 0 and len(c) else -1.0
+    tau_novel = min(tau_novel, tau_snap - 1e-6)
+    return {"tau_snap": round(tau_snap, 6), "tau_novel": round(tau_novel, 6),
+            "val_snap_share": float(np.mean(c >= tau_snap)) if len(c) else 0.0,
+            "val_novel_share": float(np.mean(c <= tau_novel)) if len(c) else 0.0,
+            "val_snap_precision": float(hit[c >= tau_snap].mean()) if (c >= tau_snap).any() else None,
+            "intent": {"snap_precision": p, "novel_share": s}}
+
+
+def precision_curve(c: np.ndarray, hit: np.ndarray, qs: tuple[float, ...] = tuple(np.linspace(0, 0.99, 34))
+                    ) -> list[dict[str, float]]:
+    """SNAP share and precision when snapping at each quantile of ``c`` (the calibration's evidence)."""
+    c = np.asarray(c, np.float64)
+    ok = np.isfinite(c)
+    c, hit = c[ok], np.asarray(hit, bool)[ok]
+    rows = []
+    for q in qs:
+        t = float(np.quantile(c, q)) if len(c) else 1.0
+        sel = c >= t
+        rows.append({"quantile": round(float(q), 4), "tau": t, "share": float(sel.mean()) if len(c) else 0.0,
+                     "precision": float(hit[sel].mean()) if sel.any() else None})
+    return rows
+
+
+def pick_fusion(rows: dict[tuple[float, float], dict[str, Any]], z: float = 1.0) -> tuple[float, float]:
+    """(w_lvm, lane_lambda) with the best VAL Hit@10 (then MRR@10, then the smallest weights) among the grid
+    points that beat the first stage alone ``(0, 0)`` by more than ``z`` standard errors of the paired per-query
+    difference (``rows[pt]["hits10"]``, bool per query); the first stage when none does. A gain that small
+    samples cannot tell from noise is not taken, so the default stays at or above its first stage."""
+    first = (0.0, 0.0)
+    ok = [first]
+    base = np.asarray(rows[first]["hits10"], np.float64) if "hits10" in rows[first] else None
+    for pt, r in rows.items():
+        if pt == first:
+            continue
+        if base is None or "hits10" not in r:
+            ok.append(pt)
+            continue
+        d = np.asarray(r["hits10"], np.float64) - base
+        se = float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else float("inf")
+        if d.mean() > z * se:
+            ok.append(pt)
+    return max(ok, key=lambda wl: (round(rows[wl]["Hit@10"], 9), round(rows[wl]["MRR@10"], 9), -wl[0], -wl[1]))
+
+
+def intent_of(profile: dict[str, Any], lane_shift: dict[str, Any] | None = None) -> dict[str, float]:
+    """A calibrated profile's intent, shifted by a lane's (additive) override."""
+    out = {k: float(profile[k]) for k in INTENT_KEYS if k in profile}
+    for k, v in (lane_shift or {}).items():
+        if k in INTENT_KEYS:
+            out[k] = out.get(k, 0.0) + float(v)
+    return out
+
+
+def calibrated_cascade(cal: dict[str, Any] | None, *, K: int, k: int = 10, timeout_ms: float | None = None,
+                       w_tower: float = 1.0, w_lvm: float | None = None, lane_lambda: float | None = None,
+                       w_topic: float | None = None) -> Any:
+    """The cascade for a (possibly missing) calibration: explicit values first, then the calibration's VAL
+    choices, else the first stage alone (w_lvm 0, no lane bonus, no topic term)."""
+    from vecrag.decode.cascade import CascadeConfig
+
+    fusion = (cal or {}).get("cascade", {}).get("chosen", {})
+    gen = (cal or {}).get("generation", {}).get("chosen", {})
+    return CascadeConfig(K=K, k=k, w_tower=w_tower,
+                         w_lvm=w_lvm if w_lvm is not None else float(fusion.get("w_lvm", 0.0)),
+                         lane_lambda=lane_lambda if lane_lambda is not None else float(fusion.get("lane_lambda", 0.0)),
+                         timeout_ms=timeout_ms,
+                         w_topic=w_topic if w_topic is not None else float(gen.get("w_topic", 0.0)))
+
+
+def calibrated_feedback(cal: dict[str, Any] | None, override: str | None = None) -> str:
+    """What a step feeds back to the context: ``override``, else the calibration's VAL choice, else ``shown``."""
+    return override or (cal or {}).get("generation", {}).get("chosen", {}).get("feedback", "shown")

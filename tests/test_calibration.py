@@ -1,0 +1,134 @@
+"""`vecrag calibrate`: thresholds from VAL with known answers, the file written / read back / refused, the cascade's
+fusion weights chosen on VAL and reproducible, calibrated profiles refused without a calibration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_synthetic_bank
+from vecrag.bank import Bank
+from vecrag.cli import main
+from vecrag.decode.calibration import (
+    calibration_path,
+    load_calibration,
+    pick_fusion,
+    threshold_for_precision,
+    thresholds,
+)
+from vecrag.decode.predictors import HeuristicPredictor
+from vecrag.decode.profiles import load_profiles
+from vecrag.errors import VecragError
+from vecrag.eval.cascade_eval import fusion_grid
+from vecrag.index import ExactTorchIndex
+from vecrag.sequences import make_samples
+
+HEUR = ["--lvm", "heuristic:ewma", "--retriever", "heuristic:last"]
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory: pytest.TempPathFactory) -> Bank:
+    b = make_synthetic_bank(tmp_path_factory.mktemp("cal") / "bank", n_articles=60, per_article=12,
+                            lanes=["legal", "science", "history"])
+    b.resplit(0, (0.4, 0.3, 0.3))
+    return Bank.open(b.path)
+
+
+def test_threshold_for_precision_known_answer() -> None:
+    # sorted by c: hits at the top 4 of 10, then misses: precision at c >= 0.6 is 4/5
+    c = np.array([0.95, 0.9, 0.85, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    hit = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool)
+    assert threshold_for_precision(c, hit, 1.0) == 1.0  # only 4 steps reach it: too few to trust
+    assert threshold_for_precision(c, hit, 1.0, min_support=4) == 0.8
+    assert threshold_for_precision(c, hit, 0.8) == 0.6
+    assert threshold_for_precision(c, hit, 0.5) == 0.3  # 4 of 8
+    assert threshold_for_precision(c, hit, 0.41) == 0.2  # 4 of 9 = 0.44
+    assert threshold_for_precision(c, np.zeros(10, bool), 0.1) == 1.0  # never reached: never SNAP
+    t = thresholds(c, hit, {"snap_precision": 0.8, "novel_share": 0.3})
+    assert t["tau_snap"] == 0.6 and t["val_snap_share"] == 0.5 and t["val_snap_precision"] == 0.8
+    assert t["tau_novel"] == pytest.approx(np.quantile(c, 0.3)) and t["val_novel_share"] == 0.3
+    assert thresholds(c, hit, {"snap_precision": 0.8, "novel_share": 0.0})["tau_novel"] == -1.0
+
+
+def test_pick_fusion_takes_only_a_clear_gain() -> None:
+    n = 400
+    base = np.zeros(n, bool)
+    base[:100] = True
+    tiny = base.copy()
+    tiny[100] = True  # one query more: noise
+    clear = base.copy()
+    clear[100:160] = True
+
+    def row(h: np.ndarray) -> dict:
+        return {"Hit@10": h.mean(), "MRR@10": h.mean() / 2, "hits10": h}
+
+    assert pick_fusion({(0.0, 0.0): row(base), (0.1, 0.0): row(tiny)}) == (0.0, 0.0)
+    assert pick_fusion({(0.0, 0.0): row(base), (0.1, 0.0): row(tiny), (0.5, 0.05): row(clear)}) == (0.5, 0.05)
+
+
+def test_calibrate_writes_reads_back_and_refuses(bank: Bank, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # a calibrated profile without a calibration: a clear error naming the command
+    assert main(["generate", str(bank.path), "--prompt-ids", "0,1,2", "--steps", "2", *HEUR]) == 2
+    err = capsys.readouterr().err
+    assert "needs a calibration" in err and f"vecrag calibrate {bank.path} --lvm heuristic:ewma" in err
+    assert main(["generate", str(bank.path), "--prompt-ids", "0,1,2", "--steps", "2", *HEUR,
+                 "--profile", "greedy"]) == 0  # a profile that needs none runs
+    capsys.readouterr()
+
+    assert main(["calibrate", str(bank.path), *HEUR, "--quiet", "--max-articles", "10"]) == 0
+    out = capsys.readouterr().out
+    path = calibration_path(bank, "heuristic:ewma", "heuristic:last")
+    assert path == Path(bank.path) / "eval" / "calibration-heuristic_ewma+heuristic_last.json"
+    assert f"wrote {path}" in out and "conservative" in out and "first stage alone" in out
+    cal = load_calibration(bank, "heuristic:ewma", "heuristic:last", required=True)
+    assert cal["split"] == "val" and cal["n_samples"] == len(make_samples(bank, "val"))
+    assert len(cal["samples"]["c"]) == len(cal["samples"]["hit"]) == cal["n_steps_with_candidates"] > 100
+    # the intents keep their order on this bank: conservative grounds most, creative least
+    prof = cal["profiles"]
+    assert prof["conservative"]["tau_snap"] <= prof["neutral"]["tau_snap"] <= prof["creative"]["tau_snap"]
+    assert prof["conservative"]["val_snap_share"] >= prof["creative"]["val_snap_share"]
+    assert prof["neutral"]["val_snap_precision"] >= 0.4 - 1e-9
+    # the cascade: chosen on VAL, never below the first stage there
+    cas = cal["cascade"]
+    assert cas["chosen_hit10"] >= cas["first_stage_hit10"]
+    assert {"w_topic", "feedback"} == set(cal["generation"]["chosen"])
+    # the policies follow the file: lanes shift their profile (legal grounds more)
+    pols = load_profiles().policy_set("neutral", ["legal", "science"], cal)
+    assert pols.default.tau_snap == prof["neutral"]["tau_snap"]
+    assert pols.for_lane("legal").tau_snap <= pols.default.tau_snap
+    # now neutral runs, and says where its thresholds came from
+    assert main(["generate", str(bank.path), "--prompt-ids", "0,1,2", "--steps", "3", *HEUR, "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["decoder"]["calibration"] == str(path) and rep["decoder"]["tau_snap"] == pols.default.tau_snap
+    ids = [s["text_id"] for s in rep["steps"]]
+    assert len(set(ids)) == 3 and not {0, 1, 2} & set(ids)
+    # refused for another pair, and when damaged
+    wrong = dict(cal, retriever="heuristic:mean")
+    path.write_text(json.dumps(wrong))
+    with pytest.raises(VecragError, match="another bank or model pair"):
+        load_calibration(bank, "heuristic:ewma", "heuristic:last")
+    path.write_text("{not json")
+    with pytest.raises(VecragError, match="unreadable"):
+        load_calibration(bank, "heuristic:ewma", "heuristic:last")
+    path.unlink()
+    assert load_calibration(bank, "heuristic:ewma", "heuristic:last") is None
+
+
+def test_cascade_weights_reproduce_from_val(bank: Bank, tmp_path: Path) -> None:
+    out = tmp_path / "cal.json"
+    args = ["calibrate", str(bank.path), *HEUR, "--quiet", "--no-rollouts", "--out", str(out)]
+    assert main(args) == 0
+    first = json.loads(out.read_text())
+    assert main(args) == 0
+    assert json.loads(out.read_text())["cascade"] == first["cascade"]
+    ewma, last = HeuristicPredictor("ewma", 0.5), HeuristicPredictor("last")
+    grid = fusion_grid(bank, make_samples(bank, "val", max_samples=5000), ewma, last,
+                       ExactTorchIndex(bank.vectors_f32()), w_lvm_grid=(0.0, 0.05, 0.1, 0.25, 0.5, 1.0),
+                       lane_grid=(0.0, 0.02, 0.05))
+    w, lam = pick_fusion(grid)
+    assert first["cascade"]["chosen"] == {"w_tower": 1.0, "w_lvm": w, "lane_lambda": lam}
+    assert first["cascade"]["chosen_hit10"] == pytest.approx(grid[(w, lam)]["Hit@10"])
+    assert "generation" not in first
