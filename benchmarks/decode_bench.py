@@ -2,7 +2,9 @@
 
 - decision: ``vecrag.decode.policy.decide`` alone on a k-shortlist (mean, p95), no search;
 - full step: ``Decoder.step`` = LVM (GRU, 2 layers, hidden 256, context 16) + query tower (GRU, hidden 256)
-  + guarded index search (top-K=500, in the search thread) + fused/lane re-rank + decision, p50/p95,
+  + guarded index search (top-K=500, in the search thread) + fused/lane re-rank + decision, p50/p95, with the
+  no-repeat rule as shipped (every chunk shown so far and the prompt's chunks banned: the search reaches
+  deeper as the rollout grows) and without it (``no-repeat off``), side by side,
   at bank sizes 10k / 100k / 1M of random 384-D unit vectors, FAISS flat and IVF (nlist ~ 4 sqrt(N) capped
   at 1024 on 1M, trained on a sample of 64 x nlist vectors, nprobe 16).
 
@@ -73,13 +75,14 @@ def make_index(kind: str, vecs: np.ndarray, rng: np.random.Generator) -> tuple[o
     return FaissIndex(cpu, kind, params, device="cpu"), time.perf_counter() - t0
 
 
-def bench_steps(index: object, vecs: np.ndarray, steps: int, K: int) -> dict[str, float]:
+def bench_steps(index: object, vecs: np.ndarray, steps: int, K: int, no_repeat: bool = True) -> dict[str, float]:
     import torch
 
     from vecrag.decode.cascade import CascadeConfig
     from vecrag.decode.generate import Decoder
+    from vecrag.decode.policy import Policy
     from vecrag.decode.predictors import TorchPredictor
-    from vecrag.decode.profiles import load_profiles
+    from vecrag.decode.profiles import PolicySet
     from vecrag.models.lvm import LVM, LVMModelConfig
     from vecrag.models.towers import QueryTower, TowerConfig
 
@@ -88,8 +91,11 @@ def bench_steps(index: object, vecs: np.ndarray, steps: int, K: int) -> dict[str
     lvm = TorchPredictor(LVM(d, LVMModelConfig(kind="gru", hidden=256, layers=2), 16), "lvm-gru", 16)
     tower = TorchPredictor(QueryTower(d, TowerConfig(kind="gru", hidden=256)), "tower-gru", 16)
     texts = ["chunk"] * len(vecs)
-    dec = Decoder(vecs, texts, None, index, lvm, tower, load_profiles().policy_set("neutral"),
-                  CascadeConfig(K=K, k=10, timeout_ms=10_000.0))
+    # thresholds of a calibrated MiniLM bank's neutral profile (the bands only change which branch runs)
+    policies = PolicySet("neutral", Policy(tau_snap=0.82, tau_novel=0.57), {})
+    dec = Decoder(vecs, texts, None, index, lvm, tower, policies,
+                  CascadeConfig(K=K, k=10, timeout_ms=10_000.0, w_lvm=0.0, lane_lambda=0.05, w_topic=0.25),
+                  exclude_context=True, no_repeat=no_repeat, feedback="shown")
     rng = np.random.default_rng(2)
     prompt = list(unit_rows(rng, 16, d))
     warm = 5
@@ -127,8 +133,9 @@ def main() -> None:
         print(f"{k:>12} {m:>9.3f} {p95:>9.3f}", flush=True)
 
     print("\nfull step (LVM + tower + search + re-rank + decision), ms:")
-    head = (f"{'bank':>9} {'index':>6} {'build s':>8} {'lvm p50':>8} {'tower p50':>9} {'search p50':>10} "
-            f"{'search p95':>10} {'rerank p50':>10} {'decide p50':>10} {'step p50':>9} {'step p95':>9}")
+    head = (f"{'bank':>9} {'index':>6} {'no-repeat':>9} {'build s':>8} {'lvm p50':>8} {'tower p50':>9} "
+            f"{'search p50':>10} {'search p95':>10} {'rerank p50':>10} {'decide p50':>10} {'step p50':>9} "
+            f"{'step p95':>9}")
     print(head)
     print("-" * len(head), flush=True)
     rng = np.random.default_rng(0)
@@ -137,10 +144,12 @@ def main() -> None:
         for kind in args.kinds.split(","):
             index, build_s = make_index(kind, vecs, rng)
             steps = args.steps if not (kind == "flat" and n >= 1_000_000) else max(30, args.steps // 4)
-            r = bench_steps(index, vecs, steps, args.K)
-            print(f"{n:>9,} {kind:>6} {build_s:>8.1f} {r['lvm_p50']:>8.2f} {r['tower_p50']:>9.2f} "
-                  f"{r['search_p50']:>10.2f} {r['search_p95']:>10.2f} {r['rerank_p50']:>10.2f} "
-                  f"{r['decide_p50']:>10.3f} {r['total_p50']:>9.2f} {r['total_p95']:>9.2f}", flush=True)
+            for no_repeat in (True, False):
+                r = bench_steps(index, vecs, steps, args.K, no_repeat)
+                print(f"{n:>9,} {kind:>6} {'on' if no_repeat else 'off':>9} {build_s:>8.1f} {r['lvm_p50']:>8.2f} "
+                      f"{r['tower_p50']:>9.2f} {r['search_p50']:>10.2f} {r['search_p95']:>10.2f} "
+                      f"{r['rerank_p50']:>10.2f} {r['decide_p50']:>10.3f} {r['total_p50']:>9.2f} "
+                      f"{r['total_p95']:>9.2f}", flush=True)
             del index
             gc.collect()
         del vecs

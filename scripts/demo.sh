@@ -77,16 +77,19 @@ $VECRAG train retriever "$BANK" train.epochs=3 model.anchor=ewma model.alpha=0.5
   --out "$OUT/runs/retriever" --quiet
 $VECRAG eval retriever "$OUT/runs/retriever" --split test
 
-step "7. cascade and dual-path decoding on held-out articles"
+step "7. calibrate decoding on VAL, then the cascade, the decoder and generation rollouts on held-out articles"
+# the profiles state an intent (SNAP precision, NOVEL share); calibrate measures what it means for these models
+$VECRAG calibrate "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --quiet
 $VECRAG eval cascade "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --split test \
-  --out "$OUT/eval"
+  --out "$OUT/eval" --quiet
 $VECRAG eval decode "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --split test \
-  --profile neutral --out "$OUT/eval"
-$VECRAG eval decode "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --split test \
-  --profile minilm --out "$OUT/eval"
+  --profile neutral --out "$OUT/eval" --quiet
+# rollouts: prompt = a test article's first 3 chunks, 8 steps; the decoder beside greedy baselines and the truth
+$VECRAG eval generate "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --split test \
+  --profile neutral --profile conservative --profile creative --out "$OUT/eval" --quiet
 
 step "8. generate 5 steps from a prompt"
-$VECRAG generate "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --steps 5 --profile neutral \
+$VECRAG generate "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --steps 5 \
   --prompt "Alabama is a state in the southeastern region of the United States. It became a state in 1819." \
   --telemetry "$OUT/generate-telemetry.jsonl"
 
@@ -104,7 +107,9 @@ vecrag demo finished in ${took}s. Results:
   baselines          $OUT/baselines-test.json
   LVM run            $OUT/runs/lvm        (metrics in $OUT/runs/lvm/metrics/)
   retriever run      $OUT/runs/retriever  (metrics in $OUT/runs/retriever/metrics/)
-  cascade / decode   $OUT/eval/ (cascade_eval-test.json, decode_eval-test-{neutral,minilm}.json, decode_sweep-test-*.png)
+  calibration        $OUT/runs/lvm/calibration.json (vecrag calibrate: thresholds and weights from VAL)
+  cascade / decode   $OUT/eval/ (cascade_eval-test.json, decode_eval-test-neutral.json, decode_sweep-test-*.png)
+  rollouts           $OUT/eval/generate_eval-test.json (vecrag eval generate)
   stage wall times   $OUT/stage-times.txt
   telemetry          $OUT/generate-telemetry.jsonl
   reports            $OUT/report-retriever/report.html  $OUT/report-lvm/report.html

@@ -58,6 +58,25 @@ def test_fusion_math_and_lane_bonus() -> None:
     assert cas.fallbacks == {"error": 0, "timeout": 0, "empty": 0}
 
 
+def test_topic_term_reranks_only_when_weighted() -> None:
+    """fused = w_tower * cos(q, cand) + w_topic * cos(topic, cand): the topic e2 lifts id 2 (cos 0.8)."""
+    q, v_hat, topic = unit(1, 0, 0, 0)[None], unit(0, 1, 0, 0)[None], unit(0, 0, 1, 0)[None]
+    assert CascadeConfig().w_topic == 0.0
+    cas = Cascade(ExactTorchIndex(BANK), BANK,
+                  CascadeConfig(K=3, k=3, w_tower=1.0, w_lvm=0.0, lane_lambda=0.0, timeout_ms=None), lane_codes=LANES)
+    assert cas.run(q, v_hat, topic=topic).ids[0].tolist() == [0, 1, 2]  # w_topic 0: the topic is ignored
+    cas.cfg.w_topic = 1.0
+    assert cas.run(q, v_hat).ids[0].tolist() == [0, 1, 2]               # no topic given: nothing to add
+    cas.cfg.w_topic = 0.25
+    r = cas.run(q, v_hat, topic=topic)                                   # id 2: 0.6 + 0.25 * 0.8 = 0.8, still last
+    assert r.ids[0].tolist() == [0, 1, 2]
+    np.testing.assert_allclose(r.scores[0], [1.0, 0.9 / np.hypot(0.9, 0.1), 0.8], atol=1e-6)
+    cas.cfg.w_topic = 1.0
+    r = cas.run(q, v_hat, topic=topic)
+    assert r.ids[0].tolist() == [2, 0, 1]
+    np.testing.assert_allclose(r.scores[0], [1.4, 1.0, 0.9 / np.hypot(0.9, 0.1)], atol=1e-6)
+
+
 class RaisingIndex:
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise RuntimeError("index exploded")
@@ -78,7 +97,7 @@ class EmptyIndex:
 
 
 def _decoder(index: object, timeout_ms: float | None = 50.0) -> Decoder:
-    ps = load_profiles().policy_set("neutral")
+    ps = load_profiles().policy_set("gtr-t5")
     return Decoder(BANK, ["a", "b", "c", "d"], None, index, HeuristicPredictor("last"),
                    HeuristicPredictor("last"), ps, CascadeConfig(K=3, k=2, timeout_ms=timeout_ms))
 
@@ -156,7 +175,7 @@ def test_prompt_lane_comes_from_the_lane_classifier_when_given() -> None:
     """The rule `eval cascade` measures: the prompt's mean vector against the lane classifier (rows in sorted
     lane-name order). Without a classifier: the lane of the bank chunk nearest to the last prompt vector."""
     lanes = np.array(["x", "x", "y", "y"], dtype=object)
-    ps = load_profiles().policy_set("neutral")
+    ps = load_profiles().policy_set("gtr-t5")
     clf = np.stack([BANK[3], BANK[0]]).astype(np.float32)  # "x" <- row 0 = BANK[3], "y" <- row 1 = BANK[0]
     clf /= np.linalg.norm(clf, axis=1, keepdims=True)
     for classifier, want in ((clf, "y"), (None, "x")):

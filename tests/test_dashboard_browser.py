@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -78,8 +79,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     train = _start(base / "train.log", "train", "retriever", str(train_bank.path), "train.log_every=3",
                    "--config", "retriever-tiny", "--out", str(run), "--quiet")
     run.mkdir(parents=True, exist_ok=True)
+    # (uncalibrated: the calibrated profiles would refuse; gtr-t5's absolute thresholds give a decision mix)
     gen = _start(base / "generate.log", "generate", str(bank.path), "--prompt-ids", "0,1,2", "--steps", "16",
-                 "--timeout-ms", "0", "--telemetry", str(run / "decode.jsonl"), "--json")
+                 "--profile", "gtr-t5", "--timeout-ms", "0", "--telemetry", str(run / "decode.jsonl"), "--json")
     proc = _start(base / "server.log", "serve", str(bank.path), "--runs", str(runs), "--port", str(port),
                   "--device", "cpu", "--log-level", "warning")
     try:
@@ -158,17 +160,7 @@ def test_dashboard_renders_a_real_run(server):
                 inked, total = page.evaluate(INKED_PIXELS, cid)
                 assert inked > 0.005 * total, f"{cid} canvas looks blank ({inked}/{total} pixels drawn)"
 
-            # the generate playground
-            page.fill("#gen-prompt", "Ships sail across the wide ocean. Sailors navigate by the stars at night.")
-            page.fill("#gen-steps", "4")
-            page.click("#gen-run")
-            page.wait_for_function("document.querySelectorAll('#gen-table tbody tr').length === 4", timeout=20_000)
-            cells = "els => els.map(e => e.textContent)"
-            decisions = page.eval_on_selector_all("#gen-table tbody tr td:nth-child(2)", cells)
-            assert set(decisions) <= {"SNAP", "BLEND", "NOVEL"}
-            texts = page.eval_on_selector_all("#gen-table tbody tr td:nth-child(7)", cells)
-            assert all(texts)
-            assert "steps in" in page.text_content("#gen-status")
+            check_playground(page, url)
             assert errors == [], errors
 
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -178,3 +170,47 @@ def test_dashboard_renders_a_real_run(server):
             assert SCREENSHOT.stat().st_size > 20_000
         finally:
             browser.close()
+
+
+PROMPT = "Ships sail across the wide ocean. Sailors navigate by the stars at night."
+STEPS = 6
+
+
+def check_playground(page: Any, url: str) -> None:
+    """The profile picker offers the server's profiles (default preselected, calibrated ones disabled without a
+    calibration); the prompt and its continuation read as one passage (approximate steps marked [~ ...]) that
+    never repeats a chunk nor the prompt, with the per-step table below."""
+    dec = httpx.get(f"{url}/healthz", timeout=10).json()["decoder"]
+    page.wait_for_function("document.querySelectorAll('#gen-profile option').length > 1", timeout=20_000)
+    options = page.eval_on_selector_all("#gen-profile option", "os => os.map(o => [o.value, o.disabled])")
+    assert [name for name, _ in options] == dec["profiles"]
+    assert {name for name, off in options if not off} == set(dec["available_profiles"])
+    assert page.input_value("#gen-profile") == dec["default_profile"]
+    assert not dec["calibrated"] and dec["calibrate_command"] in page.text_content("#gen-calibration")
+
+    page.fill("#gen-prompt", PROMPT)
+    page.fill("#gen-steps", str(STEPS))
+    page.click("#gen-run")
+    page.wait_for_function(f"document.querySelectorAll('#gen-table tbody tr').length === {STEPS}", timeout=20_000)
+    cells = "els => els.map(e => e.textContent)"
+    decisions = page.eval_on_selector_all("#gen-table tbody tr td:nth-child(2)", cells)
+    assert set(decisions) <= {"SNAP", "BLEND", "NOVEL"}
+    assert all(page.eval_on_selector_all("#gen-table tbody tr td:nth-child(7)", cells))
+    assert "steps in" in page.text_content("#gen-status")
+
+    assert page.is_visible("#gen-passage")
+    prompt_shown = page.text_content("#gen-prompt-text")
+    assert prompt_shown.split() == PROMPT.split()
+    spans = page.eval_on_selector_all(
+        "#gen-continuation .step", "els => els.map(e => [e.dataset.textId, e.className, e.textContent])")
+    ids = [int(i) for i, _, _ in spans]
+    assert len(spans) == STEPS and all(i >= 0 for i in ids) and len(set(ids)) == len(ids), spans  # no repeats
+    texts = [t[3:-1] if "approx" in cls else t for _, cls, t in spans]
+    assert all(t and t not in PROMPT for t in texts), texts  # no echo of the prompt
+    for _, cls, t in spans:
+        assert ("approx" in cls) == t.startswith("[~ "), (cls, t)
+    # the passage is the server's continuation, as `vecrag generate` prints it (decoding is deterministic)
+    api = httpx.post(f"{url}/generate", json={"prompt": PROMPT, "steps": STEPS, "k": 5,
+                                              "profile": dec["default_profile"]}, timeout=60).json()
+    assert page.text_content("#gen-continuation") == api["continuation"]
+    assert [s["text_id"] for s in api["steps"]] == ids

@@ -57,11 +57,13 @@ def test_decode_eval_known_answers(tmp_path: Path) -> None:
     samples = make_samples(bank, "test")
     assert samples.target.tolist() == [1, 3, 5, 7, 9, 11]
     last = HeuristicPredictor("last")
-    policies = load_profiles().policy_set("neutral", set(LANES))
+    policies = load_profiles().policy_set("gtr-t5", set(LANES))
+    assert (policies.for_lane("legal").tau_snap, policies.for_lane("science").tau_snap) == (0.94, 0.92)
     cfg = CascadeConfig(K=5, k=1, timeout_ms=None)
     arrays, fb = collect(bank, samples, last, last, ExactTorchIndex(bank.vectors), policies, cfg)
     rep = decode_report(arrays, fb, policy=policies.default, meta={})
-    # legal (0.94/0.88): .95 SNAP, .93 BLEND, .90 BLEND; science (0.92/0.85): .88 BLEND, .5 NOVEL, .6 NOVEL
+    # gtr-t5 legal lane (0.94/0.88): .95 SNAP, .93 BLEND, .90 BLEND; science (the profile's 0.92/0.85): .88 BLEND,
+    # .5 NOVEL, .6 NOVEL
     assert arrays["kind"].tolist() == ["SNAP", "BLEND", "BLEND", "BLEND", "NOVEL", "NOVEL"]
     np.testing.assert_allclose(arrays["c"], [0.95, 0.93, 0.90, 0.88, 0.5, 0.6], atol=1e-6)
     o = rep["overall"]
@@ -97,7 +99,7 @@ def test_oracle_rate_equals_fraction_of_targets_in_shortlist(tmp_path: Path) -> 
     tower, lvm = HeuristicPredictor("last"), HeuristicPredictor("ewma", 0.5)
     k, L = 5, 16
     cfg = CascadeConfig(K=50, k=k, w_tower=1.0, w_lvm=0.0, lane_lambda=0.0, timeout_ms=None)
-    arrays, _ = collect(bank, samples, lvm, tower, index, load_profiles().policy_set("neutral"), cfg)
+    arrays, _ = collect(bank, samples, lvm, tower, index, load_profiles().policy_set("gtr-t5"), cfg)
     ctx = samples.context_ids(L)
     from vecrag.sequences import gather_context
 
@@ -126,10 +128,27 @@ def test_eval_commands_write_outputs(tmp_path: Path, capsys: pytest.CaptureFixtu
     bank = hand_bank(tmp_path / "hand")
     out = tmp_path / "out"
     args = [str(bank.path), "--lvm", "heuristic:last", "--retriever", "heuristic:last", "--out", str(out)]
-    assert main(["eval", "decode", *args, "--profile", "conservative", "--k", "1", "--K", "5", "--json"]) == 0
+    decode = ["eval", "decode", *args, "--profile", "conservative", "--k", "1", "--K", "5", "--json"]
+    assert main(decode) == 2  # a calibrated profile and no calibration of (last, last) on this bank
+    err = capsys.readouterr().err
+    assert "'conservative' profile needs a calibration" in err and "vecrag calibrate" in err and "gtr-t5" in err
+    assert not out.exists()
+    # a hand-made calibration: 24 VAL steps c = 0.99 .. 0.76, the top 5 hits (see test_policy_profiles):
+    # conservative snaps from 0.80 (legal lane: 0.76) and is never NOVEL
+    cal = tmp_path / "cal.json"
+    c = np.round(0.99 - 0.01 * np.arange(24), 2).tolist()
+    cal.write_text(json.dumps({"kind": "vecrag-decode-calibration", "version": 1, "bank_n": bank.n,
+                               "encoder": bank.encoder["name"], "samples": {"c": c, "hit": [True] * 5 + [False] * 19}}))
+    assert main([*decode, "--calibration", str(cal)]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["profile"] == "conservative" and rep["n_samples"] == 6
-    assert rep["policy"]["tau_snap"] == 0.94 and rep["context_ids"] == "removed from the shortlist"
+    assert rep["profile"] == "conservative" and rep["n_samples"] == 6 and rep["calibration"] == str(cal)
+    assert (rep["policy"]["tau_snap"], rep["policy"]["tau_novel"]) == (pytest.approx(0.80), -1.0)
+    assert rep["lane_policies"]["legal"]["tau_snap"] == pytest.approx(0.76)
+    assert rep["context_ids"] == "removed from the shortlist"
+    # legal .95 .93 .90 and science .88 SNAP (to the truth); science .5 and the distractor's .6 BLEND
+    o = rep["overall"]
+    assert (o["pct_SNAP"], o["pct_BLEND"], o["pct_NOVEL"]) == (4 / 6, 2 / 6, 0.0) and o["snap_precision"] == 1.0
+    assert rep["fusion"] == {"w_tower": 1.0, "w_lvm": 0.0, "lane_lambda": 0.0}  # no cascade weights in it: stage 1
     for f in ("decode_eval-test-conservative.json", "decode_sweep-test-conservative.txt",
               "decode_sweep-test-conservative.png"):
         assert (out / f).stat().st_size > 0
@@ -179,7 +198,7 @@ def test_decode_eval_never_back_changes_the_shortlist(tmp_path: Path) -> None:
     samples = Samples(np.array([2]), np.array([0]), "test")
     last = HeuristicPredictor("last", context_len=1)
     cfg = CascadeConfig(K=8, k=1, timeout_ms=None)
-    policies = load_profiles().policy_set("neutral")
+    policies = load_profiles().policy_set("gtr-t5")
     for never_back, want in ((False, 0), (True, 2)):
         arrays, _ = collect(bank, samples, last, last, ExactTorchIndex(bank.vectors), policies, cfg,
                             never_back=never_back)

@@ -49,12 +49,32 @@ def test_loaders_wrap_trained_runs(runs) -> None:
 
 
 def test_generate_and_eval_decode_with_runs(runs, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from vecrag.bank import Bank
+    from vecrag.decode.calibration import load_calibration
+    from vecrag.decode.profiles import load_profiles
+
     bank_path, lvm_run, ret_run = runs
     args = ["--lvm", str(lvm_run), "--retriever", str(ret_run)]
-    assert main(["generate", str(bank_path), "--prompt-ids", "24,25,26", "--steps", "3", "--json", *args]) == 0
+    gen = ["generate", str(bank_path), "--prompt-ids", "24,25,26", "--steps", "3", "--json", *args]
+    assert main(gen) == 2  # the default profile (neutral) is calibrated, and these runs are not yet
+    err = capsys.readouterr().err
+    assert "vecrag calibrate" in err and str(lvm_run / "calibration.json") in err
+    assert main(["calibrate", str(bank_path), *args, "--K", "100", "--max-articles", "3", "--quiet"]) == 0
+    capsys.readouterr()
+    cal = load_calibration(Bank.open(bank_path), str(lvm_run), str(ret_run), required=True)
+    assert cal["path"] == str(lvm_run / "calibration.json")  # next to the LVM run
+    assert cal["lvm"] == str(lvm_run.resolve()) and cal["n_samples"] > 0
+    neutral = load_profiles().policy("neutral", calibration=cal)
+    assert main(gen) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["lvm"] == "lvm:lvm" and out["retriever"] == "tower:retriever" and len(out["steps"]) == 3
+    assert out["decoder"]["calibration"] == cal["path"] and out["decoder"]["tau_snap"] == neutral.tau_snap
+    shown = [s["text_id"] for s in out["steps"]]
+    assert len(set(shown)) == 3 and not set(shown) & {24, 25, 26}  # no repeats, no echo of the prompt
     assert main(["eval", "decode", str(bank_path), *args, "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["n_samples"] > 0 and abs(sum(rep["overall"][f"pct_{k}"] for k in ("SNAP", "BLEND", "NOVEL")) - 1) < 1e-9
+    assert rep["calibration"] == cal["path"]
+    assert (rep["policy"]["tau_snap"], rep["policy"]["tau_novel"]) == (neutral.tau_snap, neutral.tau_novel)
+    assert rep["fusion"]["w_lvm"] == cal["cascade"]["chosen"]["w_lvm"]
     assert (lvm_run / "metrics" / "decode_eval-test-neutral.json").exists()  # default: the LVM run's metrics/

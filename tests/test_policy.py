@@ -130,6 +130,23 @@ def test_decide_batch_matches_decide() -> None:
     assert kinds == {SNAP, BLEND, NOVEL}
 
 
+def test_force_overrides_the_bands_but_not_the_near_dup_rule() -> None:
+    greedy, lvm_only = Policy(force=SNAP), Policy(force=NOVEL)
+    assert classify(np.array([-0.5, 0.5, 0.99, np.nan]), greedy).tolist() == [SNAP, SNAP, SNAP, NOVEL]
+    assert classify(1.0, lvm_only) == NOVEL
+    d = decide(E0, np.stack([cand(0.99, 1), cand(0.3, 2)]), np.array([10, 11]), greedy, recent_ids=[10])
+    assert (d.kind, d.neighbour_id, d.c, d.alpha) == (SNAP, 11, pytest.approx(0.3), 1.0)
+    np.testing.assert_allclose(d.vector, cand(0.3, 2), atol=1e-7)  # the bank vector, however far
+    d = decide(E0, cand(0.99)[None], np.array([10]), lvm_only)
+    assert d.kind == NOVEL and d.neighbour_id == 10 and d.c == pytest.approx(0.99)
+    np.testing.assert_allclose(d.vector, E0, atol=1e-7)
+    v = np.stack([E0, E0])
+    cv = np.stack([np.stack([cand(0.99, 1), cand(0.3, 2)])] * 2)
+    out = decide_batch(v, cv, np.array([[10, 11], [10, 11]]), greedy, np.array([[10], [-1]]))
+    assert out["kind"].tolist() == [SNAP, SNAP] and out["neighbour"].tolist() == [11, 10]
+    assert Policy().force == "" and greedy.replace(tau_snap=0.95).force == SNAP
+
+
 @pytest.mark.parametrize(("kw", "msg"), [
     ({"tau_snap": 0.85, "tau_novel": 0.85}, "tau_novel"),
     ({"tau_snap": 0.8, "tau_novel": 0.9}, "must be < tau_snap"),
@@ -143,6 +160,7 @@ def test_decide_batch_matches_decide() -> None:
     ({"near_dup_window": -1}, "near_dup_window"),
     ({"K": 0}, "K must"),
     ({"tau_snap": float("nan")}, "finite"),
+    ({"force": "snap"}, "force must be"),
 ])
 def test_invalid_policies_are_rejected(kw: dict, msg: str) -> None:
     with pytest.raises(VecragError, match=msg):

@@ -130,3 +130,15 @@ def test_eval_generate_cli(bank, tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert main(["eval", "generate", str(bank.path), "--lvm", "heuristic:ewma", "--retriever", "heuristic:last",
                  "--profile", "greedy", "--steps", "100"]) == 2
     assert "no article with >= 103 chunks" in capsys.readouterr().err
+
+
+def test_a_pasted_passage_is_not_echoed(bank) -> None:
+    """A text prompt chunked otherwise than the bank (two bank chunks pasted into one prompt chunk): neither bank
+    chunk is shown, though no prompt chunk equals either text."""
+    s = int(rollout_articles(bank, "test", 3, 8)[0])
+    pasted = [f"{bank.texts[s]} {bank.texts[s + 1]}"]
+    vec = bank.vectors_f32(np.array([s + 1]))
+    shown = [st.text_id for st in decoder(bank, SNAP, no_repeat=False).generate(list(vec), 4, None, pasted)]
+    assert {s, s + 1} & set(shown)  # without the rule the pasted chunks come back
+    shown = [st.text_id for st in decoder(bank, SNAP).generate(list(vec), 4, None, pasted)]
+    assert not {s, s + 1} & set(shown) and len(set(shown)) == 4

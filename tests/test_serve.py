@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,6 +19,7 @@ from tests.conftest import make_synthetic_bank
 from vecrag.bank import Bank, write_bank
 from vecrag.fsutil import append_jsonl
 from vecrag.serve.app import create_app
+from vecrag.serve.state import load_state
 
 LANES = ["legal", "creative", "science"]
 SECRET = "TOP-SECRET-OUTSIDE-THE-ROOT"
@@ -98,6 +100,66 @@ def vec_app(tmp_path_factory: pytest.TempPathFactory, runs_root: Path):
         yield bank, client
 
 
+class BankTextEncoder:
+    """Stands in for a synthetic bank's encoder: a chunk's text -> that chunk's vector (so a prompt made of bank text
+    starts exactly on the bank, where an echo would be the best match); other text -> a fixed random unit vector."""
+
+    def __init__(self, bank: Bank):
+        self.bank = bank
+        self.ids = {t: i for i, t in enumerate(bank.texts)}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.bank.dim), np.float32)
+        for j, t in enumerate(texts):
+            if t in self.ids:
+                out[j] = self.bank.vectors_f32([self.ids[t]])[0]
+            else:
+                v = np.random.default_rng(sum(t.encode())).standard_normal(self.bank.dim)
+                out[j] = v / np.linalg.norm(v)
+        return out
+
+
+def synthetic_text_app(bank: Bank) -> FastAPI:
+    """The server over a synthetic bank, with :class:`BankTextEncoder` as its text encoder (text in: /generate)."""
+    st = load_state(bank.path, load_text_encoder=False, device="cpu", timeout_ms=None)
+    st.encoder, st.encoder_error = BankTextEncoder(bank), None
+    return create_app(bank.path, state=st)
+
+
+@pytest.fixture(scope="module")
+def gen_app(tmp_path_factory: pytest.TempPathFactory):
+    """A synthetic bank without a calibration: the default profile is greedy."""
+    bank = make_synthetic_bank(tmp_path_factory.mktemp("gb") / "bank", lanes=LANES)
+    with TestClient(synthetic_text_app(bank)) as client:
+        yield bank, client
+
+
+@pytest.fixture(scope="module")
+def cal_app(tmp_path_factory: pytest.TempPathFactory):
+    """A synthetic bank calibrated by `vecrag calibrate` for the server's default models: the default is neutral."""
+    from vecrag.cli import main
+
+    bank = make_synthetic_bank(tmp_path_factory.mktemp("cb") / "bank", lanes=LANES)
+    assert main(["calibrate", str(bank.path), "--lvm", "heuristic:ewma", "--retriever", "heuristic:last",
+                 "--quiet"]) == 0
+    with TestClient(synthetic_text_app(bank)) as client:
+        yield bank, client
+
+
+def readable(steps: list[dict]) -> str:
+    """The continuation as `vecrag generate` prints it: SNAP text as is, BLEND/NOVEL text marked [~ ...]."""
+    return " ".join("[no text: retrieval failed]" if s["text"] is None else
+                    f"[~ {s['text']}]" if s["approx"] else s["text"] for s in steps)
+
+
+def assert_no_repeats(out: dict) -> None:
+    """No chunk shown twice, none the prompt's own text, and the continuation is the steps' texts in order."""
+    ids = [s["text_id"] for s in out["steps"]]
+    assert all(i >= 0 for i in ids) and len(set(ids)) == len(ids), ids
+    assert not {s["text"] for s in out["steps"]} & set(out["prompt_chunks"]), out["prompt_chunks"]
+    assert out["continuation"] == readable(out["steps"])
+
+
 @pytest.fixture(scope="module")
 def text_client(tmp_path_factory: pytest.TempPathFactory):
     bank = make_text_bank(tmp_path_factory.mktemp("tb") / "bank")
@@ -121,6 +183,11 @@ def test_healthz(vec_app):
     assert h["bank"]["n_chunks"] == bank.n and h["bank"]["dim"] == bank.dim
     assert h["encoder"]["available"] is False and "disabled" in h["encoder"]["error"]
     assert h["decoder"]["available"] is True and h["decoder"]["lanes"] == sorted(LANES)
+    d = h["decoder"]  # no calibration for the default models: greedy, and the command that makes one
+    assert d["calibrated"] is False and d["default_profile"] == "greedy" and d["calibration"] is None
+    assert d["available_profiles"] == ["greedy", "gtr-t5"] and "neutral" in d["profiles"]
+    assert d["calibrate_command"] == (f"vecrag calibrate {bank.path} --lvm heuristic:ewma "
+                                      "--retriever heuristic:last")
 
 
 def test_search_vectors_finds_each_chunk_first(vec_app):
@@ -220,7 +287,7 @@ def test_body_just_under_cap_is_accepted(vec_app):
 # ---- /next -------------------------------------------------------------------------------------------
 def test_next_from_ids_follows_the_policy(vec_app):
     bank, c = vec_app
-    r = c.post("/next", json={"context_ids": [12, 13, 14], "k": 7})
+    r = c.post("/next", json={"context_ids": [12, 13, 14], "k": 7, "profile": "gtr-t5"})
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["decision"] in ("SNAP", "BLEND", "NOVEL")
@@ -239,7 +306,7 @@ def test_next_never_snaps_back_onto_its_own_context(vec_app):
     from the shortlist (as `vecrag generate` and `eval decode` do), so x is neither a candidate nor chosen and
     the decision is taken against the next-best chunk; k candidates still come back."""
     _, c = vec_app
-    out = c.post("/next", json={"context_ids": [40], "k": 3, "profile": "conservative"}).json()
+    out = c.post("/next", json={"context_ids": [40], "k": 3, "profile": "gtr-t5"}).json()
     ids = [h["id"] for h in out["candidates"]]
     assert 40 not in ids and len(ids) == 3
     assert out["c"] < 0.999 and (out["chosen"] is None or out["chosen"]["id"] != 40)
@@ -267,6 +334,8 @@ def test_next_never_back_skips_the_context_articles_earlier_chunks(vec_app):
     ({"context_ids": []}, "at least 1"),
     ({"context_ids": [1], "k": 1001}, "less than or equal"),
     ({"context_ids": [1], "profile": "nope"}, "unknown decode profile"),
+    ({"context_ids": [1], "profile": "neutral"}, "vecrag calibrate "),
+    ({"context_ids": [1], "profile": "conservative"}, "vecrag calibrate "),
     ({"context_ids": [1], "profile": "../x"}, "pattern"),
     ({"context_ids": [1], "lane": "nope"}, "unknown lane"),
     ({"context_ids": [1], "context_texts": ["a"]}, "exactly one"),
@@ -463,6 +532,7 @@ def test_dashboard_page_and_docs(vec_app):
     _, c = vec_app
     page = c.get("/")
     assert page.status_code == 200 and "chart.umd.js" in page.text and 'id="chart-recall"' in page.text
+    assert '<select id="gen-profile">' in page.text and 'id="gen-passage"' in page.text  # the playground
     js = c.get("/static/chart.umd.js")
     assert js.status_code == 200 and "Chart.js v4" in js.text[:200]
     assert c.get("/docs").status_code == 200
@@ -483,7 +553,8 @@ def test_text_search_finds_the_same_text(text_client):
 
 def test_next_from_texts(text_client):
     _, c = text_client
-    r = c.post("/next", json={"context_texts": ["The court heard the contract dispute."], "k": 5, "lane": "legal"})
+    r = c.post("/next", json={"context_texts": ["The court heard the contract dispute."], "k": 5, "lane": "legal",
+                              "profile": "gtr-t5"})
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["lane"] == "legal" and out["details"]["policy"]["tau_snap"] == 0.94  # legal lane override
@@ -491,14 +562,88 @@ def test_next_from_texts(text_client):
 
 
 def test_generate_returns_steps(text_client):
-    _, c = text_client
-    r = c.post("/generate", json={"prompt": "Ships sail across the wide ocean. Sailors look at the stars.",
-                                  "steps": 4, "profile": "creative"})
-    assert r.status_code == 200, r.text
-    out = r.json()
-    assert len(out["steps"]) == 4 and out["details"]["prompt_chunks"] >= 1
-    for s in out["steps"]:
-        assert s["decision"] in ("SNAP", "BLEND", "NOVEL") and s["text"] and s["title"].startswith("Story")
+    bank, c = text_client
+    prompt = f"{bank.texts[12]} {bank.texts[13]}"  # bank text: an echo would be the best match
+    for profile in (None, "gtr-t5"):
+        r = c.post("/generate", json={"prompt": prompt, "steps": 6, **({"profile": profile} if profile else {})})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert len(out["steps"]) == 6 and out["prompt_chunks"] and out["details"]["profile"] == (profile or "greedy")
+        assert " ".join(out["prompt_chunks"]).split() == prompt.split()
+        for s in out["steps"]:
+            assert s["decision"] in ("SNAP", "BLEND", "NOVEL") and s["text"] and s["title"].startswith("Story")
+            assert s["text"] not in prompt
+        assert_no_repeats(out)
+    r = c.post("/generate", json={"prompt": prompt, "profile": "creative"})
+    assert r.status_code == 422 and "vecrag calibrate" in r.json()["detail"]
     for bad in ({"prompt": "x", "steps": 0}, {"prompt": "x", "steps": 65}, {"prompt": ""},
                 {"prompt": "x", "k": 0}, {"prompt": "x" * 4001}):
         assert c.post("/generate", json=bad).status_code == 422, bad
+
+
+# ---- /generate: no repeats, the continuation, calibrated profiles ---------------------------------------------
+def test_generate_default_is_greedy_and_never_repeats(gen_app):
+    """Uncalibrated: greedy SNAPs every step to the best chunk not shown yet. The prompt is chunk 40's own text, so
+    the best match of the first step is chunk 40 itself: it must not come back (no echo), nor any chunk twice."""
+    bank, c = gen_app
+    r = c.post("/generate", json={"prompt": bank.texts[40], "steps": 12})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["prompt_chunks"] == [bank.texts[40]] and out["details"]["profile"] == "greedy"
+    assert out["details"]["calibration"] is None
+    assert [s["decision"] for s in out["steps"]] == ["SNAP"] * 12
+    assert 40 not in [s["text_id"] for s in out["steps"]]
+    assert_no_repeats(out)
+    assert out["continuation"] == " ".join(s["text"] for s in out["steps"])  # SNAP text as is
+
+
+def test_generate_marks_approximate_steps_in_the_continuation(gen_app):
+    """gtr-t5's absolute thresholds are far above a random-walk bank's cosines: the steps are approximate."""
+    bank, c = gen_app
+    out = c.post("/generate", json={"prompt": bank.texts[100], "steps": 8, "profile": "gtr-t5"}).json()
+    assert any(s["approx"] for s in out["steps"])
+    for s in out["steps"]:
+        assert (f"[~ {s['text']}]" in out["continuation"]) is s["approx"]
+    assert_no_repeats(out)
+
+
+def test_next_and_generate_agree_and_do_not_share_state(gen_app):
+    """/generate's first step from chunk 12's text is /next's choice from chunk 12; a generation in between
+    (which bans the chunks it showed) leaves the next /next unchanged."""
+    bank, c = gen_app
+    before = c.post("/next", json={"context_ids": [12], "k": 10}).json()
+    out = c.post("/generate", json={"prompt": bank.texts[12], "steps": 6}).json()
+    after = c.post("/next", json={"context_ids": [12], "k": 10}).json()
+    assert out["steps"][0]["text_id"] == before["chosen"]["id"]
+    assert after["candidates"] == before["candidates"] and after["chosen"] == before["chosen"]
+
+
+@pytest.mark.parametrize("profile", ["conservative", "neutral", "creative"])
+def test_calibrated_profile_without_calibration_is_422(gen_app, profile):
+    bank, c = gen_app
+    for path, body in (("/generate", {"prompt": bank.texts[3]}), ("/next", {"context_ids": [3]})):
+        r = c.post(path, json={**body, "profile": profile})
+        assert r.status_code == 422, r.text
+        msg = r.json()["detail"]
+        assert f"vecrag calibrate {bank.path} --lvm heuristic:ewma --retriever heuristic:last" in msg
+        assert profile in msg and "greedy" in msg
+
+
+def test_calibration_makes_neutral_the_default(cal_app):
+    bank, c = cal_app
+    d = c.get("/healthz").json()["decoder"]
+    assert d["calibrated"] is True and d["default_profile"] == "neutral" and d["calibrate_command"] is None
+    assert d["calibration"].endswith(".json") and d["available_profiles"] == d["profiles"]
+    out = c.post("/generate", json={"prompt": bank.texts[40], "steps": 10}).json()
+    assert out["details"]["profile"] == "neutral" and out["details"]["calibration"] == d["calibration"]
+    assert len(out["steps"]) == 10 and 40 not in [s["text_id"] for s in out["steps"]]
+    assert_no_repeats(out)
+    nxt = c.post("/next", json={"context_ids": [12, 13, 14], "k": 7}).json()
+    pol = nxt["details"]["policy"]
+    assert nxt["details"]["profile"] == "neutral" and pol["tau_snap"] < 0.92  # calibrated, not GTR-T5's
+    expect = "SNAP" if nxt["c"] >= pol["tau_snap"] else ("NOVEL" if nxt["c"] <= pol["tau_novel"] else "BLEND")
+    assert nxt["decision"] == expect
+    for profile in ("conservative", "creative", "greedy"):
+        r = c.post("/generate", json={"prompt": bank.texts[7], "steps": 4, "profile": profile})
+        assert r.status_code == 200, r.text
+        assert_no_repeats(r.json())

@@ -58,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
 
     common.setup_runtime(args)
     bank = Bank.open(args.bank)
-    if not 1 <= args.k <= args.K <= bank.n:
-        raise VecragError(f"need 1 <= --k ({args.k}) <= --K ({args.K}) <= the bank's {bank.n} chunks")
+    args.K = min(args.K, bank.n)  # a small bank: the shortlist is the whole bank
+    if not 1 <= args.k <= args.K:
+        raise VecragError(f"need 1 <= --k ({args.k}) <= --K ({args.K}); the bank has {bank.n} chunks")
     profiles = load_profiles(args.profiles)
     lvm, tower = common.load_predictors(bank, args)
     samples = common.eval_samples(bank, args)

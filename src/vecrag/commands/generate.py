@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vecrag.bank import Bank
     from vecrag.decode import common
-    from vecrag.decode.generate import Decoder
+    from vecrag.decode.generate import Decoder, continuation
     from vecrag.decode.inverter import load_inverter
     from vecrag.decode.profiles import check_lane, load_profiles
     from vecrag.fsutil import append_jsonl
@@ -146,13 +146,3 @@ def run(args: argparse.Namespace) -> int:
         print("(the prompt, then the continuation; [~...] marks text shown for a BLEND or NOVEL step)")
     return 0
 
-
-def continuation(steps: list[dict]) -> str:
-    """The generated steps as one readable passage: SNAP text as is, BLEND/NOVEL text marked [~ ...]."""
-    parts = []
-    for s in steps:
-        if s["text"] is None:
-            parts.append("[no text: retrieval failed]")
-        else:
-            parts.append(f"[~ {s['text']}]" if s["approx"] else s["text"])
-    return " ".join(parts)

@@ -109,9 +109,16 @@ def load_calibration_for(bank: Any, args: argparse.Namespace, *, required: bool,
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise VecragError(f"cannot read the calibration ({e})", path=p,
                               hint="pass a file written by `vecrag calibrate`") from e
-        if not isinstance(cal, dict) or "samples" not in cal:
-            raise VecragError("not a vecrag decode calibration", path=p,
+        from vecrag.decode.calibration import KIND, VERSION
+
+        if not isinstance(cal, dict) or cal.get("kind") != KIND or cal.get("version") != VERSION or \
+                not isinstance(cal.get("samples"), dict):
+            raise VecragError("not a vecrag decode calibration (or from another version)", path=p,
                               hint="pass a file written by `vecrag calibrate`")
+        if cal.get("bank_n") != bank.n or cal.get("encoder") != bank.encoder.get("name"):
+            raise VecragError(f"the calibration was made on another bank ({cal.get('bank')}, {cal.get('bank_n')} "
+                              f"chunks, encoder {cal.get('encoder')})", path=p,
+                              hint=f"run `vecrag calibrate {bank.path} --lvm ... --retriever ... --out {p}`")
         cal["path"] = str(p)
         return cal
     return load_calibration(bank, args.lvm, args.retriever, required=required, why=why)

@@ -92,6 +92,7 @@ def window(ctx: list[np.ndarray], L: int, dim: int) -> tuple[np.ndarray, np.ndar
 
 
 FEEDBACK = ("emitted", "shown")
+ECHO_DEPTH = 64  # nearest bank chunks per prompt chunk checked for text that a text prompt contains
 MAX_BANNED_DEPTH = 4096  # at most this many extra results are fetched to make room for banned chunks
 
 
@@ -133,8 +134,12 @@ class Decoder:
         self.group_size = np.bincount(text_group) if text_group is not None and len(text_group) else None
         self.reset()
 
-    def reset(self, prompt_ids: list[int] | None = None, prompt_texts: list[str] | None = None) -> None:
-        """Start a new generation: the prompt's chunks (ids, texts) are banned from now on (``no_repeat``)."""
+    def reset(self, prompt_ids: list[int] | None = None, prompt_texts: list[str] | None = None,
+              prompt_vectors: list[np.ndarray] | None = None) -> None:
+        """Start a new generation: the prompt's chunks (ids, texts) are banned from now on (``no_repeat``).
+        With ``prompt_vectors`` (a text prompt) a bank chunk whose text the prompt contains is banned too, though
+        no prompt chunk equals it (the prompt was chunked otherwise than the bank, e.g. a pasted passage): the
+        ``ECHO_DEPTH`` nearest bank chunks of each prompt chunk are checked."""
         self.recent = [int(i) for i in (prompt_ids or [])]
         self.banned_ids: set[int] = set()
         self.banned_groups: set[int] = set()
@@ -142,6 +147,14 @@ class Decoder:
         self._group_extra = 0
         for i in prompt_ids or []:
             self.ban(int(i))
+        if self.no_repeat and prompt_texts and prompt_vectors:
+            whole = " ".join(" ".join(prompt_texts).split())
+            q = np.asarray(np.stack(prompt_vectors), np.float32)
+            _, ids, _ = self.cascade.guard.search(q, min(ECHO_DEPTH, len(self.texts)))
+            for i in np.unique(ids).tolist():
+                t = self.texts[i].strip() if i >= 0 else ""
+                if t and t not in self.banned_texts and " ".join(t.split()) in whole:
+                    self.banned_texts.add(t)
 
     def ban(self, i: int) -> None:
         """Never show or use bank chunk ``i`` (nor a chunk with its text) again in this generation."""
@@ -159,10 +172,12 @@ class Decoder:
                  cfg: CascadeConfig | None = None, *, lane: str | None = None, never_back: bool = False,
                  **kw: Any) -> Decoder:
         """The decoder `vecrag generate`, `POST /generate` and `vecrag eval generate` use, over a Bank: its
-        texts, lanes, text groups (no repeats by text) and, when no ``lane`` is fixed, its lane classifier."""
+        texts, lanes, text groups (no repeats by text) and, when no ``lane`` is fixed, its lane classifier; it feeds
+        back the chunk each step shows unless ``feedback="emitted"``."""
         from vecrag.lanes import context_lane_classifier
 
         kw.setdefault("exclude_context", True)
+        kw.setdefault("feedback", "shown")
         return cls(bank.vectors, bank.texts, bank.lanes, index, lvm, tower, policies, cfg, lane=lane,
                    lane_classifier=None if lane else context_lane_classifier(bank)[0], never_back=never_back,
                    article_start=bank.article_start if never_back else None, text_group=bank.text_group, **kw)
@@ -281,7 +296,7 @@ class Decoder:
         with the text of a ``prompt_texts`` chunk, are never shown.
         """
         ctx = [np.asarray(v, np.float32) for v in prompt]
-        self.reset(prompt_ids, prompt_texts)
+        self.reset(prompt_ids, prompt_texts, None if prompt_ids else ctx)
         ctx_ids = [int(i) for i in prompt_ids] if prompt_ids and len(prompt_ids) == len(ctx) else [-1] * len(ctx)
         lane = self.initial_lane(ctx)
         for i in range(steps):
@@ -300,3 +315,15 @@ class Decoder:
 
     def close(self) -> None:
         self.cascade.close()
+
+
+def continuation(steps: list[dict[str, Any]]) -> str:
+    """Generated steps (``Step.as_dict()`` records) as one readable passage: SNAP text as is, the text shown for a
+    BLEND or NOVEL step marked ``[~ ...]``."""
+    parts = []
+    for s in steps:
+        if s["text"] is None:
+            parts.append("[no text: retrieval failed]")
+        else:
+            parts.append(f"[~ {s['text']}]" if s["approx"] else s["text"])
+    return " ".join(parts)

@@ -133,7 +133,8 @@ def create_app(bank_path: str | Path, lvm: str | Path | None = None, retriever: 
         metrics.record_decisions([(out["lane"], out["decision"], out.get("fallback"))])
         return {**out, "took_ms": 1000 * (time.perf_counter() - t0)}
 
-    @app.post("/generate", response_model=GenerateResponse, summary="prompt -> decoded steps")
+    @app.post("/generate", response_model=GenerateResponse,
+              summary="prompt -> decoded steps and the continuation (never repeats a chunk or the prompt)")
     async def generate(req: GenerateRequest) -> dict[str, Any]:
         t0 = time.perf_counter()
         dec = _decoder()

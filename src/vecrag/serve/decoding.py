@@ -1,11 +1,18 @@
 """The decoding stack behind /next and /generate, built from :mod:`vecrag.decode`.
 
-Loaded once at startup: the LVM and tower predictors (trained runs or heuristics), the decode profiles, and
-one :class:`vecrag.decode.generate.Decoder` per profile (created on first use). Every method here runs on
-the server's single compute thread (:class:`vecrag.serve.state.Compute`), so the decoders' per-generation
-state (recent ids for the near-duplicate rule, the fixed lane) is reset per request without races. The
+Loaded once at startup: the LVM and tower predictors (trained runs or heuristics), the decode profiles, the
+calibration of this (bank, LVM, retriever) when `vecrag calibrate` wrote one, and one
+:class:`vecrag.decode.generate.Decoder` per profile (created on first use, with
+:meth:`~vecrag.decode.generate.Decoder.for_bank`, as `vecrag generate` builds it). The calibrated profiles
+(conservative, neutral, creative) need the calibration: without one the server's default profile is
+``greedy`` and a request naming a calibrated profile gets a 422 that names the `vecrag calibrate` command.
+
+Every method here runs on the server's single compute thread (:class:`vecrag.serve.state.Compute`), so the
+decoders' per-generation state (shown chunks, the fixed lane) is reset per request without races. The
 cascade's own guard thread searches the index with a timeout; a failed, slow or empty search makes the step
-NOVEL and is reported as a fallback (counted in /metrics).
+NOVEL and is reported as a fallback (counted in /metrics). A generation never shows a chunk twice nor a
+prompt chunk (by text; also a bank chunk whose text the prompt contains, see ``Decoder.reset``), and
+returns the prompt's chunks and the continuation as one readable passage (as `vecrag generate`).
 """
 
 from __future__ import annotations
@@ -22,27 +29,37 @@ from vecrag.errors import VecragError
 log = logging.getLogger(__name__)
 DEFAULT_LVM = "heuristic:ewma"
 DEFAULT_RETRIEVER = "heuristic:last"
+CALIBRATED_DEFAULT = "neutral"  # the default profile with a calibration ...
+UNCALIBRATED_DEFAULT = "greedy"  # ... and without one (needs none)
 
 
 class Decoding:
-    def __init__(self, state: Any, lvm: Any, tower: Any, profiles: Any, *, default_profile: str = "neutral",
+    def __init__(self, state: Any, lvm: Any, tower: Any, profiles: Any, *, calibration: dict[str, Any] | None = None,
+                 calibrate_command: str = "vecrag calibrate", default_profile: str | None = None,
                  timeout_ms: float | None = 50.0):
-        from vecrag.lanes import context_lane_classifier, lane_codes_of
+        from vecrag.lanes import lane_codes_of
 
         self.state, self.lvm, self.tower, self.profiles = state, lvm, tower, profiles
-        self.default_profile = default_profile
+        self.calibration, self.calibrate_command = calibration, calibrate_command
+        self.default_profile = default_profile or default_profile_for(profiles, calibration)
         self.timeout_ms = timeout_ms
         codes, names = lane_codes_of(state.bank.lanes)
         self.bank_lanes = names
         self.lane_codes, self.lane_lut = codes, {n: i for i, n in enumerate(names)}
-        # how a text context's lane is chosen (the rule `eval cascade` measures); built once, at start-up
-        self.lane_classifier = context_lane_classifier(state.bank)[0]
         self._decoders: dict[str, Any] = {}
+
+    @property
+    def available_profiles(self) -> list[str]:
+        """The profiles a request may name: all of them with a calibration, else the absolute ones."""
+        return [p for p in self.profiles.names if self.calibration is not None or not self.profiles.is_calibrated(p)]
 
     def describe(self) -> dict[str, Any]:
         return {"lvm": self.lvm.name, "retriever": self.tower.name, "profiles": self.profiles.names,
-                "default_profile": self.default_profile, "lanes": self.bank_lanes,
-                "fallbacks": {p: d.fallbacks for p, d in self._decoders.items()}}
+                "available_profiles": self.available_profiles, "default_profile": self.default_profile,
+                "calibrated": self.calibration is not None,
+                "calibration": (self.calibration or {}).get("path"),
+                "calibrate_command": None if self.calibration is not None else self.calibrate_command,
+                "lanes": self.bank_lanes, "fallbacks": {p: d.fallbacks for p, d in self._decoders.items()}}
 
     # ---- validation (event loop; cheap) ----------------------------------------------------------------
     def check_request(self, profile: str | None, lane: str | None) -> None:
@@ -50,7 +67,12 @@ class Decoding:
 
         if profile is not None and profile not in self.profiles.names:
             raise HTTPException(422, f"unknown decode profile {profile!r}; choose one of "
-                                     f"{', '.join(self.profiles.names)}")
+                                     f"{', '.join(self.available_profiles)}")
+        if profile is not None and profile not in self.available_profiles:
+            raise HTTPException(422, f"profile {profile!r} is calibrated: its thresholds come from a calibration of "
+                                     f"this LVM and retriever on this bank, and this server has none; run "
+                                     f"`{self.calibrate_command}` and restart the server, or choose one of "
+                                     f"{', '.join(self.available_profiles)}")
         if lane is not None:
             try:
                 check_lane(lane, self.bank_lanes, self.profiles)
@@ -59,45 +81,54 @@ class Decoding:
 
     # ---- compute thread ---------------------------------------------------------------------------------
     def _decoder(self, profile: str, never_back: bool = False) -> Any:
-        from vecrag.decode.cascade import CascadeConfig
-        from vecrag.decode.generate import Decoder
-
         key = profile + ("+never_back" if never_back else "")
         if key not in self._decoders:
-            policies = self.profiles.policy_set(profile, self.bank_lanes)
-            cfg = CascadeConfig(K=policies.default.K, k=min(10, policies.default.K), timeout_ms=self.timeout_ms)
-            bank = self.state.bank
-            # as `vecrag generate` and `eval decode`: the context's own chunks are never snapped back to
-            self._decoders[key] = Decoder(bank.vectors, bank.texts, bank.lanes, self.state.index, self.lvm,
-                                          self.tower, policies, cfg, exclude_context=True,
-                                          lane_classifier=self.lane_classifier, never_back=never_back,
-                                          article_start=bank.article_start if never_back else None)
+            self._decoders[key] = self._build(profile, never_back)
         return self._decoders[key]
+
+    def _build(self, profile: str, never_back: bool) -> Any:
+        """As `vecrag generate` builds it: the context's own chunks are never snapped back to, nothing repeats."""
+        from vecrag.decode.calibration import calibrated_cascade, calibrated_feedback
+        from vecrag.decode.generate import Decoder
+
+        cal = self.calibration
+        policies = self.profiles.policy_set(profile, self.bank_lanes, cal)
+        K = policies.default.K
+        cfg = calibrated_cascade(cal, K=K, k=min(10, K), timeout_ms=self.timeout_ms)
+        return Decoder.for_bank(self.state.bank, self.state.index, self.lvm, self.tower, policies, cfg,
+                                never_back=never_back, feedback=calibrated_feedback(cal))
 
     def _hit(self, i: int, score: float) -> dict[str, Any]:
         return self.state.hits(np.array([[score]], np.float32), np.array([[i]], np.int64))[0][0]
+
+    def _title(self, text_id: int) -> str:
+        return self.state.titles.get(int(self.state.bank.article_of[text_id]), "") if text_id >= 0 else ""
+
+    def _context(self, dec: Any, req: Any) -> tuple[list[np.ndarray], str]:
+        """The context vectors and the context lane of a /next request; starts the decoder's no-repeat state."""
+        bank = self.state.bank
+        dec.reset(req.context_ids, req.context_texts)
+        if req.context_ids is not None:
+            ctx = list(bank.vectors_f32(np.asarray(req.context_ids, np.int64)))
+            return ctx, req.lane if req.lane is not None else str(bank.lanes[req.context_ids[-1]] or "")
+        ctx = list(self.state.encode(list(req.context_texts)))
+        dec.fixed_lane = req.lane
+        return ctx, dec.initial_lane(ctx)
 
     def next(self, req: Any) -> dict[str, Any]:
         from vecrag.decode.generate import window
         from vecrag.decode.policy import decide, novel
 
-        dec = self._decoder(req.profile or self.default_profile, req.never_back)
-        bank = self.state.bank
-        if req.context_ids is not None:
-            ctx = list(bank.vectors_f32(np.asarray(req.context_ids, np.int64)))
-            lane = req.lane if req.lane is not None else str(bank.lanes[req.context_ids[-1]] or "")
-        else:
-            ctx = list(self.state.encode(list(req.context_texts)))
-            dec.fixed_lane = req.lane
-            lane = dec.initial_lane(ctx)
-        c_lvm, m_lvm = window(ctx, self.lvm.context_len, bank.dim)
-        v_hat = self.lvm(c_lvm, m_lvm)
-        c_tw, m_tw = window(ctx, self.tower.context_len, bank.dim)
-        q = self.tower(c_tw, m_tw)
+        profile = req.profile or self.default_profile
+        dec = self._decoder(profile, req.never_back)
+        ctx, lane = self._context(dec, req)
+        dim = self.state.bank.dim
+        v_hat = self.lvm(*window(ctx, self.lvm.context_len, dim))
+        q = self.tower(*window(ctx, self.tower.context_len, dim))
         policy = dec.policies.for_lane(lane)
         code = np.array([self.lane_lut.get(lane, -1)], np.int64)
         # the context's own chunks never come back as candidates (the decoder excludes them, as `vecrag generate`)
-        res = dec.shortlist(q, v_hat, code, req.context_ids, K=policy.K, k=req.k)
+        res = dec.shortlist(q, v_hat, code, req.context_ids, K=policy.K, k=req.k, topic=_topic(ctx))
         recent = [int(i) for i in (req.context_ids or [])][-policy.near_dup_window:]
         d = novel(v_hat[0], reason=res.reasons[0]) if res.reasons[0] else decide(
             v_hat[0], res.vectors[0], res.ids[0], policy, recent)
@@ -107,32 +138,46 @@ class Decoding:
         return {"decision": d.kind, "c": _num(d.c), "lane": lane, "chosen": chosen, "candidates": cands,
                 "fallback": d.fallback or None,
                 "details": {"alpha": _num(d.alpha), "c_max": _num(d.c_max), "skipped_ids": list(d.skipped_ids),
-                            "profile": req.profile or self.default_profile, "policy": policy.as_dict(),
-                            "never_back": req.never_back,
-                            "lvm": self.lvm.name, "retriever": self.tower.name, "timings_ms": res.timings_ms}}
+                            **self._details(profile, req.never_back), "policy": policy.as_dict(),
+                            "timings_ms": res.timings_ms}}
 
     def generate(self, req: Any) -> dict[str, Any]:
         from vecrag.decode.common import split_prompt
+        from vecrag.decode.generate import continuation
 
-        dec = self._decoder(req.profile or self.default_profile, req.never_back)
+        profile = req.profile or self.default_profile
+        dec = self._decoder(profile, req.never_back)
         chunks, how = split_prompt(self.state.bank, req.prompt)
-        prompt = list(self.state.encode(chunks))
-        dec.recent = []
+        prompt = self.state.encode(chunks)
         dec.fixed_lane = req.lane
-        art = self.state.bank.article_of
-        steps = []
-        for st in dec.generate(prompt, req.steps):
-            s = st.as_dict()
-            s["title"] = self.state.titles.get(int(art[st.text_id]), "") if st.text_id >= 0 else ""
-            steps.append(s)
-        return {"prompt": req.prompt, "steps": steps,
-                "details": {"prompt_chunks": len(chunks), "chunking": how,
-                            "profile": req.profile or self.default_profile, "lvm": self.lvm.name,
-                            "retriever": self.tower.name, "never_back": req.never_back}}
+        # never shown: a prompt chunk, or a bank chunk whose text the prompt contains (the decoder checks)
+        steps = [{**st.as_dict(), "title": self._title(st.text_id)}
+                 for st in dec.generate(list(prompt), req.steps, prompt_texts=chunks)]
+        return {"prompt": req.prompt, "prompt_chunks": chunks, "steps": steps, "continuation": continuation(steps),
+                "details": {"chunking": how, **self._details(profile, req.never_back)}}
+
+    def _details(self, profile: str, never_back: bool) -> dict[str, Any]:
+        return {"profile": profile, "calibration": (self.calibration or {}).get("path"), "never_back": never_back,
+                "lvm": self.lvm.name, "retriever": self.tower.name}
 
     def close(self) -> None:
         for d in self._decoders.values():
             d.close()
+
+
+def default_profile_for(profiles: Any, calibration: dict[str, Any] | None) -> str:
+    """``neutral`` with a calibration, ``greedy`` without; for a profiles file without them, its first usable one."""
+    want = CALIBRATED_DEFAULT if calibration is not None else UNCALIBRATED_DEFAULT
+    if want in profiles.names:
+        return want
+    usable = [p for p in profiles.names if calibration is not None or not profiles.is_calibrated(p)]
+    return (usable or profiles.names)[0]
+
+
+def _topic(ctx: list[np.ndarray]) -> np.ndarray:
+    """The normalised mean of the context (the cascade's topic term, as :meth:`Decoder.step` computes it)."""
+    m = np.mean(np.asarray(ctx, np.float32), axis=0)
+    return (m / max(float(np.linalg.norm(m)), 1e-12))[None]
 
 
 def _num(x: float) -> float | None:
@@ -153,6 +198,25 @@ def load_decoding(state: Any, *, lvm: str | Path | None, retriever: str | Path |
     from vecrag.runtime import pick_device
 
     dev = pick_device(device)
-    lvm_p = parse_predictor(str(lvm or DEFAULT_LVM), "lvm", device=dev, bank=state.bank)
-    tower_p = parse_predictor(str(retriever or DEFAULT_RETRIEVER), "retriever", device=dev, bank=state.bank)
-    return Decoding(state, lvm_p, tower_p, load_profiles(profiles_path), timeout_ms=timeout_ms), None
+    lvm_spec, tower_spec = str(lvm or DEFAULT_LVM), str(retriever or DEFAULT_RETRIEVER)
+    lvm_p = parse_predictor(lvm_spec, "lvm", device=dev, bank=state.bank)
+    tower_p = parse_predictor(tower_spec, "retriever", device=dev, bank=state.bank)
+    profiles = load_profiles(profiles_path)
+    cal, command = _calibration(state.bank, lvm_spec, tower_spec)
+    dec = Decoding(state, lvm_p, tower_p, profiles, calibration=cal, calibrate_command=command,
+                   timeout_ms=timeout_ms)
+    if cal is None:
+        log.info("no decode calibration for lvm=%s retriever=%s: default profile %s; the calibrated profiles (%s) "
+                 "need `%s`", lvm_spec, tower_spec, dec.default_profile,
+                 ", ".join(p for p in profiles.names if profiles.is_calibrated(p)) or "none", command)
+    else:
+        log.info("decode calibration %s: default profile %s", cal.get("path"), dec.default_profile)
+    return dec, None
+
+
+def _calibration(bank: Any, lvm: str, retriever: str) -> tuple[dict[str, Any] | None, str]:
+    """The calibration of (bank, lvm, retriever) or None, and the command that writes it. A calibration made for
+    another bank or model pair raises (as in `vecrag generate`): the server does not start on a stale one."""
+    from vecrag.decode.calibration import command_for, load_calibration
+
+    return load_calibration(bank, lvm, retriever, required=False), command_for(bank, lvm, retriever)

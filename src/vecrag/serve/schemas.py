@@ -85,6 +85,8 @@ class NextResponse(BaseModel):
 
 
 class GenerateRequest(Strict):
+    """A prompt (split with the bank's chunker); ``profile`` defaults to the server's (``/healthz``)."""
+
     prompt: Text
     steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 8
     k: Annotated[int, Field(ge=1, le=MAX_K)] = 5
@@ -94,8 +96,13 @@ class GenerateRequest(Strict):
 
 
 class GenerateResponse(BaseModel):
+    """The steps (no chunk twice, none a prompt chunk) and ``continuation``: the steps' texts as one passage to
+    read after ``prompt_chunks`` (as `vecrag generate`: SNAP text as is, BLEND/NOVEL text marked ``[~ ...]``)."""
+
     prompt: str
+    prompt_chunks: list[str]
     steps: list[dict[str, Any]]
+    continuation: str
     details: dict[str, Any] = {}
     took_ms: float
 

@@ -159,34 +159,95 @@ async function loadRuns() {
 async function loadHealth() {
   try {
     const h = await getJSON("/healthz");
+    window.vecragState.health = h;
     el("bank-info").textContent = `bank ${h.bank.path}: ${h.bank.n_chunks} chunks, ${h.bank.dim}-D, ` +
       `index ${h.index.type}; decoder ${h.decoder.available ? "on" : "off"}`;
+    fillProfiles(h.decoder);
   } catch (e) { el("bank-info").textContent = "healthz: " + e.message; }
+}
+
+function fillProfiles(d) {
+  // the server's profiles, its default preselected; calibrated ones are disabled until `vecrag calibrate` ran
+  const sel = el("gen-profile");
+  if (!d.available) {
+    el("gen-run").disabled = true;
+    el("gen-calibration").textContent = "decoding is off on this server: " + (d.error || "");
+    return;
+  }
+  const usable = new Set(d.available_profiles || d.profiles);
+  sel.replaceChildren();
+  for (const name of d.profiles) {
+    const o = document.createElement("option");
+    o.value = name;
+    o.textContent = name + (name === d.default_profile ? " (default)" : "") +
+      (usable.has(name) ? "" : " (needs calibration)");
+    o.disabled = !usable.has(name);
+    sel.appendChild(o);
+  }
+  sel.value = d.default_profile;
+  el("gen-calibration").textContent = d.calibrated
+    ? `calibrated (${d.calibration}); lvm ${d.lvm}, retriever ${d.retriever}`
+    : `no calibration for lvm ${d.lvm} and retriever ${d.retriever}: conservative / neutral / creative need ` +
+      `\`${d.calibrate_command}\` (then restart the server)`;
+}
+
+function stepSpan(s) {
+  // one step of the continuation, as `vecrag generate` prints it: SNAP text as is, BLEND/NOVEL text as [~ ...]
+  const span = document.createElement("span");
+  span.dataset.step = String(s.step);
+  span.dataset.textId = String(s.text_id);
+  span.title = `step ${s.step + 1}: ${s.decision}` + (s.c == null ? "" : ` c=${Number(s.c).toFixed(4)}`) +
+    (s.title ? ` (${s.title})` : "");
+  if (s.text == null) {
+    span.className = "step failed";
+    span.textContent = "[no text: retrieval failed]";
+  } else {
+    span.className = "step " + (s.approx ? "approx" : s.decision);
+    span.textContent = s.approx ? `[~ ${s.text}]` : s.text;
+  }
+  return span;
+}
+
+function showPassage(out) {
+  el("gen-prompt-text").textContent = out.prompt_chunks.join(" ");
+  const cont = el("gen-continuation");
+  cont.replaceChildren();
+  out.steps.forEach((s, i) => {
+    if (i) cont.appendChild(document.createTextNode(" "));
+    cont.appendChild(stepSpan(s));
+  });
+  el("gen-passage").hidden = false;
+}
+
+function showSteps(steps) {
+  const tbody = el("gen-table").querySelector("tbody");
+  tbody.replaceChildren();
+  steps.forEach((s, i) => {
+    const tr = document.createElement("tr");
+    const cells = [(s.step ?? i) + 1, s.decision, s.c == null ? "" : Number(s.c).toFixed(4), s.lane || "",
+                   s.text_id ?? "", s.title || "", s.text == null ? "" : (s.approx ? `[~ ${s.text}]` : s.text)];
+    cells.forEach((v, j) => {
+      const td = document.createElement("td"); td.textContent = String(v);
+      if (j === 1) td.className = String(v);
+      tr.appendChild(td);
+    });
+    tbody.appendChild(tr);
+  });
 }
 
 async function generate(ev) {
   ev.preventDefault();
   const body = { prompt: el("gen-prompt").value, steps: Number(el("gen-steps").value), k: Number(el("gen-k").value) };
-  const profile = el("gen-profile").value.trim();
+  const profile = el("gen-profile").value;
   if (profile) body.profile = profile;
-  const tbody = el("gen-table").querySelector("tbody");
   el("gen-status").textContent = "running…";
   try {
     const out = await getJSON("/generate", { method: "POST", headers: { "content-type": "application/json" },
                                              body: JSON.stringify(body) });
-    tbody.replaceChildren();
-    out.steps.forEach((s, i) => {
-      const tr = document.createElement("tr");
-      const cells = [s.step ?? i + 1, s.decision, s.c == null ? "" : Number(s.c).toFixed(4), s.lane || "",
-                     s.text_id ?? "", s.title || "", s.text || ""];
-      cells.forEach((v, j) => {
-        const td = document.createElement("td"); td.textContent = String(v);
-        if (j === 1) td.className = String(v);
-        tr.appendChild(td);
-      });
-      tbody.appendChild(tr);
-    });
-    el("gen-status").textContent = `${out.steps.length} steps in ${out.took_ms.toFixed(0)} ms`;
+    showPassage(out);
+    showSteps(out.steps);
+    el("gen-status").textContent = `${out.steps.length} steps in ${out.took_ms.toFixed(0)} ms ` +
+      `(profile ${out.details.profile})`;
   } catch (e) { el("gen-status").textContent = "error: " + e.message; }
 }
 
