@@ -24,6 +24,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     run = base / "run"
     assert main(["train", "retriever", str(bank.path), "--config", "retriever-tiny", "--out", str(run),
                  "--quiet"]) == 0
+    assert main(["calibrate", str(bank.path), "--quiet", "--max-articles", "5"]) == 0  # for the default profile
     assert main(["generate", str(bank.path), "--prompt-ids", "0,1,2", "--steps", "10", "--timeout-ms", "0",
                  "--telemetry", str(run / "decode.jsonl"), "--json"]) == 0
     return bank.path, run
