@@ -41,12 +41,14 @@ def test_threshold_for_precision_known_answer() -> None:
     # sorted by c: hits at the top 4 of 10, then misses: precision at c >= 0.6 is 4/5
     c = np.array([0.95, 0.9, 0.85, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
     hit = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool)
-    assert threshold_for_precision(c, hit, 1.0) == 1.0  # only 4 steps reach it: too few to trust
+    assert threshold_for_precision(c, hit, 1.0) == np.inf  # only 4 steps reach it: too few to trust
     assert threshold_for_precision(c, hit, 1.0, min_support=4) == 0.8
     assert threshold_for_precision(c, hit, 0.8) == 0.6
     assert threshold_for_precision(c, hit, 0.5) == 0.3  # 4 of 8
     assert threshold_for_precision(c, hit, 0.41) == 0.2  # 4 of 9 = 0.44
-    assert threshold_for_precision(c, np.zeros(10, bool), 0.1) == 1.0  # never reached: never SNAP
+    assert threshold_for_precision(c, np.zeros(10, bool), 0.1) == np.inf  # never reached: never SNAP
+    assert thresholds(c, np.zeros(10, bool), {"snap_precision": 0.1})["tau_snap"] == 1.0  # a cosine's top
+    assert thresholds(c + 5, np.zeros(10, bool), {"snap_precision": 0.1})["tau_snap"] == 6.95  # beyond every x
     t = thresholds(c, hit, {"snap_precision": 0.8, "novel_share": 0.3})
     assert t["tau_snap"] == 0.6 and t["val_snap_share"] == 0.5 and t["val_snap_precision"] == 0.8
     assert t["tau_novel"] == pytest.approx(np.quantile(c, 0.3)) and t["val_novel_share"] == 0.3
@@ -132,3 +134,38 @@ def test_cascade_weights_reproduce_from_val(bank: Bank, tmp_path: Path) -> None:
     assert first["cascade"]["chosen"] == {"w_tower": 1.0, "w_lvm": w, "lane_lambda": lam}
     assert first["cascade"]["chosen_hit10"] == pytest.approx(grid[(w, lam)]["Hit@10"])
     assert "generation" not in first
+
+
+def test_bands_see_the_cascade_margin() -> None:
+    """x = c + margin_weight * (chosen candidate's cascade score - best other score); decide and decide_batch agree."""
+    from vecrag.decode.policy import Policy, decide, decide_batch
+
+    e = np.eye(4)
+    v = 0.8 * e[0] + 0.6 * e[1]
+    cands = np.stack([e[0], e[1], e[2]])           # cos to v: 0.8, 0.6, 0
+    ids = np.array([10, 11, 12])
+    scores = np.array([0.9, 0.5, 0.2])             # the cascade's fused scores
+    pol = Policy(tau_snap=1.1, tau_novel=0.5, margin_weight=1.0)
+    d = decide(v, cands, ids, pol, scores=scores)
+    assert d.neighbour_id == 10 and d.c == pytest.approx(0.8) and d.x == pytest.approx(0.8 + 0.4)
+    assert d.kind == "SNAP"                        # c alone (0.8) would BLEND
+    assert decide(v, cands, ids, pol).kind == "BLEND"  # no scores: x = c
+    assert decide(v, cands, ids, Policy(tau_snap=0.92, tau_novel=0.5), scores=scores).kind == "BLEND"
+    b = decide_batch(v[None], cands[None], ids[None], pol, scores=scores[None])
+    assert b["kind"][0] == "SNAP" and b["margin"][0] == pytest.approx(0.4) and b["x"][0] == pytest.approx(1.2)
+    with pytest.raises(VecragError, match="outside"):
+        Policy(tau_snap=1.1, tau_novel=0.5)        # beyond a cosine without a margin term
+
+
+def test_pick_margin_weight_prefers_the_informative_signal() -> None:
+    from vecrag.decode.calibration import pick_margin_weight
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    hit = rng.random(n) < 0.15
+    c = rng.normal(0.7, 0.05, n)                    # no information
+    margin = np.where(hit, 0.05, 0.0) + rng.normal(0, 0.02, n)  # information
+    w, rows = pick_margin_weight(c, margin, hit)
+    assert w == 8.0 and rows[0]["margin_weight"] == 0.0 and rows[-1]["score"] > rows[0]["score"] + 0.2
+    w, rows = pick_margin_weight(np.where(hit, 0.9, 0.5), rng.normal(0, 0.02, n), hit)  # c separates, margin is noise
+    assert w == 0.0 and rows[0]["score"] == 1.0

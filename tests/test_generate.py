@@ -62,11 +62,13 @@ def test_generate_json_and_telemetry(lane_bank, tmp_path: Path, capsys: pytest.C
         assert s["approx"] == (s["decision"] != "SNAP")
         assert s["latency_ms"]["total"] >= s["latency_ms"]["decide"] >= 0
         if s["decision"] == "SNAP":
-            assert s["c"] >= pol.tau_snap and s["text_id"] == s["neighbour_id"]
+            assert s["x"] >= pol.tau_snap and s["text_id"] == s["neighbour_id"]
         elif s["decision"] == "NOVEL":
-            assert s["c"] <= pol.tau_novel or s["skipped_ids"]
+            assert s["x"] <= pol.tau_novel or s["skipped_ids"]
         else:
-            assert pol.tau_novel < s["c"] < pol.tau_snap
+            assert pol.tau_novel < s["x"] < pol.tau_snap
+        # the bands see x = c + margin_weight * (the candidate's cascade score margin), chosen on VAL
+        assert s["x"] == pytest.approx(s["c"], abs=1e-6) if pol.margin_weight == 0 else s["x"] is not None
     # no repeats, no echo: every step shows a new chunk, never a prompt chunk
     shown = [s["text_id"] for s in steps]
     assert len(set(shown)) == 6 and not set(shown) & {12, 13, 14}

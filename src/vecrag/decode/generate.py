@@ -70,7 +70,8 @@ class Step:
         def num(x: float) -> float | None:
             return None if x is None or not np.isfinite(x) else round(float(x), 6)
 
-        out = {"step": self.step, "decision": d.kind, "c": num(d.c), "c_max": num(d.c_max), "lane": self.lane,
+        out = {"step": self.step, "decision": d.kind, "c": num(d.c), "x": num(d.x), "c_max": num(d.c_max),
+               "lane": self.lane,
                "neighbour_id": d.neighbour_id, "alpha": num(d.alpha), "fallback": d.fallback or None,
                "skipped_ids": list(d.skipped_ids), "text_id": self.text_id, "text": self.text,
                "approx": self.approx, "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()}}
@@ -266,7 +267,7 @@ class Decoder:
         if res.reasons[0]:
             dec = novel(v_hat[0], reason=res.reasons[0])
         else:
-            dec = decide(v_hat[0], res.vectors[0], res.ids[0], policy, self.recent)
+            dec = decide(v_hat[0], res.vectors[0], res.ids[0], policy, self.recent, scores=res.scores[0])
         t4 = time.perf_counter()
         self.recent.append(dec.used_id)
         del self.recent[:-max(1, policy.near_dup_window)]

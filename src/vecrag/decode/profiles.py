@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from vecrag.decode.calibration import INTENT_KEYS, intent_of, thresholds
+from vecrag.decode.calibration import INTENT_KEYS, confidence, intent_of, thresholds
 from vecrag.decode.policy import DEFAULT_ALPHA_POINTS, Policy
 from vecrag.errors import VecragError
 
@@ -54,13 +54,14 @@ def _check_keys(d: Any, where: str, path: str | Path, allow: tuple[str, ...] = (
 ALPHA_BAND = (0.85, 0.92)  # the (tau_novel, tau_snap) band the alpha knots are written for
 
 
-def rescale_alpha(points: Any, lo: float, hi: float) -> list[list[float]]:
+def rescale_alpha(points: Any, lo: float, hi: float, clip: bool = True) -> list[list[float]]:
     """Alpha knots written for the ALPHA_BAND moved linearly onto a calibrated band ``[lo, hi]``: the weight on
     the bank vector keeps its shape (0.3 just above tau_novel, 0.7 near tau_snap) on any encoder."""
     a, b = ALPHA_BAND
     out, prev = [], -np.inf
     for c, w in points:
-        x = float(np.clip(lo + (float(c) - a) / (b - a) * (hi - lo), -1.0, 1.0))
+        x = lo + (float(c) - a) / (b - a) * (hi - lo)
+        x = float(np.clip(x, -1.0, 1.0)) if clip else x  # a cosine scale unless the bands carry a margin term
         if x <= prev:
             continue
         out.append([x, float(w)])
@@ -116,14 +117,14 @@ class Profiles:
             if calibration is None:
                 raise VecragError(f"profile {profile!r} is calibrated: its thresholds come from a calibration "
                                   "(run `vecrag calibrate`)", path=self.source)
-            samples = calibration["samples"]
-            t = thresholds(np.asarray(samples["c"], np.float64), np.asarray(samples["hit"], bool),
-                           intent_of(prof, shift))
-            d["tau_snap"], d["tau_novel"] = t["tau_snap"], t["tau_novel"]
-            c = np.asarray(samples["c"], np.float64)
+            mw = float(calibration.get("margin_weight", 0.0))
+            c, hit = confidence(calibration["samples"], mw)
+            t = thresholds(c, hit, intent_of(prof, shift))
+            d["tau_snap"], d["tau_novel"], d["margin_weight"] = t["tau_snap"], t["tau_novel"], mw
             lo = max(t["tau_novel"], float(np.quantile(c, 0.01))) if len(c) else t["tau_novel"]
             hi = min(t["tau_snap"], float(c.max())) if len(c) else t["tau_snap"]
-            d["alpha_points"] = rescale_alpha(d.get("alpha_points", DEFAULT_ALPHA_POINTS), lo, max(hi, lo + 1e-3))
+            d["alpha_points"] = rescale_alpha(d.get("alpha_points", DEFAULT_ALPHA_POINTS), lo, max(hi, lo + 1e-3),
+                                              clip=mw == 0)
         try:
             return Policy(**d)
         except VecragError as e:

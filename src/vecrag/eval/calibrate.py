@@ -24,7 +24,9 @@ from vecrag.decode.calibration import (
     VERSION,
     W_LVM_GRID,
     _identity,
+    confidence,
     pick_fusion,
+    pick_margin_weight,
     precision_curve,
     thresholds,
 )
@@ -108,7 +110,14 @@ def run_calibration(bank: Bank, samples: Samples, lvm: Predictor, tower: Predict
     c = np.asarray(arrays["sw_c"], np.float64)
     hit = np.asarray(arrays["sw_hit"], bool)
     ok = np.isfinite(c)
-    c, hit = c[ok], hit[ok]
+    # the stored (rounded) samples are what every later reader sees: measure everything on them
+    steps = {"c": [round(float(v), 6) for v in c[ok]],
+             "margin": [round(float(v), 6) for v in np.asarray(arrays["sw_margin"], np.float64)[ok]],
+             "hit": [int(v) for v in hit[ok]]}
+    c, margin, hit = (np.asarray(steps[k], np.float64) for k in ("c", "margin", "hit"))
+    hit = hit.astype(bool)
+    mw, mw_rows = pick_margin_weight(c, margin, hit)
+    x, _ = confidence(steps, mw)
     first = grid[(0.0, 0.0)]
     cal: dict[str, Any] = {
         "kind": KIND, "version": VERSION, "bank": str(bank.path), "bank_n": bank.n,
@@ -120,9 +129,10 @@ def run_calibration(bank: Bank, samples: Samples, lvm: Predictor, tower: Predict
                     "grid": [{"w_lvm": w, "lane_lambda": la, "Hit@1": r["Hit@1"], "Hit@10": r["Hit@10"],
                               "MRR@10": r["MRR@10"]} for (w, la), r in sorted(grid.items())]},
         "fallbacks": fallbacks,
+        "margin_weight": mw, "margin_grid": mw_rows,
         "c_quantiles": {f"{q:.2f}": float(np.quantile(c, q)) for q in np.linspace(0, 1, 21)} if len(c) else {},
-        "precision_curve": precision_curve(c, hit),
-        "samples": {"c": [round(float(x), 6) for x in c], "hit": [int(x) for x in hit]},
+        "precision_curve": precision_curve(x, hit),
+        "samples": steps,
     }
     if rollouts:
         cal["generation"] = generation_grid(bank, index, lvm, tower, profiles, cal, cfg, split=samples.split,
@@ -130,7 +140,7 @@ def run_calibration(bank: Bank, samples: Samples, lvm: Predictor, tower: Predict
     cal["profiles"] = {}
     for name in profiles.names:
         if profiles.is_calibrated(name):
-            cal["profiles"][name] = thresholds(c, hit, intent_of(profiles.profiles[name]))
+            cal["profiles"][name] = thresholds(x, hit, intent_of(profiles.profiles[name]))
     return cal
 
 
@@ -145,7 +155,10 @@ def format_calibration(cal: dict[str, Any]) -> str:
     if q:
         lines.append("c (cos of the prediction to the step's candidate): " + "  ".join(
             f"q{float(k) * 100:.0f} {v:.3f}" for k, v in q.items() if k in ("0.05", "0.25", "0.50", "0.75", "0.95")))
-    lines.append(f"{'snap at c >=':>14}{'share':>9}{'precision':>11}")
+    lines.append("confidence x = c + w * (cascade score margin): " + "  ".join(
+        f"w={r['margin_weight']:g}: {100 * r['score']:.1f}%" for r in cal["margin_grid"])
+        + f"  (mean SNAP precision of the top 5/10/20 % of VAL steps) -> w={cal['margin_weight']:g}")
+    lines.append(f"{'snap at x >=':>14}{'share':>9}{'precision':>11}")
     for r in cal["precision_curve"][::3]:
         p = "-" if r["precision"] is None else f"{100 * r['precision']:.1f}%"
         lines.append(f"{r['tau']:>14.4f}{100 * r['share']:>8.1f}%{p:>11}")

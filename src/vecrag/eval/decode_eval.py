@@ -41,14 +41,17 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def drop_context(ids: np.ndarray, vecs: np.ndarray, ctx_ids: np.ndarray | None, k: int, *,
-                 start: np.ndarray | None = None, target: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 start: np.ndarray | None = None, target: np.ndarray | None = None,
+                 scores: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Remove the context's own ids (with ``start``/``target``: also the article's chunks before the target) from a
-    ranked shortlist and keep the first ``k`` of the rest (-1 padded)."""
+    ranked shortlist and keep the first ``k`` of the rest (-1 padded); with ``scores``, those too (third value)."""
     keep = kept_results(ids, ctx_ids, start=start, target=target)
     order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
     out_ids = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(ids, order, 1), -1)
     out_vecs = np.take_along_axis(vecs, order[:, :, None], 1)
-    return out_ids, out_vecs
+    if scores is None:
+        return out_ids, out_vecs
+    return out_ids, out_vecs, np.take_along_axis(scores, order, 1)
 
 
 def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, index: Any, policies: PolicySet,
@@ -72,7 +75,7 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
     n = len(samples)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in (
         "kind", "c", "neighbour", "cos_emit", "cos_vhat", "snap_hit", "in_shortlist", "cos_oracle", "lane",
-        "sw_c", "sw_cos_star", "sw_cos_blend", "sw_hit", "fallback")}
+        "sw_c", "sw_cos_star", "sw_cos_blend", "sw_hit", "sw_margin", "fallback")}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -92,10 +95,11 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
         extra = (L if exclude_context else 0) + (BACK_DEPTH if never_back else 0)
         res = cas.run(q, v_hat, predict_lanes(ctx, mask, centroids), k=cfg.k + extra)
         failed = np.array([bool(r) for r in res.reasons])
-        ids, cvecs = res.ids, res.vectors
+        ids, cvecs, scores = res.ids, res.vectors, res.scores
         if extra:
-            ids, cvecs = drop_context(ids, cvecs, ctx_ids if exclude_context else None, cfg.k,
-                                      start=samples.start[sl] if never_back else None, target=tgt)
+            ids, cvecs, scores = drop_context(ids, cvecs, ctx_ids if exclude_context else None, cfg.k,
+                                              start=samples.start[sl] if never_back else None, target=tgt,
+                                              scores=scores)
         ids = np.where(failed[:, None], -1, ids)
         tvec = bank.vectors_f32(tgt)
         kind = np.full(m, NOVEL, dtype=object)
@@ -104,9 +108,10 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
         emit = v_hat.copy()
         for ln in np.unique(lane.astype(str)):
             rows = np.flatnonzero(lane.astype(str) == ln)
-            out = decide_batch(v_hat[rows], cvecs[rows], ids[rows], policies.for_lane(ln), ctx_ids[rows])
+            out = decide_batch(v_hat[rows], cvecs[rows], ids[rows], policies.for_lane(ln), ctx_ids[rows],
+                               scores[rows])
             kind[rows], c[rows], nb[rows], emit[rows] = out["kind"], out["c"], out["neighbour"], out["vector"]
-        sw = decide_batch(v_hat, cvecs, ids, sweep_policy, ctx_ids)
+        sw = decide_batch(v_hat, cvecs, ids, sweep_policy, ctx_ids, scores)
         pos = np.maximum(sw["pos"], 0)
         star = cvecs[np.arange(m), pos]
         a = np.asarray(alpha(np.nan_to_num(sw["c"], nan=0.0), sweep_policy))
@@ -125,10 +130,11 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
         cols["cos_oracle"].append(np.where(in_sl, np.where(hit_cols, cand_cos, -np.inf).max(axis=1), cos_vhat))
         cols["lane"].append(lane)
         has = sw["pos"] >= 0
-        cols["sw_c"].append(np.where(has, sw["c"], -np.inf))
+        cols["sw_c"].append(np.where(has, sw["x"], -np.inf))  # the value the bands see (c + margin term)
         cols["sw_cos_star"].append(np.where(has, np.einsum("nd,nd->n", star, tvec), cos_vhat))
         cols["sw_cos_blend"].append(np.where(has, np.einsum("nd,nd->n", blend, tvec), cos_vhat))
         cols["sw_hit"].append(has & (tg[np.maximum(sw["neighbour"], 0)] == tg[tgt]))
+        cols["sw_margin"].append(np.where(has, sw["margin"], 0.0))
         cols["fallback"].append(failed)
         if bar is not None:
             bar.update(m)

@@ -208,7 +208,8 @@ def format_rollouts(rep: dict[str, Any]) -> str:
              f"prompt={rep['P']} chunks ({rep['prompts']}) steps={rep['S']} lvm={rep['lvm']} "
              f"retriever={rep['retriever']}",
              f"hit rules: {rep['hit_rules']}; 95 % CI over articles in brackets"]
-    head = (f"{'generator':<26}{'coverage':>18}{'hit':>7}{'fwd':>7}{'repeat':>7}{'echo':>7}{'cos':>7}"
+    w = max(26, *(len(n) + 1 for n in rows))
+    head = (f"{'generator':<{w}}{'coverage':>18}{'hit':>7}{'fwd':>7}{'repeat':>7}{'echo':>7}{'cos':>7}"
             f"{'collapse':>9}  {'SNAP/BLEND/NOVEL %':<19}{'p50/p95 ms':>12}")
     lines += [head, "-" * len(head)]
     for name, r in rows.items():
@@ -218,14 +219,14 @@ def format_rollouts(rep: dict[str, Any]) -> str:
         mix = "truth" if TRUTH in d else "/".join(f"{100 * d.get(k, 0):.0f}" for k in KINDS)
         lat = "-" if not r["latency_ms"] else f"{r['latency_ms']['p50']:.1f}/{r['latency_ms']['p95']:.1f}"
         col = "   -  " if not np.isfinite(r["collapse"]) else f"{r['collapse']:.3f}"
-        lines.append(f"{name:<26}{cov:>18}{_pct(r['hit']):>7}{_pct(r['forward']):>7}{_pct(r['repeat']):>7}"
+        lines.append(f"{name:<{w}}{cov:>18}{_pct(r['hit']):>7}{_pct(r['forward']):>7}{_pct(r['repeat']):>7}"
                      f"{_pct(r['echo']):>7}{r['cos']:>7.3f}{col:>9}  {mix:<19}{lat:>12}")
     S = rep["S"]
     lines += ["", "cosine of the emitted vector to the true chunk, by step:",
-              f"{'generator':<26}" + "".join(f"{t + 1:>7}" for t in range(S))]
+              f"{'generator':<{w}}" + "".join(f"{t + 1:>7}" for t in range(S))]
     for name, r in rows.items():
-        lines.append(f"{name:<26}" + "".join(f"{c:>7.3f}" for c in r["cos_by_step"]))
+        lines.append(f"{name:<{w}}" + "".join(f"{c:>7.3f}" for c in r["cos_by_step"]))
     lines += ["", "hit (% of rollouts whose step t shows the true chunk t), by step:"]
     for name, r in rows.items():
-        lines.append(f"{name:<26}" + "".join(f"{100 * h:>7.1f}" for h in r["hit_by_step"]))
+        lines.append(f"{name:<{w}}" + "".join(f"{100 * h:>7.1f}" for h in r["hit_by_step"]))
     return "\n".join(lines)

@@ -131,7 +131,7 @@ class Decoding:
         res = dec.shortlist(q, v_hat, code, req.context_ids, K=policy.K, k=req.k, topic=_topic(ctx))
         recent = [int(i) for i in (req.context_ids or [])][-policy.near_dup_window:]
         d = novel(v_hat[0], reason=res.reasons[0]) if res.reasons[0] else decide(
-            v_hat[0], res.vectors[0], res.ids[0], policy, recent)
+            v_hat[0], res.vectors[0], res.ids[0], policy, recent, scores=res.scores[0])
         cands = [self._hit(int(i), float(s)) for i, s in zip(res.ids[0], res.scores[0], strict=True)
                  if i >= 0][:req.k]
         chosen = self._hit(d.neighbour_id, d.c) if d.neighbour_id >= 0 else None

@@ -1,0 +1,79 @@
+"""Generation rollouts, before and after calibrated decoding, side by side on the same prompts (not a test).
+
+Rows, every one on the same held-out prompts (first P chunks of each article of the split, S steps):
+
+- ``before``: the decoder as it shipped before calibration: absolute thresholds 0.92 / 0.85 (now the ``gtr-t5``
+  profile), cascade weights w_lvm 1.0 and lane bonus 0.05, the decision's vector fed back, and only the context
+  window's bank ids and the near-duplicate rule against repeats;
+- ``neutral`` / ``conservative`` / ``creative``: the calibrated profiles with the calibration's cascade and
+  feedback, the no-repeat rule on (what `vecrag generate` does now);
+- the greedy retrieval-only baselines and the LVM alone (as `vecrag eval generate` prints them).
+
+Needs a calibration (`vecrag calibrate BANK --lvm RUN --retriever RUN`). Usage::
+
+    python benchmarks/generation_bench.py BANK --lvm RUN --retriever RUN [--split test] [--steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import vecrag  # noqa: F401  (sets OMP_WAIT_POLICY before numpy/torch/faiss load their OpenMP)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bank")
+    ap.add_argument("--lvm", required=True)
+    ap.add_argument("--retriever", required=True)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--prompt-chunks", dest="P", type=int, default=3)
+    ap.add_argument("--steps", dest="S", type=int, default=8)
+    ap.add_argument("--max-articles", type=int, default=0)
+    args = ap.parse_args()
+
+    from vecrag.bank import Bank
+    from vecrag.decode.calibration import calibrated_cascade, calibrated_feedback, load_calibration
+    from vecrag.decode.cascade import CascadeConfig
+    from vecrag.decode.common import baseline_generators
+    from vecrag.decode.generate import Decoder
+    from vecrag.decode.predictors import parse_predictor
+    from vecrag.decode.profiles import load_profiles
+    from vecrag.eval.rollout_eval import format_rollouts, make_prompts, rollout_articles, run_rollouts
+    from vecrag.index import open_index
+    from vecrag.runtime import set_threads
+
+    set_threads(None, None)
+    bank = Bank.open(args.bank)
+    lvm = parse_predictor(args.lvm, "lvm", bank=bank)
+    tower = parse_predictor(args.retriever, "retriever", bank=bank)
+    cal = load_calibration(bank, args.lvm, args.retriever, required=True, why="this benchmark needs")
+    index = open_index(bank, backend="auto", device="cpu")
+    prompts = make_prompts(bank, rollout_articles(bank, args.split, args.P, args.S, max_articles=args.max_articles),
+                           args.P, args.S)
+    profiles = load_profiles()
+    lanes = sorted({str(x) for x in bank.lanes if x})
+    before = Decoder.for_bank(bank, index, lvm, tower, profiles.policy_set("gtr-t5", lanes),
+                              CascadeConfig(K=500, k=10, w_lvm=1.0, lane_lambda=0.05, timeout_ms=None),
+                              no_repeat=False, feedback="emitted")
+    gens: dict[str, Decoder | None] = {"before (gtr-t5 bands, w_lvm 1, no rule)": before}
+    for name in ("neutral", "conservative", "creative"):
+        pol = profiles.policy_set(name, lanes, cal)
+        gens[f"decoder:{name}"] = Decoder.for_bank(bank, index, lvm, tower, pol,
+                                                   calibrated_cascade(cal, K=pol.default.K),
+                                                   feedback=calibrated_feedback(cal))
+    gens.update(baseline_generators(bank, index, lvm, tower))
+    gens["true continuation"] = None
+    try:
+        rows = run_rollouts(bank, gens, prompts, args.S)
+    finally:
+        for g in gens.values():
+            if g is not None:
+                g.close()
+    print(format_rollouts({"bank": str(bank.path), "split": args.split, "n_articles": len(prompts), "P": args.P,
+                           "S": args.S, "prompts": "bank ids", "lvm": lvm.name, "retriever": tower.name,
+                           "hit_rules": "same text counts", "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
