@@ -168,4 +168,4 @@ def test_pick_margin_weight_prefers_the_informative_signal() -> None:
     w, rows = pick_margin_weight(c, margin, hit)
     assert w == 8.0 and rows[0]["margin_weight"] == 0.0 and rows[-1]["score"] > rows[0]["score"] + 0.2
     w, rows = pick_margin_weight(np.where(hit, 0.9, 0.5), rng.normal(0, 0.02, n), hit)  # c separates, margin is noise
-    assert w == 0.0 and rows[0]["score"] > max(r["score"] for r in rows[1:])
+    assert w == 0.0 and rows[0]["score"] == max(r["score"] for r in rows) > rows[-1]["score"]  # ties: smaller w
