@@ -108,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
     steps = []
     if not args.json:
         p = setup.policies.default
-        bands = f"force {p.force}" if p.force else f"SNAP at c>={p.tau_snap:.3f}, NOVEL at c<={p.tau_novel:.3f}"
+        x, how_x = ("c", "") if not p.margin_weight else ("x", f", x = c + {p.margin_weight:g} * margin")
+        bands = (f"force {p.force}" if p.force else
+                 f"SNAP at {x}>={p.tau_snap:.3f}, NOVEL at {x}<={p.tau_novel:.3f}{how_x}")
         source = f"calibration {setup.calibration}" if setup.calibration else "no calibration"
         print(f"prompt: {len(chunks)} chunk(s) ({how}); lvm={lvm.name} retriever={tower.name}\n"
               f"profile={args.profile} ({bands}; {source}) K={cfg.K} k={cfg.k} w_lvm={cfg.w_lvm:g} "
@@ -122,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
                 append_jsonl(tele, {"kind": "step", "bank": str(bank.path), "profile": args.profile, **rec})
             if not args.json:
                 c = "  n/a " if rec["c"] is None else f"{rec['c']:.4f}"
+                if rec.get("x") is not None and abs(rec["x"] - (rec["c"] or 0.0)) > 1e-9:
+                    c += f" x={rec['x']:.4f}"
                 mark = " (approx)" if st.approx else ""
                 why = f" [fallback: {rec['fallback']}]" if rec["fallback"] else ""
                 print(f"[{st.step + 1:>3}] {st.decision.kind:<5} c={c} lane={st.lane or '-'} "

@@ -16,7 +16,7 @@ context's own chunks removed, teacher-forced on VAL articles.
 
 The cascade's fusion weights (``w_lvm`` on cos(v_hat, candidate), the lane bonus) are chosen on VAL too, on a
 grid that holds the first stage alone (``w_lvm = 0``, no lane bonus): a grid point is taken only when its
-paired gain in Hit@10 over the first stage exceeds one standard error (:func:`pick_fusion`), so the chosen
+paired gain in Hit@10 over the first stage exceeds 1.96 standard errors (:func:`pick_fusion`), so the chosen
 cascade is never below its first stage on VAL and does not chase noise; ties go to the smaller weights.
 
 The file is ``calibration.json`` in the LVM's run directory (else the retriever's; for two heuristics
@@ -172,9 +172,9 @@ def precision_curve(c: np.ndarray, hit: np.ndarray, qs: tuple[float, ...] = tupl
     return rows
 
 
-def pick_fusion(rows: dict[tuple[float, float], dict[str, Any]], z: float = 1.0) -> tuple[float, float]:
+def pick_fusion(rows: dict[tuple[float, float], dict[str, Any]], z: float = 1.96) -> tuple[float, float]:
     """(w_lvm, lane_lambda) with the best VAL Hit@10 (then MRR@10, then the smallest weights) among the grid
-    points that beat the first stage alone ``(0, 0)`` by more than ``z`` standard errors of the paired per-query
+    points that beat the first stage alone ``(0, 0)`` by more than ``z`` (95 %) standard errors of the paired per-query
     difference (``rows[pt]["hits10"]``, bool per query); the first stage when none does. A gain that small
     samples cannot tell from noise is not taken, so the default stays at or above its first stage."""
     first = (0.0, 0.0)

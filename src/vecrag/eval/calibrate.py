@@ -7,8 +7,9 @@ Three measurements on VAL articles against the full bank, with the shared hit ru
 2. with that cascade, every VAL step's ``c`` (the cosine the decoder's bands are applied to) and whether its
    candidate is the true next chunk (teacher-forced); profiles turn these into thresholds when they are loaded;
 3. generation itself: rollouts from VAL prompts (the decoder `vecrag generate` uses, ``neutral`` profile) at
-   every (topic weight, feedback) of a small grid; the best coverage of the true continuation is chosen (ties
-   go to the smaller weight, then to ``shown`` feedback).
+   every (topic weight, feedback) of a small grid; the best coverage of the true continuation is chosen among the
+   points whose paired gain over (0, ``shown``) exceeds 1.96 standard errors over articles (ties go to the smaller
+   weight, then to ``shown`` feedback).
 """
 
 from __future__ import annotations
@@ -82,17 +83,17 @@ def generation_grid(bank: Bank, index: Any, lvm: Predictor, tower: Predictor, pr
         bar.close()
     base = per_article[(0.0, "shown")]
 
-    def clear_gain(r: dict[str, Any]) -> bool:  # a paired gain over (0, shown) beyond one standard error
+    def clear_gain(r: dict[str, Any]) -> bool:  # a paired gain over (0, shown) beyond 1.96 standard errors
         d = per_article[(r["w_topic"], r["feedback"])] - base
-        return len(d) > 1 and d.mean() > float(d.std(ddof=1)) / np.sqrt(len(d))
+        return len(d) > 1 and d.mean() > 1.96 * float(d.std(ddof=1)) / np.sqrt(len(d))
 
     ok = [r for r in grid if (r["w_topic"], r["feedback"]) == (0.0, "shown") or clear_gain(r)]
     best = max(ok, key=lambda r: (round(r["coverage"], 9), round(r["cos"], 9), -r["w_topic"],
                                   r["feedback"] == "shown"))
     return {"chosen": {"w_topic": best["w_topic"], "feedback": best["feedback"]}, "grid": grid,
             "n_articles": len(prompts), "P": P, "S": S,
-            "rule": "the best coverage among the points whose paired gain over (0, shown) exceeds one standard "
-                    "error over articles"}
+            "rule": "the best coverage among the points whose paired gain over (0, shown) exceeds 1.96 standard "
+                    "errors over articles"}
 
 
 def run_calibration(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, index: Any, *,
