@@ -3,8 +3,8 @@
 Rows, every one on the same held-out prompts (first P chunks of each article of the split, S steps):
 
 - ``before``: the decoder as it shipped before calibration: absolute thresholds 0.92 / 0.85 (now the ``gtr-t5``
-  profile), cascade weights w_lvm 1.0 and lane bonus 0.05, the decision's vector fed back, and only the context
-  window's bank ids and the near-duplicate rule against repeats;
+  profile), cascade weights w_lvm 1.0 and lane bonus 0.05, the decision's vector fed back, only the context
+  window's bank ids and the near-duplicate rule against repeats, no stall guard;
 - ``neutral`` / ``conservative`` / ``creative``: the calibrated profiles with the calibration's cascade and
   feedback, the no-repeat rule on (what `vecrag generate` does now);
 - the greedy retrieval-only baselines and the LVM alone (as `vecrag eval generate` prints them).
@@ -55,7 +55,7 @@ def main() -> None:
     lanes = sorted({str(x) for x in bank.lanes if x})
     before = Decoder.for_bank(bank, index, lvm, tower, profiles.policy_set("gtr-t5", lanes),
                               CascadeConfig(K=500, k=10, w_lvm=1.0, lane_lambda=0.05, timeout_ms=None),
-                              no_repeat=False, feedback="emitted")
+                              no_repeat=False, feedback="emitted", stall=None)
     gens: dict[str, Decoder | None] = {"before (gtr-t5 bands, w_lvm 1, no rule)": before}
     for name in ("neutral", "conservative", "creative"):
         pol = profiles.policy_set(name, lanes, cal)

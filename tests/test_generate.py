@@ -110,7 +110,8 @@ def test_generate_text_output_and_lane_errors(lane_bank, capsys: pytest.CaptureF
 def test_generate_never_repeats_or_echoes_the_prompt(lane_bank, profile: str, capsys: pytest.CaptureFixture) -> None:
     """A 'last' LVM keeps predicting the prompt's last chunk (14; the next chunk 15 is at cos 0.644). With the
     context kept in the shortlist and --allow-repeats, gtr-t5 (NOVEL at 0.644) shows chunk 14, the prompt, every
-    step, and greedy loops 15, 14, 15, ...; by default no step shows a prompt chunk or a chunk shown before."""
+    step until the stall guard grounds it (14, 15, 14, ... as SNAPs), and greedy loops 15, 14, 15, ...; by default
+    no step shows a prompt chunk or a chunk shown before."""
     base = ["generate", str(lane_bank.path), "--prompt-ids", "12,13,14", "--steps", "6", "--json", "--timeout-ms",
             "0", "--lvm", "heuristic:last", "--retriever", "heuristic:last", "--profile", profile]
 
@@ -120,8 +121,9 @@ def test_generate_never_repeats_or_echoes_the_prompt(lane_bank, profile: str, ca
         return [s["text_id"] for s in steps], [s["decision"] for s in steps]
 
     ids, kinds = shown("--allow-repeats", "--keep-context-ids")
-    assert ids == ([14] * 6 if profile == "gtr-t5" else [15, 14] * 3)
-    assert kinds == ["NOVEL" if profile == "gtr-t5" else "SNAP"] * 6
+    # gtr-t5: the NOVEL prediction stays on chunk 14; from step 2 the stall guard grounds each step (SNAP 15, 14, ...)
+    assert ids == ([14, 15] * 3 if profile == "gtr-t5" else [15, 14] * 3)
+    assert kinds == (["NOVEL"] + ["SNAP"] * 5 if profile == "gtr-t5" else ["SNAP"] * 6)
     for extra in ((), ("--keep-context-ids",)):
         ids, kinds = shown(*extra)
         assert ids[0] == 15 and len(set(ids)) == 6 and not set(ids) & {12, 13, 14}, extra
@@ -182,7 +184,7 @@ def test_feedback_shown_or_emitted(lane_bank) -> None:
     v5 = lane_bank.vectors_f32(np.array([5]))[0]
     out = {}
     for fb in ("emitted", "shown"):
-        dec = _decoder(lane_bank, HeuristicPredictor("last"), policies, feedback=fb)
+        dec = _decoder(lane_bank, HeuristicPredictor("last"), policies, feedback=fb, stall=None)
         try:
             out[fb] = list(dec.generate([v5], 4, [5]))
         finally:
@@ -198,6 +200,17 @@ def test_feedback_shown_or_emitted(lane_bank) -> None:
     assert out["emitted"][0].text_id == steps[0].text_id and out["emitted"][1].text_id != steps[1].text_id
     with pytest.raises(VecragError, match="feedback must be one of emitted, shown"):
         _decoder(lane_bank, HeuristicPredictor("last"), policies, feedback="both")
+    # the stall guard (default 0.98): the emitted chain stops on chunk 5's vector, so from step 2 each step is
+    # grounded on its candidate instead, and consecutive emitted vectors differ
+    dec = _decoder(lane_bank, HeuristicPredictor("last"), policies, feedback="emitted")
+    try:
+        steps = list(dec.generate([v5], 4, [5]))
+    finally:
+        dec.close()
+    assert steps[0].decision.kind == "NOVEL" and steps[1].decision.kind == "SNAP"
+    assert steps[1].decision.fallback == "stall" and steps[1].as_dict()["fallback"] == "stall"
+    for prev, st in zip(steps, steps[1:], strict=False):
+        assert float(np.dot(prev.decision.vector, st.decision.vector)) <= 0.98
 
 
 def test_generate_excludes_context_chunks(lane_bank) -> None:

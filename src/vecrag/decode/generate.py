@@ -23,6 +23,10 @@ the step shows (the bank chunk whose text the user reads), so the context is alw
 A chain of NOVEL steps under ``"emitted"`` feeds the LVM its own predictions and collapses onto one point
 (`vecrag eval generate` measures the cosine between consecutive emitted vectors).
 
+**Stall guard** (``stall``, 0.98): a BLEND or NOVEL step whose vector would have a cosine above 0.98 to the previous
+step's is grounded instead (SNAP to its candidate; ``fallback`` "stall" in the step's record): the rollout's
+emitted vectors never stop moving.
+
 With ``never_back`` (``vecrag generate --never-back``) the shortlist also drops every chunk of an article the
 context has visited up to the furthest chunk used there: generation never goes back in an article. It reads
 the bank's order, so it is an option, never a default.
@@ -93,6 +97,7 @@ def window(ctx: list[np.ndarray], L: int, dim: int) -> tuple[np.ndarray, np.ndar
 
 
 FEEDBACK = ("emitted", "shown")
+STALL = 0.98  # a BLEND/NOVEL step this close (cosine) to the previous emitted vector is grounded (SNAP) instead
 ECHO_DEPTH = 64  # nearest bank chunks per prompt chunk checked for text that a text prompt contains
 MAX_BANNED_DEPTH = 4096  # at most this many extra results are fetched to make room for banned chunks
 
@@ -105,14 +110,17 @@ class Decoder:
                  *, lane: str | None = None, inverter: Any = None, K: int | None = None,
                  exclude_context: bool = False, lane_classifier: np.ndarray | None = None,
                  never_back: bool = False, article_start: np.ndarray | None = None,
-                 text_group: np.ndarray | None = None, no_repeat: bool = True, feedback: str = "emitted"):
+                 text_group: np.ndarray | None = None, no_repeat: bool = True, feedback: str = "emitted",
+                 stall: float | None = STALL):
         """``K`` fixes the tower shortlist size; by default each step uses its lane policy's K.
         ``exclude_context``: drop the context window's own bank chunks from every shortlist (module doc).
         ``lane_classifier``: one unit row per lane, in sorted lane-name order, to pick the prompt's lane.
         ``never_back`` (needs ``article_start``: each chunk's article's first chunk id, ``Bank.article_start``):
         drop the chunks of a visited article up to the furthest one used (module doc).
         ``text_group`` (``Bank.text_group``): chunks with the same text share a group; with ``no_repeat`` a
-        chunk whose text was shown is banned with it (without it, only ids are). ``feedback``: module doc."""
+        chunk whose text was shown is banned with it (without it, only ids are). ``feedback``: module doc.
+        ``stall``: a BLEND / NOVEL step whose vector has a cosine above it to the previous step's SNAPs instead
+        (None: never)."""
         if never_back and article_start is None:
             raise VecragError("never_back needs article_start (Bank.article_start: each chunk's article start)")
         if feedback not in FEEDBACK:
@@ -132,6 +140,8 @@ class Decoder:
         self.exclude_context = exclude_context
         self.never_back, self.article_start = never_back, article_start
         self.text_group, self.no_repeat, self.feedback = text_group, no_repeat, feedback
+        self.stall = stall
+        self._last_vector: np.ndarray | None = None
         self.group_size = np.bincount(text_group) if text_group is not None and len(text_group) else None
         self.reset()
 
@@ -146,6 +156,7 @@ class Decoder:
         self.banned_groups: set[int] = set()
         self.banned_texts = {t.strip() for t in (prompt_texts or []) if t and t.strip()}
         self._group_extra = 0
+        self._last_vector = None
         for i in prompt_ids or []:
             self.ban(int(i))
         if self.no_repeat and prompt_texts and prompt_vectors:
@@ -237,6 +248,22 @@ class Decoder:
             res.vectors[drop] = 0.0
         return res
 
+    def _unstall(self, dec: Decision, res: CascadeResult, policy: Any) -> Decision:
+        """Ground a BLEND / NOVEL step whose vector would barely move from the previous step's (cosine above
+        ``stall``): a prediction fed its own outputs converges, and such a chain collapses onto one point. The step
+        SNAPs to its candidate instead (``Decision.fallback`` = "stall"). A policy that forces its decision keeps it."""
+        prev, self._last_vector = self._last_vector, dec.vector
+        if (self.stall is None or prev is None or policy.force or dec.kind == SNAP or dec.neighbour_id < 0
+                or dec.fallback):
+            return dec
+        if float(np.dot(dec.vector, prev)) <= self.stall:
+            return dec
+        j = int(np.flatnonzero(res.ids[0] == dec.neighbour_id)[0])
+        vec = np.asarray(res.vectors[0][j], np.float32)
+        self._last_vector = vec
+        return Decision(SNAP, dec.c, dec.neighbour_id, 1.0, vec, dec.c_max, dec.skipped_ids, fallback="stall",
+                        x=dec.x)
+
     def _reach(self, ctx_ids: list[int] | None) -> dict[int, int]:
         """article start id -> the furthest chunk id of that article in the context (bank chunks only)."""
         out: dict[int, int] = {}
@@ -268,6 +295,7 @@ class Decoder:
             dec = novel(v_hat[0], reason=res.reasons[0])
         else:
             dec = decide(v_hat[0], res.vectors[0], res.ids[0], policy, self.recent, scores=res.scores[0])
+            dec = self._unstall(dec, res, policy)
         t4 = time.perf_counter()
         self.recent.append(dec.used_id)
         del self.recent[:-max(1, policy.near_dup_window)]
