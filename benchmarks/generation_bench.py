@@ -7,7 +7,10 @@ Rows, every one on the same held-out prompts (first P chunks of each article of 
   window's bank ids and the near-duplicate rule against repeats, no stall guard;
 - ``neutral`` / ``conservative`` / ``creative``: the calibrated profiles with the calibration's cascade and
   feedback, the no-repeat rule on (what `vecrag generate` does now);
-- the greedy retrieval-only baselines and the LVM alone (as `vecrag eval generate` prints them).
+- the greedy retrieval-only baselines and the LVM alone (as `vecrag eval generate` prints them);
+- after the table, the retrieval ceiling: the S best chunks for the prompt alone (tower, ewma, the LVM's prediction
+  as the query), prompt chunks excluded, shown without any feedback: the coverage no decoding policy over these
+  models is likely to pass.
 
 Needs a calibration (`vecrag calibrate BANK --lvm RUN --retriever RUN`). Usage::
 
@@ -73,6 +76,36 @@ def main() -> None:
     print(format_rollouts({"bank": str(bank.path), "split": args.split, "n_articles": len(prompts), "P": args.P,
                            "S": args.S, "prompts": "bank ids", "lvm": lvm.name, "retriever": tower.name,
                            "hit_rules": "same text counts", "rows": rows}))
+    from vecrag.decode.predictors import HeuristicPredictor
+
+    print(f"\nretrieval ceiling: the {args.S} best chunks for the prompt alone, no feedback (coverage, 95 % CI):")
+    for name, pred in (("tower", tower), ("ewma query", HeuristicPredictor("ewma", 0.5, tower.context_len)),
+                       ("LVM prediction", lvm)):
+        m, h = one_shot(bank, index, pred, prompts, args.S)
+        print(f"  {name:<16}{100 * m:6.1f} % (+-{100 * h:.1f})")
+
+
+def one_shot(bank, index, pred, prompts, S: int) -> tuple[float, float]:
+    """Coverage (mean, 95 % half-width over articles) of the S best chunks for each prompt alone."""
+    import numpy as np
+
+    from vecrag.decode.generate import window
+    from vecrag.eval.rollout_eval import score_rollout
+
+    tg, covs = bank.text_group, []
+    for pr in prompts:
+        ctx, mask = window(list(pr.vectors), pred.context_len, bank.dim)
+        _, ids = index.search(pred(ctx, mask), S + 4 * len(pr.vectors) + 64)
+        banned, out = set(tg[pr.ids].tolist()), []
+        for i in ids[0]:
+            if i >= 0 and int(tg[i]) not in banned:
+                out.append(int(i))
+                banned.add(int(tg[i]))
+            if len(out) == S:
+                break
+        covs.append(score_rollout(bank, pr, out, bank.vectors_f32(np.asarray(out)))["coverage"][0])
+    c = np.asarray(covs)
+    return float(c.mean()), float(1.96 * c.std(ddof=1) / np.sqrt(len(c))) if len(c) > 1 else float("nan")
 
 
 if __name__ == "__main__":
