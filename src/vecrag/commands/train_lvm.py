@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from vecrag.errors import VecragError
 
@@ -21,6 +22,11 @@ best.pt is the best validated state, so a trained model never ends below its anc
 
 A killed run continues with `vecrag train lvm --resume RUN` from its newest good checkpoint and reaches
 the same weights as an uninterrupted run (CPU).
+
+A run directory belongs to one run: RUN/lock refuses a second trainer while one writes RUN (a lock left by a
+trainer that died is taken over, with a warning); --out refuses a directory that already holds a run; and
+--resume refuses a bank that changed since the run started (path, size, split, checksums: RUN/run.json) and
+a changed config (an edited config.yaml, KEY=VALUE overrides) unless --allow-config-change is given.
 
 Examples:
   vecrag train lvm banks/wiki-3k --config lvm-default --out runs/lvm-gru
@@ -42,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run directory (required unless --resume)")
     p.add_argument("--resume", metavar="RUN", default=None, action=OptionWithOverrides,
                    help="continue a run from its newest good checkpoint")
+    p.add_argument("--allow-config-change", action=FlagWithOverrides, metavar="KEY=VALUE",
+                   help="with --resume: accept KEY=VALUE overrides or an edited config.yaml (e.g. more epochs of an "
+                        "unfinished run, which then differs from an uninterrupted one). A changed bank is never "
+                        "accepted")
     p.add_argument("--quiet", action=FlagWithOverrides, metavar="KEY=VALUE", help="no progress bars")
     p.set_defaults(extra_overrides=[], extra_positionals=[])
 
@@ -49,17 +59,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vecrag.config import command_overrides, load_config
     from vecrag.runtime import set_threads
+    from vecrag.train import rundir
 
     bank_arg, overrides = command_overrides(args)
 
     if args.resume:  # user errors first, before torch loads
         run_dir = Path(args.resume)
-        if overrides or bank_arg:
+        if bank_arg or (overrides and not args.allow_config_change):
             raise VecragError("--resume continues a run exactly as configured; it takes no BANK or overrides",
-                              hint="start a new run with --out to change the config")
+                              hint="start a new run with --out to change the config, or accept a changed config "
+                                   "(e.g. more epochs) with --allow-config-change")
         if not (run_dir / "config.yaml").exists():
             raise VecragError("not a run directory (no config.yaml)", path=run_dir,
                               hint="give the --out directory of an earlier `vecrag train lvm`")
+        rundir.precheck(run_dir, "lvm", resume=True)
+    elif args.allow_config_change:
+        raise VecragError("--allow-config-change goes with --resume RUN", hint="a new run (--out) takes any config")
     elif not bank_arg or not args.out:
         raise VecragError("give a BANK and --out RUN (or --resume RUN)",
                           hint="vecrag train lvm BANK --config lvm-default --out runs/lvm")
@@ -67,12 +82,10 @@ def run(args: argparse.Namespace) -> int:
     from vecrag.train.lvm_task import LVMConfig
 
     if args.resume:
-        cfg = load_config(LVMConfig, run_dir / "config.yaml")
+        cfg = load_config(LVMConfig, run_dir / "config.yaml", overrides)
     else:
         run_dir = Path(args.out)
-        if (run_dir / "checkpoints" / "index.json").exists():
-            raise VecragError("run directory already holds a run", path=run_dir,
-                              hint=f"continue it with --resume {run_dir}, or choose another --out")
+        rundir.precheck(run_dir, "lvm", resume=False)  # checked again under the lock
         cfg = load_config(LVMConfig, args.config, overrides)
         cfg.bank = str(Path(bank_arg).resolve())
 
@@ -81,23 +94,16 @@ def run(args: argparse.Namespace) -> int:
     import vecrag.bank
     from vecrag.runtime import pick_device
     from vecrag.train import distributed as dd
-    from vecrag.train.loop import Trainer, seed_everything
-    from vecrag.train.lvm_task import LVMTask
 
     dd.init_from_env(torch.device(pick_device(cfg.train.device)).type)  # torchrun; a no-op for plain runs
     dd.barrier()  # every rank has checked the run directory before rank 0 writes into it
     set_threads(cfg.train.torch_threads or dd.default_threads())
     bank = vecrag.bank.Bank.open(cfg.bank)
-    seed_everything(cfg.train.seed)  # model initialisation is a function of the seed
-    task = LVMTask(bank, cfg)
+    run = rundir.RunDir(run_dir, "lvm")
     try:
-        if args.resume:
-            trainer = Trainer.resume(run_dir, task, cfg.train, run_config=cfg, quiet=args.quiet)
-        else:
-            trainer = Trainer(task, cfg.train, run_dir, run_config=cfg, quiet=args.quiet)
-        result = trainer.fit()
+        with run.claim(resume=bool(args.resume), bank=bank, config=cfg, allow_config_change=args.allow_config_change):
+            result = _fit(args, run, bank, cfg)
     finally:
-        task.close()
         dd.cleanup()
     if not dd.is_main():
         return 0
@@ -110,3 +116,23 @@ def run(args: argparse.Namespace) -> int:
                "val_best": {k: best.get(k) for k in ("cos", "R@10")}}
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _fit(args: argparse.Namespace, run: Any, bank: Any, cfg: Any) -> dict[str, Any]:
+    """Build the task and the trainer (fresh or resumed) in the claimed run directory and train."""
+    from vecrag.train.loop import Trainer, seed_everything
+    from vecrag.train.lvm_task import LVMTask
+
+    seed_everything(cfg.train.seed)  # model initialisation is a function of the seed
+    task = LVMTask(bank, cfg)
+    try:
+        if args.resume:
+            trainer = Trainer.resume(run.path, task, cfg.train, run_config=cfg, quiet=args.quiet)
+        else:
+            trainer = Trainer(task, cfg.train, run.path, run_config=cfg, quiet=args.quiet)
+        run.start()
+        for event in run.events:
+            trainer.log_record("event", **event)
+        return trainer.fit()
+    finally:
+        task.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 COMMAND = ("train", "retriever")
 HELP = "train a two-tower retriever (query tower + doc tower) with curriculum hard negatives; resumable"
@@ -15,6 +16,11 @@ the anchor on the val split.
 
 The resolved config is saved as RUN/config.yaml; RUN/log.jsonl holds train / val / mining / event records;
 checkpoints are in RUN/checkpoints/. A killed run continues with `vecrag train retriever --resume RUN`.
+
+A run directory belongs to one run: RUN/lock refuses a second trainer while one writes RUN (a lock left by a
+trainer that died is taken over, with a warning); --out refuses a directory that already holds a run; and
+--resume refuses a bank that changed since the run started (path, size, split, checksums: RUN/run.json) and
+a changed config (overrides, an edited config.yaml) unless --allow-config-change is given.
 
 Presets: retriever-tiny (tests), retriever-cpu-test (the seed's CPU-test shape), retriever-default (CPU),
 retriever-gpu (the seed's "MPS final" shape, larger batch, async mining).
@@ -36,47 +42,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="RUN [KEY=VALUE ...]", action=OptionWithOverrides, help="run directory (new)")
     p.add_argument("--resume", metavar="RUN [KEY=VALUE ...]", action=OptionWithOverrides,
                    help="continue the run in RUN from its newest good checkpoint")
+    p.add_argument("--allow-config-change", action=FlagWithOverrides, metavar="KEY=VALUE",
+                   help="with --resume: accept KEY=VALUE overrides or an edited config.yaml (e.g. more epochs of an "
+                        "unfinished run, which then differs from an uninterrupted one). A changed bank is never "
+                        "accepted")
     p.set_defaults(extra_overrides=[], extra_positionals=[])
     p.add_argument("--quiet", action=FlagWithOverrides, metavar="KEY=VALUE", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import logging
     from pathlib import Path
 
     from vecrag.bank import Bank
     from vecrag.config import command_overrides, load_config
     from vecrag.errors import VecragError
-    from vecrag.eval.retriever_eval import BANK_INFO
-    from vecrag.fsutil import atomic_write_json
     from vecrag.runtime import pick_device
     from vecrag.train import distributed as dd
-    from vecrag.train.loop import Trainer
-    from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
+    from vecrag.train import rundir
+    from vecrag.train.retriever_task import RetrieverConfig, resolve_config
 
-    log = logging.getLogger("vecrag.train")
     args.bank, overrides = command_overrides(args)
     if bool(args.out) == bool(args.resume):
         raise VecragError("give exactly one of --out RUN (a new run) or --resume RUN",
                           hint="vecrag train retriever BANK --out runs/r1   or   --resume runs/r1")
+    if args.allow_config_change and not args.resume:
+        raise VecragError("--allow-config-change goes with --resume RUN", hint="a new run (--out) takes any config")
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise VecragError("no config.yaml: not a run directory", path=run_dir,
                               hint="start the run with --out first")
+        rundir.precheck(run_dir, "retriever", resume=True)
+        if overrides and not args.allow_config_change:
+            raise VecragError(f"--resume continues a run as it was configured; overrides {' '.join(overrides)} "
+                              "would change it", path=run_dir,
+                              hint="add --allow-config-change to accept the change (the run will then differ "
+                                   "from an uninterrupted one), or start a new run with --out")
         cfg = load_config(RetrieverConfig, run_dir / "config.yaml", overrides)
-        if overrides:
-            log.warning("resuming with overrides %s: the run will differ from an uninterrupted one", overrides)
         if args.bank and Path(args.bank).resolve() != Path(cfg.bank).resolve():
             raise VecragError(f"the run was trained on {cfg.bank}, not {args.bank}", path=run_dir / "config.yaml")
     else:
         if not args.bank:
             raise VecragError("missing BANK", hint="vecrag train retriever BANK --out RUN")
         run_dir = Path(args.out)
-        if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").glob("*.pt")):
-            raise VecragError("run directory already holds checkpoints", path=run_dir,
-                              hint=f"continue it with --resume {run_dir}, or choose another --out")
+        rundir.precheck(run_dir, "retriever", resume=False)  # checked again under the lock
         cfg = load_config(RetrieverConfig, args.config, overrides)
         cfg.bank = str(Path(args.bank).resolve())
     import torch
@@ -85,18 +95,11 @@ def run(args: argparse.Namespace) -> int:
     dd.barrier()  # every rank has checked the run directory before rank 0 writes into it
     bank = Bank.open(cfg.bank)
     resolve_config(cfg, bank)
-    task = RetrieverTask(bank, cfg)
+    run = rundir.RunDir(run_dir, "retriever")
     try:
-        if args.resume:
-            trainer = Trainer.resume(run_dir, task, cfg.train, run_config=cfg, quiet=args.quiet)
-        else:
-            trainer = Trainer(task, cfg.train, run_dir, run_config=cfg, quiet=args.quiet)
-            if dd.is_main():
-                atomic_write_json(run_dir / BANK_INFO, {"path": cfg.bank, "n": bank.n, "dim": bank.dim,
-                                                        "encoder": bank.encoder})
-        result = trainer.fit()
+        with run.claim(resume=bool(args.resume), bank=bank, config=cfg, allow_config_change=args.allow_config_change):
+            result, stats = _fit(args, run, bank, cfg)
     finally:
-        task.close()
         dd.cleanup()
     if not dd.is_main():
         return 0
@@ -104,5 +107,32 @@ def run(args: argparse.Namespace) -> int:
     first = result["history"][0] if result["history"] else {}
     print(json.dumps({"run": str(run_dir), "steps": result["step"], "metric": key, "best": result["best"],
                       "best_epoch": result["best_epoch"], "anchor": first.get(f"baseline_{key}"),
-                      "stats": task.stats()}, default=float))
+                      "stats": stats}, default=float))
     return 0
+
+
+def _fit(args: argparse.Namespace, run: Any, bank: Any, cfg: Any) -> tuple[dict[str, Any], dict[str, float]]:
+    """Build the task and the trainer (fresh or resumed) in the claimed run directory and train; (the loop's
+    result, the task's counters)."""
+    from vecrag.eval.retriever_eval import BANK_INFO
+    from vecrag.fsutil import atomic_write_json
+    from vecrag.train import distributed as dd
+    from vecrag.train.loop import Trainer
+    from vecrag.train.retriever_task import RetrieverTask
+
+    task = RetrieverTask(bank, cfg)
+    try:
+        if args.resume:
+            trainer = Trainer.resume(run.path, task, cfg.train, run_config=cfg, quiet=args.quiet)
+        else:
+            trainer = Trainer(task, cfg.train, run.path, run_config=cfg, quiet=args.quiet)
+            if dd.is_main():
+                atomic_write_json(run.path / BANK_INFO, {"path": cfg.bank, "n": bank.n, "dim": bank.dim,
+                                                         "encoder": bank.encoder})
+        run.start()
+        for event in run.events:
+            trainer.log_record("event", **event)
+        result = trainer.fit()
+    finally:
+        task.close()
+    return result, task.stats()  # after close: a miner's last counters are in

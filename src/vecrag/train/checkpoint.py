@@ -10,7 +10,9 @@ Layout under ``RUN/checkpoints/``::
 
 Every file is ONE complete trainer state (see ``Trainer.state_dict``), so resuming from any of them is
 correct; resume picks the newest (highest ``seq``) file whose sha256 matches the index and falls back, with
-a warning, to the next one when a file is missing, truncated or corrupt.
+a warning, to the next one when a file is missing, truncated or corrupt. When index.json itself is missing
+or damaged, resume first rebuilds it from the files that load (``weights_only=True``), ordered by the state
+they hold (step, epoch, batch, validation), and says so: intact checkpoints are never thrown away.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 from vecrag.errors import VecragError
-from vecrag.fsutil import atomic_open, atomic_write_json, sha256_file
+from vecrag.fsutil import atomic_open, atomic_write_bytes, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"
@@ -90,6 +92,17 @@ def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dic
                           hint="the file is damaged; use another checkpoint of the run") from e
 
 
+def state_order(name: str, state: dict[str, Any]) -> tuple:
+    """How far along a checkpoint's state is (a rebuilt index's ``seq`` order): step, then epoch and batch
+    (a post-validation state starts the next epoch at batch 0), then validation and end of training; between
+    files of the same state, last.pt is preferred (best.pt and swa.pt may hold averaged or older weights)."""
+    trainer = state.get("trainer") or {}
+    kind = 4 if name == "last.pt" else 3 if _STEP_RE.match(name) else 2 if _PREVAL_RE.match(name) else \
+        1 if name == "best.pt" else 0
+    return (int(state.get("step", 0)), int(state.get("epoch", 0)), int(state.get("batch", 0)),
+            int(trainer.get("validated", -1)), bool(trainer.get("finished", False)), kind)
+
+
 # ---- the directory --------------------------------------------------------------------------------------
 class CheckpointDir:
     """Writes, prunes, indexes and verifies the checkpoints of one run."""
@@ -99,21 +112,29 @@ class CheckpointDir:
         self.keep_last = keep_last
         self.keep_preval = keep_preval
         self.root.mkdir(parents=True, exist_ok=True)
+        self.index_problem: str | None = None          # "missing" | "damaged": resume rebuilds the index
+        self.rebuilt: list[str] | None = None          # the files a rebuilt index holds (None: not rebuilt)
+        self.rebuilt_reason: str | None = None          # why it was rebuilt ("missing" | "damaged")
         self.index: dict[str, dict[str, Any]] = self._read_index()
 
     def _read_index(self) -> dict[str, dict[str, Any]]:
         p = self.root / INDEX
         if not p.exists():
+            self.index_problem = "missing"
             return {}
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-            return dict(data.get("files", {}))
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            log.warning("%s is damaged; checkpoints will be trusted only if they load", p)
+            files = json.loads(p.read_text(encoding="utf-8"))["files"]
+            if not all(isinstance(e, dict) and isinstance(e.get("sha256"), str) for e in files.values()):
+                raise TypeError("an entry without a sha256")
+            return dict(files)
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            log.warning("%s is damaged (%s: %s)", p, type(e).__name__, e)
+            self.index_problem = "damaged"
             return {}
 
     def _write_index(self) -> None:
         atomic_write_json(self.root / INDEX, {"files": self.index})
+        self.index_problem = None
 
     def _next_seq(self) -> int:
         return 1 + max((int(e.get("seq", 0)) for e in self.index.values()), default=0)
@@ -173,8 +194,40 @@ class CheckpointDir:
         return sorted(self.index, key=lambda n: (self.index[n].get("seq", 0), self.index[n].get("step", 0)),
                       reverse=True)
 
+    def rebuild_index(self) -> list[str]:
+        """Index every ``*.pt`` file of the directory that loads (weights_only), newest state last; rewrite
+        index.json when any does. Returns the indexed names (oldest first)."""
+        found: list[tuple[tuple, str, dict[str, Any]]] = []
+        for p in sorted(self.root.glob("*.pt")):
+            try:
+                state = load_file(p)
+            except VecragError as e:
+                log.warning("checkpoint %s cannot be loaded (%s); left out of the rebuilt index", p, e)
+                continue
+            entry = {"sha256": sha256_file(p), "step": int(state.get("step", 0)),
+                     "epoch": int(state.get("epoch", 0)), "batch": int(state.get("batch", 0)),
+                     "time": p.stat().st_mtime}
+            found.append((state_order(p.name, state), p.name, entry))
+            del state
+        found.sort(key=lambda f: f[0])
+        for seq, (_, name, entry) in enumerate(found, start=1):
+            self.index[name] = {**entry, "seq": seq}
+        names = [name for _, name, _ in found]
+        if names:
+            index = self.root / INDEX
+            log.warning("%s was %s: rebuilt it from the %d checkpoint(s) that load (%s)", index,
+                        self.index_problem, len(names), ", ".join(names))
+            if index.exists():  # keep the damaged file for inspection
+                atomic_write_bytes(index.with_name(INDEX + ".damaged"), index.read_bytes())
+            self._write_index()
+        return names
+
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[str, dict[str, Any]] | None:
-        """The newest checkpoint that verifies and loads; warn and fall back past damaged ones."""
+        """The newest checkpoint that verifies and loads; warn and fall back past damaged ones. A missing or
+        damaged index.json is first rebuilt from the checkpoints that load (:meth:`rebuild_index`)."""
+        if self.index_problem is not None and any(self.root.glob("*.pt")):
+            self.rebuilt_reason = self.index_problem
+            self.rebuilt = self.rebuild_index()
         for name in self.candidates():
             p = self.root / name
             if not p.exists():

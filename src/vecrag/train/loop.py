@@ -379,6 +379,8 @@ class Trainer(TrainerLogging):
         """A trainer restored from the newest good checkpoint of ``run_dir`` (fresh if there is none)."""
         t = cls(task, cfg, run_dir, run_config=run_config, quiet=quiet)
         got = t.ckpts.load_latest() if t.is_main else None
+        if t.ckpts.rebuilt:
+            t.log_record("event", event="index_rebuilt", reason=t.ckpts.rebuilt_reason, files=t.ckpts.rebuilt)
         name = dd.broadcast_object(got[0] if got is not None else None)  # every rank loads the same file
         if name is None:
             log.warning("no usable checkpoint in %s; starting the run from the beginning", t.ckpts.root)
