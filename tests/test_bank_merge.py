@@ -101,20 +101,34 @@ def test_duplicate_titles_error_or_allowed(tmp_path: Path, capsys: pytest.Captur
     assert out["duplicate_titles"] == 5 and out["n_articles"] == 10
 
 
-def test_existing_out_needs_force_and_failed_merge_leaves_no_half_bank(tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture) -> None:
+def test_existing_out_needs_force_and_failed_merge_leaves_no_half_bank(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = _bank(tmp_path / "a", range(0, 6)), _bank(tmp_path / "b", range(6, 12))
     old = _bank(tmp_path / "out", range(20, 23))
     args = ["bank", "merge", str(a.path), str(b.path), "--out", str(old.path)]
     assert main(args) == 2 and "--out already exists" in capsys.readouterr().err
     _same_bank(Bank.open(old.path), old)
-    # a merge that fails half-way (second input's chunk table damaged after its vectors were copied)
+    # a damaged input (chunk table cut to 3 rows) is refused when opened, before anything is written
     c = _bank(tmp_path / "c", range(6, 12))
     pq.write_table(c.chunks.slice(0, 3), c.path / "chunks.parquet")
-    with pytest.raises(VecragError, match="chunks.parquet holds 3 rows"):
+    with pytest.raises(VecragError, match="chunks.parquet: holds 3 rows but the manifest says"):
         merge_banks([a.path, c.path], old.path, force=True)
     _same_bank(Bank.open(old.path), old)  # the old bank is untouched
     assert not list(tmp_path.glob(".out.*"))  # no temp directory left
+    # a merge that fails half-way (after the first input's rows were copied)
+    calls = []
+
+    def fail_on_second(*a: object) -> None:
+        calls.append(a)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("vecrag.bankops.log.info", fail_on_second)
+    with pytest.raises(VecragError, match="the merge stopped.*no space left on device"):
+        merge_banks([a.path, b.path], old.path, force=True)
+    monkeypatch.undo()
+    _same_bank(Bank.open(old.path), old)
+    assert not list(tmp_path.glob(".out.*"))
     assert main([*args, "--force"]) == 0
     _same_bank(Bank.open(old.path), _bank(tmp_path / "ref", range(0, 12)))
 

@@ -8,14 +8,21 @@ Layout::
       chunks.parquet     chunk_id, article_id, position, text, lane
       articles.parquet   article_id, title, n_chunks, first_chunk, lane, split
       index/             FAISS index files (see vecrag.index)
+      .verified.json     the files' size/mtime/ctime when they last passed the full check (see vecrag.bankcheck)
 
 Chunk ids are dense 0..N-1 and equal row numbers; an article's chunks are contiguous and in order, so
 article ``a`` holds rows ``first_chunk[a] .. first_chunk[a] + n_chunks[a] - 1``.
+
+``Bank.open`` checks the bank before handing it out (``vecrag.bankcheck``): files present, shapes and table
+row counts as the manifest says on every open; vectors finite and unit-norm, tables consistent and checksums
+equal once per change of the files. A damaged bank is a VecragError naming the file and the first bad row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,16 +33,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vecrag.bankcheck import (  # noqa: F401  (re-exported: the bank's file names and vector check live there)
+    ARTICLES,
+    CHUNKS,
+    MANIFEST,
+    NORM_TOL,
+    VECTORS,
+    check_manifest,
+    check_structure,
+    check_vectors,
+    forget_verified,
+    load_vectors,
+    open_checked,
+    record_verified,
+)
+from vecrag.bankcheck import check_content as _check_content
 from vecrag.errors import VecragError
 from vecrag.fsutil import atomic_save_npy, atomic_write_json, atomic_write_parquet, sha256_file
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
-MANIFEST = "manifest.json"
-VECTORS = "vectors.npy"
-CHUNKS = "chunks.parquet"
-ARTICLES = "articles.parquet"
-NORM_TOL = 1e-2  # fp16 storage rounds norms to about 1e-3
 
 
 @dataclass(frozen=True)
@@ -49,30 +66,6 @@ class EncoderInfo:
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dim": self.dim, "pooling": self.pooling, "normalize": self.normalize,
                 "max_seq_length": self.max_seq_length}
-
-
-def check_vectors(vectors: np.ndarray, *, dim: int | None = None, where: str | Path = "vectors") -> None:
-    """Raise a VecragError if vectors are not a finite N x D matrix of unit rows."""
-    if vectors.ndim != 2:
-        raise VecragError(f"vectors must be a 2-D N x D matrix, got shape {vectors.shape}", path=where,
-                          hint="save one row per chunk")
-    if dim is not None and vectors.shape[1] != dim:
-        raise VecragError(f"vectors have dimension {vectors.shape[1]}, expected {dim}", path=where,
-                          hint="use vectors from the encoder named in the manifest, or rebuild the bank")
-    step = 65536
-    for s in range(0, vectors.shape[0], step):
-        block = np.asarray(vectors[s:s + step], dtype=np.float32)
-        bad = ~np.isfinite(block).all(axis=1)
-        if bad.any():
-            row = s + int(np.flatnonzero(bad)[0])
-            raise VecragError(f"{int(bad.sum())} vectors contain NaN or Inf (first at row {row})", path=where,
-                              hint="re-encode those chunks or drop them before import")
-        norms = np.linalg.norm(block, axis=1)
-        off = np.abs(norms - 1.0) > NORM_TOL
-        if off.any():
-            row = s + int(np.flatnonzero(off)[0])
-            raise VecragError(f"{int(off.sum())} vectors are not unit-norm (row {row} has norm {norms[off][0]:.4f})",
-                              path=where, hint="L2-normalise the vectors (or pass --normalize to bank import)")
 
 
 def split_of(article_ids: np.ndarray, seed: int, ratios: tuple[float, float, float]) -> np.ndarray:
@@ -135,6 +128,7 @@ def write_bank(path: str | Path, vectors: np.ndarray, *, article_ids: np.ndarray
 
     path.mkdir(parents=True, exist_ok=True)
     (path / MANIFEST).unlink(missing_ok=True)  # incomplete until the manifest is back
+    forget_verified(path)
     atomic_save_npy(path / VECTORS, np.ascontiguousarray(vectors, dtype=np.dtype(dtype)))
     chunks = pa.table({
         "chunk_id": pa.array(np.arange(n, dtype=np.int64)),
@@ -161,7 +155,37 @@ def write_bank(path: str | Path, vectors: np.ndarray, *, article_ids: np.ndarray
     }
     manifest.update(extra or {})
     atomic_write_json(path / MANIFEST, manifest)
+    record_verified(path, manifest)  # checked above and built here: the first open need not read it all again
     return Bank.open(path)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The bank's manifest, or a VecragError saying why the directory is not a (complete) bank."""
+    mpath = path / MANIFEST
+    if not path.is_dir():
+        raise VecragError("no such bank directory", path=path,
+                          hint="build one with `vecrag ingest SOURCE --out BANK`")
+    if not mpath.exists():
+        hint = ("an ingest was interrupted: run the same `vecrag ingest` command again to finish it"
+                if (path / ".ingest").exists() else "this is not a vecrag bank; build one with `vecrag ingest`")
+        raise VecragError("bank has no manifest.json (incomplete or not a bank)", path=path, hint=hint)
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VecragError(f"manifest is not valid JSON ({e})", path=mpath, hint="rebuild the bank") from e
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise VecragError(f"bank format {version} is not supported (this vecrag reads {FORMAT_VERSION})",
+                          path=mpath, hint="rebuild the bank with this version")
+    return manifest
+
+
+def check_structure_light(path: Path, manifest: dict[str, Any]) -> np.ndarray:
+    """Only what opening needs: the manifest's counts and readable vectors of that shape."""
+    check_manifest(path, manifest)
+    if not (path / VECTORS).is_file():
+        raise VecragError("this file of the bank is missing", path=path / VECTORS, hint="rebuild the bank")
+    return load_vectors(path, manifest)
 
 
 class Bank:
@@ -173,35 +197,20 @@ class Bank:
         self.vectors = vectors
 
     @classmethod
-    def open(cls, path: str | Path, *, verify: bool = False) -> Bank:
+    def open(cls, path: str | Path, *, check: bool = True, verify: bool = False) -> Bank:
+        """Open the bank at ``path`` after checking it (see ``vecrag.bankcheck``).
+
+        ``check`` (default): files present, shapes and table row counts as the manifest says, and, unless a
+        record says these exact files passed before, every vector finite and unit-norm, tables consistent and
+        checksums equal. ``verify``: the full check even when a record exists. ``check=False``: only the
+        manifest and the vectors' shape (to inspect a damaged bank)."""
         path = Path(path)
-        mpath = path / MANIFEST
-        if not path.is_dir():
-            raise VecragError("no such bank directory", path=path,
-                              hint="build one with `vecrag ingest SOURCE --out BANK`")
-        if not mpath.exists():
-            hint = ("an ingest was interrupted: run the same `vecrag ingest` command again to finish it"
-                    if (path / ".ingest").exists() else "this is not a vecrag bank; build one with `vecrag ingest`")
-            raise VecragError("bank has no manifest.json (incomplete or not a bank)", path=path, hint=hint)
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise VecragError(f"manifest is not valid JSON ({e})", path=mpath, hint="rebuild the bank") from e
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise VecragError(f"bank format {manifest.get('format_version')} is not supported (this vecrag reads "
-                              f"{FORMAT_VERSION})", path=mpath, hint="rebuild the bank with this version")
-        try:
-            vectors = np.load(path / VECTORS, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise VecragError(f"cannot read vectors ({e})", path=path / VECTORS, hint="rebuild the bank") from e
-        if vectors.shape != (manifest["n_chunks"], manifest["dim"]):
-            raise VecragError(f"vectors shape {vectors.shape} disagrees with manifest "
-                              f"({manifest['n_chunks']} x {manifest['dim']})", path=path / VECTORS,
-                              hint="the bank is damaged; rebuild it")
-        bank = cls(path, manifest, vectors)
-        if verify:
-            bank.verify()
-        return bank
+        manifest = read_manifest(path)
+        if check or verify:
+            vectors = open_checked(path, manifest, full=verify)
+        else:
+            vectors = check_structure_light(path, manifest)
+        return cls(path, manifest, vectors)
 
     # ---- identity -------------------------------------------------------------------------------------
     @property
@@ -225,12 +234,9 @@ class Bank:
                               hint="use the bank's encoder (see `vecrag bank info`) or rebuild the bank")
 
     def verify(self) -> None:
-        """Checksums and vector sanity (NaN, norms, dimension)."""
-        for f, digest in self.manifest.get("checksums", {}).items():
-            if sha256_file(self.path / f) != digest:
-                raise VecragError("checksum mismatch: file changed or damaged since the bank was written",
-                                  path=self.path / f, hint="rebuild the bank")
-        check_vectors(self.vectors, dim=self.dim, where=self.path / VECTORS)
+        """Every check (vectors finite and unit-norm, tables consistent, checksums), ignoring any record."""
+        _check_content(self.path, self.manifest, check_structure(self.path, self.manifest))
+        record_verified(self.path, self.manifest)
 
     # ---- tables -------------------------------------------------------------------------------------
     @cached_property
@@ -311,23 +317,53 @@ class Bank:
         }
 
     def update_manifest(self, **fields: Any) -> None:
-        self.manifest.update(fields)
-        atomic_write_json(self.path / MANIFEST, self.manifest)
+        manifest = {**self.manifest, **fields}
+        atomic_write_json(self.path / MANIFEST, manifest)
+        self.manifest = manifest
+
+    def _replace_tables(self, tables: dict[str, pa.Table], **fields: Any) -> None:
+        """Rewrite ``tables`` (file name -> table), then the manifest (their checksums and ``fields``).
+
+        Each file is replaced atomically; if a later step fails (disk full, read-only), the old tables are put
+        back from hard links taken first, so the bank stays as it was. Then the check record is renewed (the
+        rest of the bank was checked when it was opened; the new tables are built here)."""
+        saved: dict[str, Path] = {}
+        for name in tables:
+            link = self.path / f".{name}.before-{os.getpid()}"
+            with contextlib.suppress(OSError):  # no hard links here: no way back, as before
+                link.unlink(missing_ok=True)
+                os.link(self.path / name, link)
+                saved[name] = link
+        try:
+            for name, table in tables.items():
+                atomic_write_parquet(self.path / name, table)
+            sums = {**self.manifest.get("checksums", {}), **{n: sha256_file(self.path / n) for n in tables}}
+            self.update_manifest(checksums=sums, **fields)
+        except BaseException:
+            for name, link in saved.items():
+                with contextlib.suppress(OSError):
+                    os.replace(link, self.path / name)
+            raise
+        finally:
+            for link in saved.values():
+                with contextlib.suppress(OSError):
+                    link.unlink(missing_ok=True)
+            for key in ("chunks", "articles", "lanes", "article_of", "position_of", "texts", "article_start",
+                        "text_group"):
+                self.__dict__.pop(key, None)
+        record_verified(self.path, self.manifest)
 
     def resplit(self, seed: int, ratios: tuple[float, float, float]) -> None:
         """Recompute the article split with a new seed/ratios (rewrites articles.parquet)."""
         t = self.articles
         splits = split_of(t.column("article_id").to_numpy(), seed, ratios)
         t = t.set_column(t.schema.get_field_index("split"), "split", pa.array(list(splits), type=pa.string()))
-        atomic_write_parquet(self.path / ARTICLES, t)
-        self.__dict__.pop("articles", None)
-        sums = dict(self.manifest.get("checksums", {}))
-        sums[ARTICLES] = sha256_file(self.path / ARTICLES)
-        self.update_manifest(split={"seed": int(seed), "ratios": list(ratios)}, checksums=sums)
+        self._replace_tables({ARTICLES: t}, split={"seed": int(seed), "ratios": list(ratios)})
 
     def set_lanes(self, article_lanes: list[str], meta: dict[str, Any] | None = None) -> None:
         """Replace every article's lane (and its chunks'); rewrites both tables atomically file by file and
-        the manifest's ``lanes`` record and checksums last. Used by ``vecrag bank lanes``."""
+        the manifest's ``lanes`` record and checksums last (the old tables come back if a step fails). Used by
+        ``vecrag bank lanes``."""
         t = self.articles
         if len(article_lanes) != t.num_rows:
             raise VecragError(f"{len(article_lanes)} lanes for {t.num_rows} articles", path=self.path)
@@ -336,11 +372,4 @@ class Bank:
         c = self.chunks
         c = c.set_column(c.schema.get_field_index("lane"), "lane", pa.array(chunk_lanes, type=pa.string()))
         t = t.set_column(t.schema.get_field_index("lane"), "lane", pa.array(lanes, type=pa.string()))
-        atomic_write_parquet(self.path / CHUNKS, c)
-        atomic_write_parquet(self.path / ARTICLES, t)
-        for key in ("chunks", "articles", "lanes"):
-            self.__dict__.pop(key, None)
-        sums = dict(self.manifest.get("checksums", {}))
-        sums[CHUNKS] = sha256_file(self.path / CHUNKS)
-        sums[ARTICLES] = sha256_file(self.path / ARTICLES)
-        self.update_manifest(lanes=meta or {}, checksums=sums)
+        self._replace_tables({CHUNKS: c, ARTICLES: t}, lanes=meta or {})

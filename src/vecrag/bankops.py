@@ -3,6 +3,9 @@
 A corpus is cut into shards, each shard is ingested into its own bank (e.g. on its own machine), and
 ``vecrag bank merge B1 B2 ... --out BANK`` joins them in the given order:
 
+- **Checks**: every input is opened with the bank checks (``vecrag.bankcheck``: files, shapes, finite
+  unit-norm vectors, consistent tables, checksums; ``verify`` re-reads every file even when a record says it
+  passed), so a damaged input is refused before anything is written and never re-checksummed into the output.
 - **Compatibility**: every input must have the same encoder (name, dim, pooling, normalisation, max sequence
   length), storage dtype and chunker settings; a mismatch is a :class:`VecragError` naming the first bank
   and the one that differs.
@@ -40,9 +43,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vecrag.bank import ARTICLES, CHUNKS, FORMAT_VERSION, MANIFEST, VECTORS, Bank, split_of
+from vecrag.bank import ARTICLES, CHUNKS, FORMAT_VERSION, MANIFEST, VECTORS, Bank, record_verified, split_of
 from vecrag.errors import VecragError
-from vecrag.fsutil import atomic_write_json, fsync_dir, fsync_path, sha256_file
+from vecrag.fsutil import atomic_write_json, fs_error, fsync_dir, fsync_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -229,11 +232,14 @@ def merge_banks(inputs: list[str | Path], out: str | Path, *, article_ids: str =
                                        "to keep both copies")
     seed, ratios = _split_settings(banks, split_seed, split_ratios)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _clean_leftovers(out)
     tmp = out.parent / f".{out.name}.merge-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _clean_leftovers(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise fs_error(e, what=f"cannot create the merged bank {out} (its temp folder beside it)") from e
     try:
         _write_rows(banks, tmp, offsets, block_rows)
         arts, chunk_off = [], 0
@@ -270,6 +276,7 @@ def merge_banks(inputs: list[str | Path], out: str | Path, *, article_ids: str =
             "checksums": {f: sha256_file(tmp / f) for f in (VECTORS, CHUNKS, ARTICLES)},
         })
         atomic_write_json(tmp / MANIFEST, manifest)  # written last: its presence means complete
+        record_verified(tmp, manifest)  # copied from checked inputs; the record survives the folder's rename
         fsync_path(tmp)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -279,7 +286,10 @@ def merge_banks(inputs: list[str | Path], out: str | Path, *, article_ids: str =
         else:
             os.rename(tmp, out)
         fsync_dir(out.parent)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise fs_error(e, what=f"the merge stopped; {out} was not written or changed (the temp folder is "
+                                   "removed)") from e
         raise
     return Bank.open(out)

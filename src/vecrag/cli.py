@@ -8,11 +8,17 @@ sentence-transformers) inside ``run`` so that ``vecrag --help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import pkgutil
+import signal
 import sys
-from types import ModuleType
+import threading
+import traceback
+from collections.abc import Iterator
+from types import FrameType, ModuleType
 
 import vecrag  # noqa: F401  (sets OMP_WAIT_POLICY etc. before numpy/torch/faiss load)
 from vecrag.errors import VecragError
@@ -61,6 +67,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """'ingest', 'train retriever', 'bank merge', ... ('' before a command is chosen)."""
+    top = getattr(args, "command", None) or ""
+    sub = getattr(args, f"{top}_command", None) if top else None
+    return f"{top} {sub}" if sub else top
+
+
+def continue_hint(args: argparse.Namespace) -> str:
+    """What is kept after an interruption and how to continue, for the command that was interrupted."""
+    name = command_name(args)
+    if name.startswith("train"):
+        run = getattr(args, "resume", None) or getattr(args, "out", None)
+        task = name.partition(" ")[2] or "TASK"
+        return ("checkpoints already written are kept; continue with "
+                f"`vecrag train {task} --resume {run or 'RUN'}` (rerunning the same command is refused)")
+    if name == "ingest":
+        return "committed batches are kept; rerun the same command to continue from the last one"
+    if name == "serve":
+        return "the server was stopped"
+    if name in ("bank merge", "bank import"):
+        return "no half-written bank is left; rerun the command"
+    return "files already written are complete (vecrag writes atomically); rerun the command"
+
+
+@contextlib.contextmanager
+def _sigterm_message(args: argparse.Namespace) -> Iterator[None]:
+    """On SIGTERM print one line (what is kept, how to continue), then die of the signal as before (exit 143).
+
+    Not installed outside the main thread, when SIGTERM is ignored or when its handler was set outside Python;
+    the previous handler is restored afterwards (tests call main in-process)."""
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if previous is None or previous == signal.SIG_IGN:
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per worker
+            sys.stderr.write(f"vecrag: stopped by SIGTERM; {continue_hint(args)}\n")
+            sys.stderr.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the command; every error a user can act on becomes one paragraph on stderr and exit 2."""
+    try:
+        return int(args._run(args) or 0)
+    except VecragError as e:
+        print(f"vecrag: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `vecrag search ... | head`: the reader left; nothing to report
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e:
+        from vecrag.fsutil import fs_error
+
+        if args.verbose:
+            traceback.print_exc()
+        print(f"vecrag: error: {fs_error(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vecrag: interrupted; {continue_hint(args)}", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -75,15 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         (getattr(args, "_group_parser", None) or parser).print_help()
         return 2
-    try:
-        return int(args._run(args) or 0)
-    except VecragError as e:
-        print(f"vecrag: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("vecrag: interrupted (work already committed is kept; rerun the command to continue)",
-              file=sys.stderr)
-        return 130
+    with _sigterm_message(args):
+        return _run_command(args)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ first 500 articles of the corpus.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import logging
@@ -45,9 +46,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vecrag.bank import ARTICLES, CHUNKS, MANIFEST, VECTORS, Bank, write_bank
+from vecrag.bank import ARTICLES, CHUNKS, MANIFEST, VECTORS, Bank, forget_verified, write_bank
+from vecrag.bankcheck import RECORD
 from vecrag.errors import VecragError
-from vecrag.fsutil import atomic_save_npy, atomic_write_json, atomic_write_parquet, sha256_file
+from vecrag.fsutil import atomic_save_npy, atomic_write_json, atomic_write_parquet, fs_error, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,10 @@ def _describe_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 def prepare_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse an --out that is a file, a complete bank (unless ``overwrite``) or a folder of someone's files.
+
+    Files with bank names (vectors.npy, ...) count as the user's own unless an interrupted ingest or import
+    (``.ingest`` / ``.import``) explains them: ``--overwrite`` replaces only a complete bank."""
     if out.exists() and not out.is_dir():
         raise VecragError("--out exists and is not a directory", path=out, hint="choose a new directory for the bank")
     if not out.exists():
@@ -153,10 +159,18 @@ def prepare_out(out: Path, *, overwrite: bool) -> None:
                               hint="choose another --out, or pass --overwrite to replace it (the old bank stays "
                                    "intact until the new one is complete)")
         return
-    extra = [p.name for p in out.iterdir() if p.name not in BANK_FILES and p.name not in (STAGE, "index", ".import")]
-    if extra and not overwrite:
-        raise VecragError(f"--out is not empty and is not a vecrag bank (holds {', '.join(sorted(extra)[:5])})",
-                          path=out, hint="choose a new or empty directory for the bank")
+    names = {p.name for p in out.iterdir()}
+    staged = bool(names & {STAGE, ".import"})
+    ours = {STAGE, ".import"} | ({*BANK_FILES, "index", RECORD} if staged else set())
+    extra = sorted(names - ours)
+    if extra:
+        looks_like_bank = set(extra) <= {*BANK_FILES, "index", RECORD}
+        why = ("holds bank files but no manifest.json, and no interrupted build explains them"
+               if looks_like_bank else "is not empty and is not a vecrag bank")
+        raise VecragError(f"--out {why} (holds {', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}); "
+                          "these files are left alone, with or without --overwrite (it replaces only a complete "
+                          "bank)", path=out,
+                          hint="choose a new or empty directory for the bank, or move those files away first")
 
 
 def _torch_threads() -> int:
@@ -290,12 +304,43 @@ def install_bank(src: Path, out: Path) -> None:
         raise VecragError("staging says the bank was assembled but it is not there", path=src,
                           hint="rerun with --restart")
     (out / MANIFEST).unlink(missing_ok=True)
+    forget_verified(out)
     if (out / "index").is_dir():
         shutil.rmtree(out / "index")  # an index of the bank being replaced is stale
     for f in (VECTORS, CHUNKS, ARTICLES):
         if (src / f).exists():
             os.replace(src / f, out / f)
     os.replace(src / MANIFEST, out / MANIFEST)
+
+
+def _open_stage(out: Path, stage: Path, params: dict[str, Any]) -> bool:
+    """Check a staged ingest's settings, or create the staging folder; True when OUT itself was created."""
+    import json
+
+    if stage.exists() and (stage / PARAMS).exists():
+        old = json.loads((stage / PARAMS).read_text(encoding="utf-8"))
+        if old != json.loads(json.dumps(params)):
+            raise VecragError("an interrupted ingest with different settings is staged here ("
+                              + _describe_diff(old, json.loads(json.dumps(params))) + ")", path=stage,
+                              hint="rerun with exactly the same settings to finish it, or add --restart to "
+                                   "discard the staged work and start over with the new settings")
+        return False
+    created = not out.exists()
+    try:
+        stage.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(stage / PARAMS, params)
+    except OSError as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        _remove_if_empty(out, created)
+        raise fs_error(e, what="cannot create the bank folder (--out)") from e
+    return created
+
+
+def _remove_if_empty(out: Path, created: bool) -> None:
+    """Remove OUT when this ingest created it and nothing is in it (a failed first batch leaves no trace)."""
+    if created:
+        with contextlib.suppress(OSError):
+            out.rmdir()
 
 
 def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None, encoder: Any = None,
@@ -315,8 +360,12 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
         raise VecragError("no sources given", hint="vecrag ingest FILE... --out BANK")
     if dtype not in ("float16", "float32"):
         raise VecragError(f"dtype must be float16 or float32, got {dtype!r}", hint="--dtype float16")
-    if batch_chunks < 1 or (max_articles is not None and max_articles < 1):
-        raise VecragError("batch_chunks and max_articles must be positive")
+    if batch_chunks < 1:
+        raise VecragError(f"batch_chunks (--batch-chunks) must be positive, got {batch_chunks}",
+                          hint="--batch-chunks 512 (chunks per committed batch)")
+    if max_articles is not None and max_articles < 1:
+        raise VecragError(f"max_articles (--max-articles) must be positive, got {max_articles}",
+                          hint="give N >= 1, or drop --max-articles to read every article")
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
     lane_spec = parse_lane_spec(lanes)
     out = Path(out)
@@ -343,18 +392,7 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
               "encoder": enc_name, "device": dev, "dtype": dtype, "chunker": chunker.config_dict(),
               "max_articles": max_articles, "batch_chunks": int(batch_chunks), "batch_size": batch_size,
               "skip_bad_lines": bool(skip_bad_lines), "torch_threads": _torch_threads()}
-    if stage.exists() and (stage / PARAMS).exists():
-        import json
-
-        old = json.loads((stage / PARAMS).read_text(encoding="utf-8"))
-        if old != json.loads(json.dumps(params)):
-            raise VecragError("an interrupted ingest with different settings is staged here ("
-                              + _describe_diff(old, json.loads(json.dumps(params))) + ")", path=stage,
-                              hint="rerun with exactly the same settings to finish it, or add --restart to "
-                                   "discard the staged work and start over with the new settings")
-    else:
-        stage.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(stage / PARAMS, params)
+    created_out = _open_stage(out, stage, params)
     prog = Progress.load(stage / PROGRESS)
     try:
         enc = encoder if isinstance(encoder, Encoder) else load_encoder(enc_name, device=dev)
@@ -381,9 +419,13 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
             _assemble(stage, prog, enc, lane_spec, split_seed=split_seed, split_ratios=split_ratios,
                       dtype=dtype, sources=sources, fmt=fmt, chunker=chunker)
         install_bank(stage / ASSEMBLED, out)
-    except BaseException:
-        if prog.chunks == 0:
-            shutil.rmtree(stage, ignore_errors=True)  # no chunk committed, nothing to keep: leave OUT as it was
+    except BaseException as e:
+        if prog.chunks == 0:  # no chunk committed, nothing to keep: leave OUT as it was
+            shutil.rmtree(stage, ignore_errors=True)
+            _remove_if_empty(out, created_out)
+        if isinstance(e, OSError):
+            kept = f"; the {len(prog.batches)} committed batches are kept" if prog.chunks else ""
+            raise fs_error(e, what=f"the ingest stopped{kept}") from e
         raise
     shutil.rmtree(stage)
     return Bank.open(out)

@@ -10,14 +10,17 @@ HELP = "print a bank's summary: counts, encoder, dtype, split, lane histogram, i
 DESCRIPTION = """\
 Print what a bank holds: chunk and article counts, the encoder (name, dimension, pooling, normalisation),
 storage dtype, chunker settings, the article split, the lane histogram (articles per lane) and the index.
---verify also checks the file checksums and that every vector is finite and unit-norm.
+Every command checks a bank when it opens it: files present and shapes / row counts as the manifest says,
+and, once per change of the files (recorded in BANK/.verified.json), every vector finite and unit-norm, the
+tables consistent and the checksums equal. --verify re-reads every file now, even when a record says it passed.
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bank", metavar="BANK", help="bank directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--verify", action="store_true", help="check checksums and vectors (NaN, norms, dimension)")
+    p.add_argument("--verify", action="store_true",
+                   help="re-read every file: checksums, vectors (NaN, norms, dimension), table consistency")
 
 
 def format_info(info: dict) -> str:

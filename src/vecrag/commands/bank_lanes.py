@@ -29,10 +29,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vecrag.fsutil import fs_error
     from vecrag.lanes import relane_bank
     from vecrag.runtime import set_threads
 
     set_threads()
-    bank = relane_bank(args.bank, args.lanes, device=args.device, encoder=args.encoder)
+    try:
+        bank = relane_bank(args.bank, args.lanes, device=args.device, encoder=args.encoder)
+    except OSError as e:
+        raise fs_error(e, what="cannot write the new lanes into the bank (the bank is unchanged)",
+                       hint="make the bank's folder writable (or copy the bank somewhere writable, or free space) "
+                            "and rerun the command") from e
     print(json.dumps({"bank": str(bank.path), "lanes": bank.info()["lanes"]}))
     return 0

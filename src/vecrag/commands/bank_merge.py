@@ -19,8 +19,9 @@ offset = shift each bank's ids past the previous banks' (running-number ids: sha
 the whole corpus would give); auto = offset when an input numbered its articles by running number, else keep.
 A title found in two inputs is an error (overlapping shards, or a shard merged twice) unless
 --allow-duplicate-titles. The result is written to a temp directory beside --out and renamed into place:
-an interrupted merge leaves no half bank. An existing --out is refused unless --force. Run `vecrag index OUT`
-afterwards (the merged bank has no index).
+an interrupted merge leaves no half bank. An input that fails the bank checks (missing files, NaN or
+non-unit vectors, inconsistent tables, checksum mismatch) is refused. An existing --out is refused unless
+--force. Run `vecrag index OUT` afterwards (the merged bank has no index).
 
 Example: vecrag bank merge banks/shard-0 banks/shard-1 --out banks/wiki-full
 """
@@ -34,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", type=_ratios, default=None, metavar="TRAIN,VAL,TEST",
                    help="split ratios (default: the inputs' ratios, which must agree)")
     p.add_argument("--split-seed", type=int, default=None, help="split seed (default: the inputs' seed)")
-    p.add_argument("--verify", action="store_true", help="check the inputs' checksums and vectors first")
+    p.add_argument("--verify", action="store_true",
+                   help="re-read every input file (checksums, vectors) even when a record says it passed; inputs "
+                        "are always checked when they changed since their last check")
     p.add_argument("--force", action="store_true", help="replace an existing bank at --out")
 
 

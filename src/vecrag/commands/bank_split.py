@@ -26,8 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vecrag.bank import Bank
+    from vecrag.fsutil import fs_error
 
     bank = Bank.open(args.bank)
-    bank.resplit(args.seed, args.ratios)
+    try:
+        bank.resplit(args.seed, args.ratios)
+    except OSError as e:
+        raise fs_error(e, what="cannot write the new split into the bank (the bank is unchanged)",
+                       hint="make the bank's folder writable (or copy the bank somewhere writable, or free space) "
+                            "and rerun the command") from e
     print(json.dumps(bank.info()["split"]))
     return 0

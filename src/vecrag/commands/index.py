@@ -48,16 +48,23 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from vecrag.bank import Bank
-    from vecrag.index import ExactTorchIndex, build_index, recall_vs_exact
+    from vecrag.fsutil import fs_error, probe_writable
+    from vecrag.index import ExactTorchIndex, build_index, index_dir, recall_vs_exact
     from vecrag.runtime import report_openmp, set_threads
 
     set_threads(faiss_threads=args.threads)
     report_openmp()
     bank = Bank.open(args.bank)
     t = time.perf_counter()
-    idx = build_index(bank, args.type, nlist=args.nlist, nprobe=args.nprobe, m=args.m, nbits=args.nbits,
-                      refine=args.refine, ef_search=args.ef_search, on_disk=args.on_disk, device=args.device,
-                      threads=args.threads, progress=not args.quiet and sys.stderr.isatty())
+    try:
+        probe_writable(index_dir(bank))  # fail before a long build, not after it
+        idx = build_index(bank, args.type, nlist=args.nlist, nprobe=args.nprobe, m=args.m, nbits=args.nbits,
+                          refine=args.refine, ef_search=args.ef_search, on_disk=args.on_disk, device=args.device,
+                          threads=args.threads, progress=not args.quiet and sys.stderr.isatty())
+    except OSError as e:
+        raise fs_error(e, what="cannot save the index into the bank (the bank and any old index are unchanged)",
+                       hint="make the bank's folder writable (or copy the bank somewhere writable, or free space) "
+                            "and rerun the command") from e
     secs = time.perf_counter() - t
     rec = bank.manifest["index"]
     print(f"index     {rec['type']} over {rec['ntotal']:,} x {rec['dim']} vectors -> {bank.path / rec['file']}")

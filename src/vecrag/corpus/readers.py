@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vecrag.corpus.article import Article, ReadContext
 from vecrag.corpus.clean import BARE_HEADING_FORMATS, CleanConfig, clean_text
-from vecrag.corpus.formats import FORMATS, READERS, check_format, detect_format
+from vecrag.corpus.formats import FORMATS, READERS, check_forced_format, check_format, detect_format
 from vecrag.corpus.formats.hf import read_hf
 from vecrag.errors import VecragError
 
@@ -107,6 +107,8 @@ def _generate(items: list[str | Path], forced: str | None, ctx: ReadContext, cfg
             if name == "hf":
                 raise VecragError("--format hf applies to hf:NAME sources, not to files.", path=item,
                                   hint=f"name a file format instead ({', '.join(f for f in FORMATS if f != 'hf')}).")
+            if forced:
+                check_forced_format(item, forced)
             arts = READERS[name](item, ctx)
         ctx.count("files")
         file_cfg = cfg

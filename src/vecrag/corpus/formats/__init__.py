@@ -12,6 +12,9 @@ txt            ``.txt`` ``.md`` ``.markdown`` (one article per file)         for
 parquet        ``.parquet`` ``.pq``; magic ``PAR1``                          formats.parquet.read_parquet
 hf             a source written ``hf:NAME[:CONFIG][:SPLIT]``                 formats.hf.read_hf
 =============  ===========================================================  =============================
+
+A forced format (``--format``) is checked against the content: a file that plainly is another format (a JSON
+object line, ``<doc``, an XML header, Parquet magic, `` = Title = `` headings) is refused, naming that format.
 """
 
 from __future__ import annotations
@@ -76,6 +79,36 @@ def sniff_format(head: bytes) -> str | None:
     if any(_WIKITEXT_HEAD.match(ln) for ln in lines):
         return "wikitext"
     return None
+
+
+_JSON_OBJECT_START = re.compile(r"^\{\s*(\"|\})")
+_LOOKS_LIKE_WHY = {
+    "jsonl": "its first line is a JSON object",
+    "wikitext": "it has WikiText ' = Title = ' headings",
+    "wikiextractor": "it starts with a WikiExtractor <doc> tag",
+    "mediawiki": "it starts with an XML / <mediawiki> header",
+    "parquet": "it has the Parquet magic bytes",
+}
+
+
+def content_format(head: bytes) -> str | None:
+    """The format the content plainly is (``sniff_format``, with a JSONL guess only for a JSON object start)."""
+    looks = sniff_format(head)
+    if looks == "jsonl":
+        first = head.decode("utf-8", errors="replace").lstrip("\ufeff").lstrip()
+        if not _JSON_OBJECT_START.match(first):
+            return None
+    return looks
+
+
+def check_forced_format(path: Path, forced: str) -> None:
+    """Refuse a ``--format`` that the file's content contradicts (JSONL read as WikiText would become one
+    untitled article of raw JSON), naming the format the file looks like."""
+    looks = content_format(read_head(path))
+    if looks is not None and looks != forced:
+        raise VecragError(f"--format {forced} was given, but the file looks like {looks} "
+                          f"({_LOOKS_LIKE_WHY[looks]}).", path=path,
+                          hint=f"drop --format to detect the format, or pass --format {looks}.")
 
 
 def detect_format(path: Path) -> str:
