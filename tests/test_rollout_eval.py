@@ -129,7 +129,7 @@ def test_eval_generate_cli(bank, tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert json.loads((out / "generate_eval-test.json").read_text())["rows"].keys() == rows.keys()
     assert main(["eval", "generate", str(bank.path), "--lvm", "heuristic:ewma", "--retriever", "heuristic:last",
                  "--profile", "greedy", "--steps", "100"]) == 2
-    assert "no article with >= 103 chunks" in capsys.readouterr().err
+    assert "--prompt-chunks + --steps = 103 is more than the bank's longest article" in capsys.readouterr().err
 
 
 def test_a_pasted_passage_is_not_echoed(bank) -> None:

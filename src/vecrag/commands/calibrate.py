@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a deterministic subset of N steps (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset")
     p.add_argument("--min-context", type=int, default=1, help="steps need at least this many context chunks")
-    p.add_argument("--K", dest="K", type=int, default=500, help="tower shortlist size")
+    p.add_argument("--K", dest="K", type=int, default=500,
+                   help="tower shortlist size (at most 4096, clamped to the bank's size)")
     p.add_argument("--k", dest="k", type=int, default=10, help="final shortlist size")
     p.add_argument("--profiles", default=None, metavar="FILE.yaml",
                    help="decode profiles whose thresholds are printed (default: the shipped presets/decode.yaml)")
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     common.setup_runtime(args)
     bank = Bank.open(args.bank)
-    args.K = min(args.K, bank.n)  # a small bank: the shortlist is the whole bank
+    common.check_sizes(args, bank, K_default=500)  # a small bank: the shortlist is the whole bank
     if not 1 <= args.k <= args.K:
         raise VecragError(f"need 1 <= --k ({args.k}) <= --K ({args.K}); the bank has {bank.n} chunks")
     profiles = load_profiles(args.profiles)

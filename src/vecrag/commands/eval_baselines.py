@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from vecrag.commands.sizes import at_least, check_seed, clamp_context
+
 COMMAND = ("eval", "baselines")
 HELP = "measure the baselines every model must beat (last / mean / ewma / oracle, BM25, encoder on text)"
 DESCRIPTION = """\
@@ -36,7 +38,8 @@ def _ks(s: str) -> tuple[int, ...]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bank", metavar="BANK", help="bank directory")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="article split to evaluate")
-    p.add_argument("--context", type=int, default=10, help="context length L (previous chunks of the article)")
+    p.add_argument("--context", type=int, default=10,
+                   help="context length L (previous chunks of the article; clamped to the longest article)")
     p.add_argument("--max-queries", type=int, default=None, help="evaluate a deterministic subset of targets")
     p.add_argument("--ks", type=_ks, default=(1, 5, 10, 50, 100, 500, 1000), help="Recall@K cut-offs")
     p.add_argument("--include-context", action="store_true", help="keep the context's own ids in the results")
@@ -50,6 +53,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Sizes that need no bank (``--context`` is bounded by the bank's longest article once it is open)."""
+    at_least("--context", args.context, 1, hint="--context 10")
+    at_least("--max-queries", args.max_queries, 1, hint="leave it out to evaluate every target")
+    at_least("--bm25-last", args.bm25_last, 1, hint="--bm25-last 3")
+    check_seed("--seed", args.seed)
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
@@ -61,9 +72,11 @@ def run(args: argparse.Namespace) -> int:
     from vecrag.runtime import report_openmp, set_threads
     from vecrag.sequences import make_samples
 
+    check_arguments(args)
     set_threads()
     report_openmp()
     bank = Bank.open(args.bank)
+    args.context = clamp_context("--context", args.context, bank, default=10)
     samples = make_samples(bank, args.split, max_samples=args.max_queries, seed=args.seed)
     index = open_index(bank, backend=args.backend, device=args.device)
     t = time.perf_counter()

@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bank", metavar="BANK", help="bank directory")
     add_model_arguments(p, lvm_default=None, retriever_default=None)
     add_eval_arguments(p)
-    p.add_argument("--K", dest="K", type=int, default=500, help="tower shortlist size")
+    p.add_argument("--K", dest="K", type=int, default=500,
+                   help="tower shortlist size (at most 4096, clamped to the bank's size)")
     p.add_argument("--k", dest="k", type=int, default=10, help="final shortlist size")
     p.add_argument("--w-tower", type=float, default=1.0, help="fusion weight on the tower score")
     p.add_argument("--w-lvm", type=float, default=None,
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     common.setup_runtime(args)
     bank = Bank.open(args.bank)
+    common.check_sizes(args, bank, K_default=500)
     lvm, tower = common.load_predictors(bank, args)
     samples = common.eval_samples(bank, args)
     index = common.open_search(bank, args)

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     common.setup_runtime(args)
     bank = Bank.open(args.bank)
+    common.check_sizes(args, bank)
     profiles = load_profiles(args.profiles)
     lvm, tower = common.load_predictors(bank, args)
     setup = common.decoder_setup(bank, args, lvm, tower, profiles=profiles)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from vecrag.errors import VecragError
 
@@ -47,12 +48,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
 
 
-def _check(args: argparse.Namespace) -> None:
+def _check(args: argparse.Namespace, bank: Any) -> None:
+    """A rollout is read against an article's own chunks: P + S is bounded by the bank's longest article."""
+    from vecrag.commands.sizes import longest_article
+
     if args.P < 1 or args.S < 1:
         raise VecragError(f"--prompt-chunks and --steps must be >= 1, got {args.P} and {args.S}")
-    if args.P + args.S > 10_000:
-        raise VecragError(f"--prompt-chunks + --steps = {args.P + args.S} is beyond any article's length",
-                          hint="rollouts are read against an article's own chunks: use P + S <= 10000")
+    most = longest_article(bank)
+    if args.P + args.S > most:
+        raise VecragError(f"--prompt-chunks + --steps = {args.P + args.S} is more than the bank's longest article "
+                          f"({most} chunks)", path=bank.path,
+                          hint=f"use --prompt-chunks + --steps <= {most}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     common.setup_runtime(args)
     bank = Bank.open(args.bank)
-    _check(args)
+    _check(args, bank)
+    common.check_sizes(args, bank)
     lvm, tower = common.load_predictors(bank, args)
     starts = rollout_articles(bank, args.split, args.P, args.S, max_articles=args.max_articles, seed=args.seed)
     if not len(starts):

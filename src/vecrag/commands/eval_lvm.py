@@ -81,6 +81,33 @@ def format_report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Sizes that need no bank (``--horizon`` is bounded by the bank's articles once it is open)."""
+    from vecrag.commands.sizes import MAX_CONTRAST_BATCH, at_least, check_threads
+    from vecrag.errors import VecragError
+
+    at_least("--horizon", args.horizon, 0, hint="--horizon 5, or 0 for no rollout")
+    at_least("--max-queries", args.max_queries, 1, hint="leave it out to evaluate every target")
+    at_least("--contrast-batch", args.contrast_batch, 1, hint="--contrast-batch 256")
+    if args.contrast_batch > MAX_CONTRAST_BATCH:
+        raise VecragError(f"--contrast-batch {args.contrast_batch} is above the cap of {MAX_CONTRAST_BATCH} (memory "
+                          f"grows with its square)", hint="--contrast-batch 256")
+    at_least("--ridge-max-train", args.ridge_max_train, 1, hint="--ridge-max-train 200000, or --no-ridge")
+    args.threads = check_threads(args.threads)
+
+
+def check_horizon(horizon: int, bank: Any) -> None:
+    """A rollout of ``horizon`` steps needs a target (at position >= 1) followed by ``horizon - 1`` more chunks."""
+    from vecrag.commands.sizes import longest_article
+    from vecrag.errors import VecragError
+
+    most = longest_article(bank) - 1
+    if horizon > max(most, 0):
+        raise VecragError(f"--horizon {horizon} is longer than any article continues (the longest has "
+                          f"{most + 1} chunks: at most {max(most, 0)} steps after its first chunk)",
+                          path=bank.path, hint=f"--horizon {max(1, min(5, most))}" if most >= 1 else "--horizon 0")
+
+
 def run(args: argparse.Namespace) -> int:
     from vecrag.bank import Bank
     from vecrag.errors import VecragError
@@ -89,8 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from vecrag.runtime import pick_device, report_openmp, set_threads
     from vecrag.sequences import make_samples
 
-    if args.horizon < 0:
-        raise VecragError(f"--horizon must be >= 0, got {args.horizon}")
+    check_arguments(args)
     set_threads(args.threads)
     report_openmp()
     device = pick_device(args.device)
@@ -100,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     enc = getattr(model, "encoder", None) or {}
     if enc:
         bank.check_encoder(enc["name"], int(enc["dim"]))
+    check_horizon(args.horizon, bank)
     L = cfg.train.context
     samples = make_samples(bank, args.split, min_context=1, max_samples=args.max_queries, seed=0)
     if len(samples) == 0:

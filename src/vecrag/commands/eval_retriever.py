@@ -39,11 +39,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vecrag.bank import Bank
+    from vecrag.commands.sizes import at_least, check_seed
     from vecrag.eval.baselines import format_baselines
     from vecrag.eval.retriever_eval import evaluate_retriever, format_gap, format_misses
     from vecrag.fsutil import atomic_write_json, atomic_write_text, json_safe
     from vecrag.runtime import pick_device, report_openmp, set_threads
 
+    at_least("--max-queries", args.max_queries, 1, hint="leave it out to evaluate every target")
+    check_seed("--seed", args.seed)
     set_threads()
     report_openmp()
     device = pick_device(args.device)

@@ -8,6 +8,7 @@ import random
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from vecrag.errors import VecragError
 
@@ -39,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (chunked and embedded with the bank's encoder)")
     src.add_argument("--prompt-ids", metavar="ID,ID,...", help="start from these bank chunk ids instead")
-    p.add_argument("--steps", type=int, default=5, help="number of steps to generate")
+    p.add_argument("--steps", type=int, default=5,
+                   help="number of steps to generate (at most 10000, and without --allow-repeats the chunks "
+                        "the bank has beyond the prompt)")
     p.add_argument("--lane", default=None, help="context lane (must exist in the bank); default: inferred")
     p.add_argument("--seed", type=int, default=0, help="RNG seed (python, numpy, torch)")
     p.add_argument("--json", action="store_true", help="print one JSON document with every step")
@@ -68,6 +71,24 @@ def _seed(s: int) -> None:
     torch.manual_seed(s)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Sizes that need no bank: --steps within 1 .. MAX_GENERATE_STEPS, a seed numpy accepts."""
+    from vecrag.commands.sizes import MAX_GENERATE_STEPS, check_seed
+
+    if not 1 <= args.steps <= MAX_GENERATE_STEPS:
+        raise VecragError(f"--steps must be in 1..{MAX_GENERATE_STEPS}, got {args.steps}", hint="--steps 5")
+    check_seed("--seed", args.seed)
+
+
+def check_steps(args: argparse.Namespace, bank: Any, n_prompt_ids: int) -> None:
+    """Without --allow-repeats no chunk is shown twice (nor a prompt chunk): the bank bounds the steps."""
+    most = bank.n - n_prompt_ids
+    if not args.allow_repeats and args.steps > most:
+        raise VecragError(f"--steps {args.steps} is more than the bank can show without repeating a chunk ({bank.n} "
+                          f"chunks, {n_prompt_ids} in the prompt: at most {most} steps)", path=bank.path,
+                          hint=f"--steps {max(1, min(5, most))}, or --allow-repeats")
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -78,11 +99,11 @@ def run(args: argparse.Namespace) -> int:
     from vecrag.decode.profiles import check_lane, load_profiles
     from vecrag.fsutil import append_jsonl
 
-    if args.steps < 1:
-        raise VecragError(f"--steps must be >= 1, got {args.steps}")
+    check_arguments(args)
     common.setup_runtime(args)
     _seed(args.seed)
     bank = Bank.open(args.bank)
+    common.check_sizes(args, bank)
     profiles = load_profiles(args.profiles)
     bank_lanes = sorted({str(x) for x in bank.lanes if x})
     if args.lane:
@@ -97,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         chunks, how = common.split_prompt(bank, args.prompt)
         prompt_vecs = common.embed_prompt(bank, chunks, args.device)
+    check_steps(args, bank, len(ids or []))
     index = common.open_search(bank, args)
     cfg = setup.cascade
     dec = Decoder.for_bank(bank, index, lvm, tower, setup.policies, cfg, lane=args.lane, never_back=args.never_back,

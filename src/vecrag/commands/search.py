@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from vecrag.commands.sizes import clamp_count
 from vecrag.errors import VecragError
 
 COMMAND = ("search",)
@@ -21,7 +22,7 @@ Example: vecrag search banks/wiki-500 "the french revolution" -k 5
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bank", metavar="BANK", help="bank directory")
     p.add_argument("text", nargs="?", default=None, metavar="TEXT", help="query text")
-    p.add_argument("-k", type=int, default=10, help="number of results")
+    p.add_argument("-k", type=int, default=10, help="number of results (more than the bank holds: all of it)")
     p.add_argument("--id", type=int, default=None, help="search with this chunk's own vector instead of a text")
     p.add_argument("--json", action="store_true", help="print JSON (one object with a results list)")
     p.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch"],
@@ -52,12 +53,16 @@ def run(args: argparse.Namespace) -> int:
     from vecrag.bank import Bank
     from vecrag.runtime import set_threads
 
-    set_threads()
-    bank = Bank.open(args.bank)
     if args.k <= 0:
         raise VecragError(f"-k must be positive, got {args.k}", hint="-k 10")
     if (args.id is None) == (args.text is None):
         raise VecragError("give either a query TEXT or --id N (not both)", hint='vecrag search BANK "some text"')
+    if args.text is not None and not args.text.strip():
+        raise VecragError("the query text is empty (an empty text has no meaning to search for)",
+                          hint='vecrag search BANK "some text", or --id N to search with a chunk')
+    set_threads()
+    bank = Bank.open(args.bank)
+    args.k = clamp_count("-k", args.k, bank, what="showing all", default=10)
     if args.id is not None:
         if not 0 <= args.id < bank.n:
             raise VecragError(f"chunk id {args.id} is outside the bank (0..{bank.n - 1})", path=bank.path)

@@ -14,8 +14,10 @@ own order. Candidates with id -1 (FAISS padding) never rank.
 
 **Fallback guard** (:class:`GuardedSearch`): the index is searched in ONE dedicated worker thread that owns
 it (so a FAISS GPU index, which is not thread-safe, is never searched from two threads). The caller waits at
-most ``timeout_ms`` (default 50 ms). A search that raises, overruns the wait, or returns no valid id
-(all -1) yields no shortlist: the caller's decision is NOVEL and the event is counted by reason
+most ``timeout_ms`` (default 50 ms), and the deadline covers the whole call (waiting for a previous search,
+the search itself, collecting its result): a search that finishes after it is a timeout too, whether or not
+the wait noticed. A search that raises, overruns the deadline, or returns no valid id (all -1) yields no
+shortlist: the caller's decision is NOVEL and the event is counted by reason
 (``error`` / ``timeout`` / ``empty``). A timed-out search keeps running in the worker; while it does, at most
 one new request waits behind it (the same bounded wait), so nothing queues up without bound. With
 ``timeout_ms=None`` the search runs inline in the caller (evaluation), still guarded against errors.
@@ -86,7 +88,7 @@ class GuardedSearch:
                 deadline = time.perf_counter() + self.timeout_s
                 if self._inflight is not None and not self._inflight.done():
                     try:  # a timed-out search still owns the worker: wait for it within the same budget
-                        self._inflight.exception(timeout=self.timeout_s)
+                        self._inflight.exception(timeout=max(0.0, deadline - time.perf_counter()))
                     except cf.TimeoutError:
                         return self._fail("timeout", n, k, "previous search still running")
                 fut = self._pool.submit(self.index.search, queries, k)
@@ -94,7 +96,9 @@ class GuardedSearch:
                 try:
                     scores, ids = fut.result(timeout=max(0.0, deadline - time.perf_counter()))
                 except cf.TimeoutError:
-                    return self._fail("timeout", n, k, f"search exceeded {1000 * self.timeout_s:.0f} ms")
+                    return self._fail("timeout", n, k, f"search exceeded {1000 * self.timeout_s:g} ms")
+                if time.perf_counter() > deadline:  # done, but after the deadline: the whole call is timed
+                    return self._fail("timeout", n, k, f"search finished after {1000 * self.timeout_s:g} ms")
             scores = np.asarray(scores, np.float32)
             ids = np.asarray(ids, np.int64)
             if ids.shape != (n, ids.shape[1]) or scores.shape != ids.shape:

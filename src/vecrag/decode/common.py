@@ -49,7 +49,7 @@ def add_cascade_arguments(p: argparse.ArgumentParser, *, timeout_default: float 
     p.add_argument("--calibration", default=None, metavar="FILE.json",
                    help="calibration file (default: the one `vecrag calibrate` wrote for this LVM and retriever)")
     p.add_argument("--K", dest="K", type=int, default=None,
-                   help="tower shortlist size (default: the profile's K)")
+                   help="tower shortlist size (default: the profile's K; at most 4096, clamped to the bank's size)")
     p.add_argument("--k", dest="k", type=int, default=10, help="final shortlist size after re-ranking")
     p.add_argument("--w-tower", type=float, default=1.0, help="fusion weight on the tower score")
     p.add_argument("--w-lvm", type=float, default=None,
@@ -140,6 +140,7 @@ def decoder_setup(bank: Any, args: argparse.Namespace, lvm: Any, tower: Any, *, 
     from vecrag.decode.calibration import calibrated_feedback
 
     feedback = calibrated_feedback(cal, getattr(args, "feedback", None))
+    _check_profile_shortlists(policies, args)
     return DecoderSetup(profile, policies, cascade_config(args, policies.default.K, cal), feedback,
                         (cal or {}).get("path"))
 
@@ -185,10 +186,43 @@ def prompt_embedder(bank: Any, device: str = "cpu") -> Any:
 
 
 def setup_runtime(args: argparse.Namespace) -> None:
+    from vecrag.commands.sizes import check_threads
     from vecrag.runtime import report_openmp, set_threads
 
+    args.threads = check_threads(args.threads)
     set_threads(args.threads, args.threads)
     report_openmp()
+
+
+def check_sizes(args: argparse.Namespace, bank: Any, *, K_default: int | None = None) -> None:
+    """Bound every size typed to generate / eval cascade / eval decode / eval generate / calibrate by what ``bank``
+    can give or a documented cap (the rules: :mod:`vecrag.commands.sizes`); clamped values are set in ``args``."""
+    from vecrag.commands import sizes
+
+    if args.context_len is not None:
+        args.context_len = sizes.clamp_context("--context-len", args.context_len, bank)
+    sizes.at_least("--nprobe", args.nprobe, 1)
+    if args.K is not None:
+        args.K = sizes.check_shortlist("--K", args.K, bank, default=K_default)
+    args.k = sizes.clamp_count("--k", args.k, bank, default=10)
+    for flag in ("--max-samples", "--max-articles"):
+        sizes.at_least(flag, getattr(args, flag[2:].replace("-", "_"), None), 0, hint=f"{flag} 0 (= all)")
+    sizes.at_least("--min-context", getattr(args, "min_context", None), 1)
+    sizes.check_seed("--seed", getattr(args, "seed", None))
+    for flag in ("--w-tower", "--w-lvm", "--lane-lambda", "--w-topic"):
+        sizes.check_finite(flag, getattr(args, flag[2:].replace("-", "_"), None))
+    sizes.check_finite("--timeout-ms", getattr(args, "timeout_ms", None), low=0.0, high=sizes.MAX_TIMEOUT_MS)
+
+
+def _check_profile_shortlists(policies: Any, args: argparse.Namespace) -> None:
+    """A profiles file's K (not typed, so not clamped) is held to the same cap as --K."""
+    from vecrag.commands.sizes import MAX_SHORTLIST
+
+    for lane, p in [("", policies.default), *sorted(policies.by_lane.items())]:
+        if not 1 <= int(p.K) <= MAX_SHORTLIST and not args.K:
+            raise VecragError(f"profile {policies.profile!r}{f' (lane {lane})' if lane else ''}: K={p.K} is outside "
+                              f"1..{MAX_SHORTLIST}", path=getattr(args, "profiles", None),
+                              hint="set K in the profiles file within it, or pass --K 500")
 
 
 def open_search(bank: Any, args: argparse.Namespace) -> Any:

@@ -37,6 +37,7 @@ from vecrag.sequences import Samples, gather_context
 log = logging.getLogger(__name__)
 
 EWMA_ALPHAS = (0.5, 0.1, 0.05)
+ROW_BUDGET = 1 << 23  # values per batch in a [rows, depth] result or [rows, L * D] context matrix (~32-64 MB)
 BM25_DIR = "bm25"
 BM25_STOPWORDS = "en"
 
@@ -54,15 +55,33 @@ def retrieve_ranks(index: Any, queries: np.ndarray, samples: Samples, L: int, k:
     if queries.shape[0] != n:
         raise ValueError(f"{queries.shape[0]} queries for {n} samples")
     ranks = np.full(n, -1, dtype=np.int64)
-    kk = k if include_context else k + L
-    for s in range(0, n, batch):
-        sl = slice(s, min(n, s + batch))
+    kk = search_depth(k if include_context else k + L, getattr(index, "ntotal", 0) or (bank.n if bank else 0))
+    step = batch_rows(batch, kk)
+    for s in range(0, n, step):
+        sl = slice(s, min(n, s + step))
         _, ids = index.search(np.ascontiguousarray(queries[sl], dtype=np.float32), kk)
         if on_ids is not None:
             on_ids(sl, ids)
-        ctx = None if include_context else samples.context_ids(L, sl)
-        ranks[sl] = first_hit_rank(ids, samples.target[sl], ctx_ids=ctx, text_group=tg)
+        ranks[sl] = first_hit_rank(ids, samples.target[sl], text_group=tg,
+                                   start=None if include_context else context_start(samples, L, sl))
     return ranks
+
+
+def search_depth(k: int, n: int) -> int:
+    """``k`` results, but never deeper than the ``n`` vectors searched (deeper results are only padding)."""
+    return min(k, n) if n > 0 else k
+
+
+def batch_rows(batch: int, per_row: int, budget: int = ROW_BUDGET) -> int:
+    """Rows per batch so that ``rows x per_row`` stays within ``budget`` values (at most ``batch``, at least 1)."""
+    return max(1, min(batch, budget // max(1, per_row)))
+
+
+def context_start(samples: Samples, L: int, rows: slice | None = None) -> np.ndarray:
+    """First chunk id of each sample's ``L``-chunk context: the context is the ids ``start .. target - 1`` (an
+    article's chunks are consecutive), so the hit rules drop it as a range, in memory ``O(k)`` not ``O(k L)``."""
+    sub = samples if rows is None else samples.subset(rows)
+    return np.maximum(sub.start, sub.target - L)
 
 
 def context_texts(bank: Bank, samples: Samples, last: int) -> list[str]:
@@ -126,8 +145,8 @@ class BM25Search:
 
 def _text_ranks(ids: np.ndarray, samples: Samples, L: int, include_context: bool, text_hits: bool,
                 bank: Bank) -> np.ndarray:
-    ctx = None if include_context else samples.context_ids(L)
-    return first_hit_rank(ids, samples.target, ctx_ids=ctx, text_group=bank.text_group if text_hits else None)
+    return first_hit_rank(ids, samples.target, text_group=bank.text_group if text_hits else None,
+                          start=None if include_context else context_start(samples, L))
 
 
 def _shifted(hook: Callable[[slice, np.ndarray], None], start: int) -> Callable[[slice, np.ndarray], None]:
@@ -164,8 +183,9 @@ def run_baselines(bank: Bank, samples: Samples, L: int, ks: tuple[int, ...] = DE
     ranks = {m: np.full(len(samples), -1, dtype=np.int64) for m in methods}
     elapsed = dict.fromkeys(methods, 0.0)
     n = len(samples)
-    for s in tqdm(range(0, n, batch), desc="baselines", unit="batch", disable=not progress, leave=False):
-        sl = slice(s, min(n, s + batch))
+    step = batch_rows(batch, L * bank.dim)  # the [rows, L, D] context of a batch stays within the budget
+    for s in tqdm(range(0, n, step), desc="baselines", unit="batch", disable=not progress, leave=False):
+        sl = slice(s, min(n, s + step))
         sub = samples.subset(sl)
         ctx, mask = gather_context(bank.vectors, sub.context_ids(L))
         for m in methods:
@@ -192,12 +212,14 @@ def _text_rows(bank: Bank, samples: Samples, L: int, ks: tuple[int, ...], index:
                text_hits: bool, last: int, encoder: Any, batch: int, progress: bool) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     last = max(1, min(last, L))
-    kk = ks[-1] if include_context else ks[-1] + L
+    kk = search_depth(ks[-1] if include_context else ks[-1] + L, bank.n)
     texts = context_texts(bank, samples, last)
     t = time.perf_counter()
     bm25 = BM25Search(bank, progress=progress)
-    ids = np.concatenate([bm25.search(texts[s:s + batch], kk) for s in range(0, len(texts), batch)])
-    rows[f"bm25-last{last}"] = {**recall_table(_text_ranks(ids, samples, L, include_context, text_hits, bank), ks),
+    step = batch_rows(batch, kk)
+    ranks = [_text_ranks(bm25.search(texts[s:s + step], kk), samples.subset(slice(s, s + step)), L,
+                         include_context, text_hits, bank) for s in range(0, len(texts), step)]
+    rows[f"bm25-last{last}"] = {**recall_table(np.concatenate(ranks) if ranks else np.zeros(0, np.int64), ks),
                                 "elapsed_s": round(time.perf_counter() - t, 3)}
     name = f"encoder-text-last{last}"
     t = time.perf_counter()

@@ -16,7 +16,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -35,6 +34,7 @@ from vecrag.serve.schemas import (
     SearchRequest,
     SearchResponse,
     check_dim,
+    unit_vectors,
 )
 from vecrag.serve.state import Busy, ServeState, load_state
 
@@ -103,8 +103,7 @@ def create_app(bank_path: str | Path, lvm: str | Path | None = None, retriever: 
         t0 = time.perf_counter()
         if req.vectors is not None:
             _dim_errors(check_dim(req.vectors, st.bank.dim))
-            q = np.asarray(req.vectors, dtype=np.float32)
-            q /= np.linalg.norm(q, axis=1, keepdims=True)
+            q = unit_vectors(req.vectors)
             results = await st.batcher.search(vectors=q, k=req.k)
         else:
             if st.encoder is None:

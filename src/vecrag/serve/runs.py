@@ -45,15 +45,20 @@ class RunInfo:
     base: Path  # resolved directory the run must stay under
 
     def summary(self) -> dict[str, Any]:
+        """What the run list shows. A log.jsonl or metrics/ that is a link leading outside the run's base is
+        treated as absent: not even its size or time is reported (they would describe a file the server may not
+        show)."""
         log = self.path / LOG
         mdir = self.path / METRICS
+        has_log = log.is_file() and _inside(log, self.base)
+        has_mdir = mdir.is_dir() and _inside(mdir, self.base)
         return {
             "name": self.name,
-            "has_log": log.is_file(),
-            "log_bytes": log.stat().st_size if log.is_file() else 0,
-            "modified": max((p.stat().st_mtime for p in (log, mdir) if p.exists()), default=0.0),
+            "has_log": has_log,
+            "log_bytes": log.stat().st_size if has_log else 0,
+            "modified": max((p.stat().st_mtime for p, ok in ((log, has_log), (mdir, has_mdir)) if ok), default=0.0),
             "metrics": sorted(p.name for p in mdir.glob("*.json") if FILE_RE.match(p.name)
-                              and _inside(p, self.base)) if mdir.is_dir() else [],
+                              and _inside(p, self.base)) if has_mdir else [],
         }
 
 

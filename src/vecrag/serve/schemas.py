@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints, model_validator
 
 MAX_TEXT_CHARS = 4000
@@ -108,13 +109,31 @@ class GenerateResponse(BaseModel):
 
 
 def check_dim(vectors: list[list[float]], dim: int, field: str = "vectors") -> list[dict[str, Any]]:
-    """422-style error entries for vectors whose length is not the bank dimension or that are all zeros."""
+    """422-style error entries for vectors that are not the bank dimension, or that cannot be searched with:
+    a value beyond float32's range (the bank and index are float32; such a vector's norm overflows) or all zeros
+    (also after the conversion to float32: nothing to normalise)."""
     errs = []
     for i, v in enumerate(vectors):
-        if len(v) != dim:
-            errs.append({"type": "value_error", "loc": ["body", field, i],
-                         "msg": f"vector has {len(v)} values, the bank's vectors have {dim}", "input": len(v)})
-        elif not any(v):
-            errs.append({"type": "value_error", "loc": ["body", field, i], "msg": "vector is all zeros",
-                         "input": None})
+        msg = _vector_problem(v, dim)
+        if msg:
+            errs.append({"type": "value_error", "loc": ["body", field, i], "msg": msg,
+                         "input": len(v) if len(v) != dim else None})
     return errs
+
+
+def _vector_problem(v: list[float], dim: int) -> str:
+    if len(v) != dim:
+        return f"vector has {len(v)} values, the bank's vectors have {dim}"
+    with np.errstate(over="ignore", under="ignore"):
+        x = np.asarray(v, dtype=np.float32)
+    if not np.isfinite(x).all():
+        return f"vector has values beyond float32's range (|x| <= {float(np.finfo(np.float32).max):.3g})"
+    if not x.any():
+        return "vector is all zeros" + ("" if not any(v) else " in float32 (every value is below its smallest)")
+    return ""  # finite and not all zero in float32: its float64 norm is positive and finite (unit_vectors)
+
+
+def unit_vectors(vectors: list[list[float]]) -> np.ndarray:
+    """float32 [n, D] unit rows of vectors that passed :func:`check_dim` (normalised in float64: no overflow)."""
+    x = np.asarray(vectors, dtype=np.float32).astype(np.float64)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
