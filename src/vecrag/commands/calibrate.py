@@ -10,13 +10,15 @@ COMMAND = ("calibrate",)
 HELP = "measure SNAP precision and the cascade's fusion weights on VAL; the calibrated profiles read them"
 DESCRIPTION = """\
 The profiles conservative / neutral / creative state an intent (the SNAP precision to expect, the share of
-steps left NOVEL), not cosines, so that they mean the same on any encoder. This command measures, on the
-VAL articles against the full bank: the cascade's fusion weights (w_lvm, lane bonus) on a grid that holds the
-first stage alone, so the chosen cascade is never below it on VAL; then, with that cascade, every step's
-cosine c between the LVM's prediction and its candidate, and whether the candidate is the true next chunk.
-It writes calibration.json into the LVM's run directory (else the retriever's; for two heuristics into
-BANK/eval/), where `vecrag generate`, `eval decode`, `eval generate`, `eval cascade` and `serve` find it.
-
+steps left NOVEL), not cosines, so that they mean the same on any encoder. This command measures, on the VAL
+articles against the full bank: (1) the cascade's fusion weights (w_lvm, lane bonus) on a grid that holds the
+first stage alone, taking a point only when its paired gain in Hit@10 exceeds 1.96 standard errors, so the
+chosen cascade is never below its first stage on VAL; (2) with that cascade, every step's cosine c between the
+LVM's prediction and its candidate, the cascade's score margin, and whether the candidate is the true next
+chunk, and the weight w of the margin in the bands' value x = c + w * margin that best ranks correct
+candidates; (3) rollouts from VAL prompts at a few (topic weight, feedback) settings. It writes
+calibration.json into the LVM's run directory (else the retriever's; for two heuristics into BANK/eval/),
+where `vecrag generate`, `eval decode`, `eval generate`, `eval cascade` and `serve` find it.
 Example: vecrag calibrate banks/wiki-300 --lvm runs/lvm --retriever runs/retriever
 """
 
