@@ -37,3 +37,16 @@ if os.environ["OMP_WAIT_POLICY"].upper() == "PASSIVE":
 
 # Modules whose OpenMP runtime was already initialised before we could set the policy.
 LATE_OMP_MODULES = sorted(m for m in ("numpy", "torch", "faiss") if m in sys.modules)
+
+# The public API (docs/api.md), imported on first use so that `import vecrag` stays light.
+_API = {"Bank": "vecrag.bank", "Hit": "vecrag.api", "LVM": "vecrag.api", "Retriever": "vecrag.api",
+        "Generator": "vecrag.api", "search": "vecrag.api", "VecragError": "vecrag.errors"}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> object:
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'vecrag' has no attribute {name!r}")

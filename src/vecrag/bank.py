@@ -197,6 +197,22 @@ class Bank:
         self.vectors = vectors
 
     @classmethod
+    def build(cls, sources: Any, out: str | Path, *, encoder: Any = None, **options: Any) -> Bank:
+        """Ingest ``sources`` (files, folders, globs) into a bank at ``out``, as `vecrag ingest` does; ``options``
+        are its keyword arguments (fmt, max_articles, lanes, dtype, split_seed, split_ratios, device, progress,
+        overwrite, ...: see :func:`vecrag.ingest.ingest`). Resumable: call it again after an interruption."""
+        from vecrag.ingest import ingest
+
+        return ingest(sources, out, encoder=encoder, **options)
+
+    def search(self, query: Any, k: int = 10, *, device: str = "cpu", backend: str = "auto") -> list[Any]:
+        """Top-``k`` chunks for a text, a list of texts, or query vectors: one list of
+        :class:`vecrag.api.Hit` per query, best first (:func:`vecrag.api.search`)."""
+        from vecrag.api import search
+
+        return search(self, query, k, device=device, backend=backend)
+
+    @classmethod
     def open(cls, path: str | Path, *, check: bool = True, verify: bool = False) -> Bank:
         """Open the bank at ``path`` after checking it (see ``vecrag.bankcheck``).
 

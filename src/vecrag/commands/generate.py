@@ -92,9 +92,10 @@ def check_steps(args: argparse.Namespace, bank: Any, n_prompt_ids: int) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from vecrag.api import Generator
     from vecrag.bank import Bank
     from vecrag.decode import common
-    from vecrag.decode.generate import Decoder, continuation
+    from vecrag.decode.generate import continuation
     from vecrag.decode.inverter import load_inverter
     from vecrag.decode.profiles import check_lane, load_profiles
     from vecrag.fsutil import append_jsonl
@@ -109,8 +110,6 @@ def run(args: argparse.Namespace) -> int:
     if args.lane:
         check_lane(args.lane, bank_lanes, profiles)
     inverter = load_inverter(args.inverter, bank.encoder)
-    lvm, tower = common.load_predictors(bank, args)
-    setup = common.decoder_setup(bank, args, lvm, tower, profiles=profiles)
     ids: list[int] | None = None
     if args.prompt_ids:
         ids = common.parse_ids(bank, args.prompt_ids)
@@ -119,11 +118,9 @@ def run(args: argparse.Namespace) -> int:
         chunks, how = common.split_prompt(bank, args.prompt)
         prompt_vecs = common.embed_prompt(bank, chunks, args.device)
     check_steps(args, bank, len(ids or []))
-    index = common.open_search(bank, args)
+    gen = Generator.from_args(bank, args, profiles=profiles, inverter=inverter)  # the library's generator
+    lvm, tower, setup, dec = gen.lvm, gen.tower, gen.setup, gen.decoder
     cfg = setup.cascade
-    dec = Decoder.for_bank(bank, index, lvm, tower, setup.policies, cfg, lane=args.lane, never_back=args.never_back,
-                           inverter=inverter, K=args.K, exclude_context=not args.keep_context_ids,
-                           no_repeat=not args.allow_repeats, feedback=setup.feedback)
     tele = Path(args.telemetry) if args.telemetry else None
     if tele:
         tele.parent.mkdir(parents=True, exist_ok=True)
