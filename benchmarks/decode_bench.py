@@ -18,9 +18,11 @@ import argparse
 import gc
 import time
 
-import numpy as np
+import vecrag
 
-import vecrag  # noqa: F401  (sets OMP_WAIT_POLICY before numpy/torch/faiss load their OpenMP)
+vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torch/faiss load their OpenMP
+
+import numpy as np  # noqa: E402
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int, block: int = 100_000) -> np.ndarray:

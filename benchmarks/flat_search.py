@@ -14,11 +14,14 @@ import argparse
 import statistics
 import time
 
-import numpy as np
-import torch
+import vecrag
 
-import vecrag  # noqa: F401  (OMP_WAIT_POLICY before faiss starts its threads)
-from vecrag.runtime import set_threads
+vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torch/faiss load their OpenMP
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from vecrag.runtime import set_threads  # noqa: E402
 
 
 def main() -> int:

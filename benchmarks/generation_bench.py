@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 
-import vecrag  # noqa: F401  (sets OMP_WAIT_POLICY before numpy/torch/faiss load their OpenMP)
+import vecrag
+
+vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torch/faiss load their OpenMP
 
 
 def main() -> None:

@@ -16,9 +16,11 @@ import platform
 import sys
 import time
 
-import numpy as np
+import vecrag
 
-import vecrag  # noqa: F401  (OMP_WAIT_POLICY before numpy/torch/faiss initialise)
+vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torch/faiss load their OpenMP
+
+import numpy as np  # noqa: E402
 
 
 def make_data(n: int, dim: int, kind: str, seed: int) -> np.ndarray:

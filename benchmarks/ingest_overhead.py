@@ -15,12 +15,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import vecrag
 
-import vecrag  # noqa: F401  (environment before torch/faiss load)
-from vecrag.bank import EncoderInfo
-from vecrag.encode import Encoder
-from vecrag.ingest import ingest
+vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torch/faiss load their OpenMP
+
+import numpy as np  # noqa: E402
+
+from vecrag.bank import EncoderInfo  # noqa: E402
+from vecrag.encode import Encoder  # noqa: E402
+from vecrag.ingest import ingest  # noqa: E402
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared/data/enwiki2015/part-01.jsonl.xz"
 

@@ -14,13 +14,16 @@ import argparse
 import statistics
 import time
 
-import torch
-import torch.nn.functional as F
+import vecrag
 
-import vecrag  # noqa: F401  (OMP_WAIT_POLICY before torch threads start)
-from vecrag.models.lvm import LVM, LVM_KINDS, LVMModelConfig
-from vecrag.runtime import set_threads
-from vecrag.train.lvm_task import LVMLossConfig, lvm_loss
+vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torch/faiss load their OpenMP
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from vecrag.models.lvm import LVM, LVM_KINDS, LVMModelConfig  # noqa: E402
+from vecrag.runtime import set_threads  # noqa: E402
+from vecrag.train.lvm_task import LVMLossConfig, lvm_loss  # noqa: E402
 
 
 def sync(device: str) -> None:

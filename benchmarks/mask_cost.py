@@ -13,10 +13,13 @@ import argparse
 import sys
 import time
 
-import numpy as np
+import vecrag
 
-import vecrag  # noqa: F401  (OMP_WAIT_POLICY before numpy-heavy work)
-from vecrag.train.losses import ChunkMeta, NegativeMasker
+vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torch/faiss load their OpenMP
+
+import numpy as np  # noqa: E402
+
+from vecrag.train.losses import ChunkMeta, NegativeMasker  # noqa: E402
 
 
 def main() -> int:

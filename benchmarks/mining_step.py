@@ -23,17 +23,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+import vecrag
 
-import vecrag  # noqa: F401  (OMP_WAIT_POLICY before torch/faiss start threads)
-from vecrag.bank import Bank
-from vecrag.index import ExactTorchIndex
-from vecrag.models.towers import QueryTower, TowerConfig
-from vecrag.sequences import make_samples
-from vecrag.train.curriculum import FilterConfig, Phase
-from vecrag.train.losses import ChunkMeta, NegativeMasker
-from vecrag.train.miners import MiningCore
+vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torch/faiss load their OpenMP
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from vecrag.bank import Bank  # noqa: E402
+from vecrag.index import ExactTorchIndex  # noqa: E402
+from vecrag.models.towers import QueryTower, TowerConfig  # noqa: E402
+from vecrag.sequences import make_samples  # noqa: E402
+from vecrag.train.curriculum import FilterConfig, Phase  # noqa: E402
+from vecrag.train.losses import ChunkMeta, NegativeMasker  # noqa: E402
+from vecrag.train.miners import MiningCore  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_retriever import random_bank  # noqa: E402

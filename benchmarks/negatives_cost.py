@@ -26,7 +26,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
+import vecrag
+
+vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torch/faiss load their OpenMP
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_retriever import measure, random_bank  # noqa: E402

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-import torch
+import vecrag
 
-from vecrag.bank import Bank
-from vecrag.eval.retriever_eval import load_retriever, tower_queries
-from vecrag.index import open_index
-from vecrag.sequences import gather_context, make_samples
+vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torch/faiss load their OpenMP
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from vecrag.bank import Bank  # noqa: E402
+from vecrag.eval.retriever_eval import load_retriever, tower_queries  # noqa: E402
+from vecrag.index import open_index  # noqa: E402
+from vecrag.sequences import gather_context, make_samples  # noqa: E402
 
 
 def candidates(bank, model, L, split, k, max_samples, min_context):

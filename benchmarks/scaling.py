@@ -38,9 +38,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np  # noqa: E402
+import vecrag
 
-import vecrag  # noqa: E402,F401  (OMP_WAIT_POLICY + GOMP_SPINCOUNT before torch/faiss load)
+vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torch/faiss load their OpenMP
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 T0 = time.perf_counter()

@@ -17,7 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
+import vecrag
+
+vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torch/faiss load their OpenMP
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_retriever import random_bank  # noqa: E402

@@ -12,10 +12,13 @@ import statistics
 import time
 from functools import partial
 
-import torch
+import vecrag
 
-import vecrag  # noqa: F401  (OMP_WAIT_POLICY before torch starts threads)
-from vecrag.topk import block_topk, fast_topk
+vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torch/faiss load their OpenMP
+
+import torch  # noqa: E402
+
+from vecrag.topk import block_topk, fast_topk  # noqa: E402
 
 
 def timed(fn, reps: int, device: str) -> float:

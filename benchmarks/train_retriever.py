@@ -21,9 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import vecrag
+
+vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torch/faiss load their OpenMP
+
 import numpy as np  # noqa: E402
 
-import vecrag  # noqa: E402,F401  (OMP_WAIT_POLICY + GOMP_SPINCOUNT before torch/faiss load)
 from vecrag.bank import EncoderInfo, write_bank  # noqa: E402
 
 

@@ -6,12 +6,21 @@ to the previous one (adjacent cosine ~0.5-0.6, random pairs ~0), like real text 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import numpy as np
-import pytest
+import vecrag
 
-import vecrag  # noqa: F401  (OMP_WAIT_POLICY, GOMP_SPINCOUNT, HF_HUB_OFFLINE before torch/faiss load)
+# The `vecrag` command's process set-up (OMP_WAIT_POLICY + GOMP_SPINCOUNT, ...), before numpy/torch/faiss load
+# their OpenMP runtimes: `import vecrag` alone sets nothing (tests/test_runtime.py).
+vecrag.configure_runtime()
+# Tests never use the network (the Makefile exports the same): a hub name then fails at once instead of after
+# huggingface_hub's retries (75 s with no network). Tests of the online default run in their own subprocess.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
 from vecrag.bank import Bank, EncoderInfo, write_bank  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

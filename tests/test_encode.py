@@ -1,6 +1,12 @@
-"""The default encoder: offline load, shape, unit norms, determinism, recorded info, missing-model error."""
+"""The default encoder: load without the hub, shape, unit norms, determinism, recorded info, missing-model error."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,3 +56,37 @@ def test_missing_model_says_what_to_do(tmp_path):
     f.write_bytes(b"\x00")
     with pytest.raises(VecragError, match="not a model directory"):
         load_encoder(str(f), device="cpu")
+
+
+# The default encoder in a fresh process with the hub online (no HF_HUB_OFFLINE) and no network: every socket
+# connection or name look-up is refused and recorded, and the proxies / hub endpoint point at a closed port.
+_NO_NETWORK = """
+import json, os, socket
+tried = []
+def refuse(*args, **kwargs):
+    tried.append(repr(args[1:])[:100])
+    raise OSError("network blocked by the test")
+socket.socket.connect = refuse
+socket.getaddrinfo = refuse
+from vecrag.encode import load_encoder
+enc = load_encoder(device="cpu")
+import huggingface_hub.constants as hub
+vecrag_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+print(json.dumps({"tried": tried, "hub_offline": hub.HF_HUB_OFFLINE, "env": vecrag_env,
+                  "name": enc.info.name, "shape": list(enc.encode(["a sentence"]).shape)}))
+"""
+
+
+def test_default_encoder_loads_with_the_hub_online_and_no_network():
+    """Issue 26: the bundled default loads from its folder (local_files_only) without asking the hub, and nothing
+    puts the hub offline for the rest of the process."""
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(PYTHONPATH=str(root / "src"), HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
+               HF_ENDPOINT="http://127.0.0.1:9")
+    p = subprocess.run([sys.executable, "-c", _NO_NETWORK], env=env, capture_output=True, text=True, timeout=90)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads(p.stdout.splitlines()[-1])
+    assert got["tried"] == []  # not one connection attempt
+    assert got["hub_offline"] is False and got["env"] == {"HF_HUB_OFFLINE": None, "TRANSFORMERS_OFFLINE": None}
+    assert (got["name"], got["shape"]) == ("all-MiniLM-L6-v2", [1, 384])

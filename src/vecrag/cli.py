@@ -20,8 +20,13 @@ import traceback
 from collections.abc import Iterator
 from types import FrameType, ModuleType
 
-import vecrag  # noqa: F401  (sets OMP_WAIT_POLICY etc. before numpy/torch/faiss load)
+import vecrag
 from vecrag.errors import VecragError
+
+# The process set-up (OMP_WAIT_POLICY=PASSIVE + GOMP_SPINCOUNT, tokenizer parallelism, JAX preallocation) before
+# anything imports numpy, torch or faiss: their OpenMP runtimes read it once, when they load. The command modules
+# import those inside ``run``; ``main`` calls it again (a no-op then) for callers that imported this module late.
+vecrag.configure_runtime()
 
 GROUP_HELP = {
     "bank": "inspect, import, merge and re-split banks",
@@ -140,6 +145,7 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    vecrag.configure_runtime()  # before build_parser imports the command modules (and anything heavy)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

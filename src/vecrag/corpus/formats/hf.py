@@ -1,7 +1,8 @@
 """Hugging Face datasets: ``hf:NAME[:CONFIG][:SPLIT]`` streamed with ``datasets.load_dataset``.
 
-Needs the optional dependency (``pip install 'vecrag[hf]'``) and a network; vecrag sets
-``HF_HUB_OFFLINE=1`` by default, so set ``HF_HUB_OFFLINE=0`` to allow downloads. Rows need ``text``;
+Needs the optional dependency (``pip install 'vecrag[hf]'``) and a network, with the hub online (vecrag leaves
+``HF_HUB_OFFLINE`` as the user set it; the Makefile and scripts/demo.sh export ``HF_HUB_OFFLINE=1``, so set
+``HF_HUB_OFFLINE=0`` there to allow downloads). Rows need ``text``;
 ``title``, ``lane`` and ``id`` are used when present. The default split is ``train``.
 """
 
