@@ -84,3 +84,21 @@ def test_readme_python_example_runs(bank, tmp_path: Path) -> None:
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
     assert scope["hits"] and isinstance(scope["hits"][0], vecrag.Hit)
+
+
+def test_train_through_the_api_is_the_cli_run(bank, tmp_path: Path) -> None:
+    """vecrag.train_lvm / train_retriever: the command's loop and run directory; resumable; errors raise."""
+    run = tmp_path / "lvm"
+    summary = vecrag.train_lvm(bank, out=run, config="lvm-tiny", overrides={"train.epochs": 1})
+    assert summary["run"] == str(run) and summary["steps"] > 0 and (run / "run.json").exists()
+    assert vecrag.LVM.load(run, bank=bank).predict([1, 2, 3]).shape == (bank.dim,)
+    with pytest.raises(vecrag.VecragError, match="already holds a run|--resume"):
+        vecrag.train_lvm(bank, out=run, config="lvm-tiny")
+    again = vecrag.train_lvm(resume=run)  # a finished run resumes to the same end
+    assert again["steps"] == summary["steps"] and again["best"] == summary["best"]
+    with pytest.raises(vecrag.VecragError, match="allow-config-change"):
+        vecrag.train_lvm(resume=run, overrides={"train.epochs": 2})
+    ret = tmp_path / "ret"
+    s = vecrag.train_retriever(bank, out=ret, config="retriever-tiny", overrides={"train.epochs": 1})
+    assert s["run"] == str(ret) and s["steps"] > 0
+    assert vecrag.Retriever.load(ret, bank=bank).query([1, 2, 3]).shape == (bank.dim,)

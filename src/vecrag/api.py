@@ -249,3 +249,43 @@ class Generator:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _train(kind: str, bank: Any, out: str | Path | None, resume: str | Path | None, config: str | Path | None,
+           overrides: dict[str, Any] | None, allow_config_change: bool, quiet: bool) -> dict[str, Any]:
+    from vecrag.cli import build_parser
+
+    argv = ["train", kind]
+    if bank is not None and resume is None:
+        argv.append(str(getattr(bank, "path", bank)))
+    if out is not None:
+        argv += ["--out", str(out)]
+    if resume is not None:
+        argv += ["--resume", str(resume)]
+    if config is not None and resume is None:
+        argv += ["--config", str(config)]
+    if allow_config_change:
+        argv.append("--allow-config-change")
+    if quiet:
+        argv.append("--quiet")
+    argv += [f"{k}={v}" for k, v in (overrides or {}).items()]
+    args = build_parser().parse_args(argv)
+    mod = __import__(f"vecrag.commands.train_{kind}", fromlist=["train"])
+    return mod.train(args) or {}
+
+
+def train_retriever(bank: Any = None, *, out: str | Path | None = None, resume: str | Path | None = None,
+                    config: str | Path | None = "retriever-default", overrides: dict[str, Any] | None = None,
+                    allow_config_change: bool = False, quiet: bool = True) -> dict[str, Any]:
+    """Train a two-tower retriever into the run directory ``out`` (or continue ``resume``), exactly as
+    `vecrag train retriever` does (same loop, run directory, lock and resume checks); ``overrides`` are the
+    command's KEY=VALUE pairs, e.g. ``{"train.epochs": 3, "model.anchor": "ewma"}``. Returns the run's summary
+    (best metric, epoch, steps); `vecrag.Retriever.load(out)` loads the result."""
+    return _train("retriever", bank, out, resume, config, overrides, allow_config_change, quiet)
+
+
+def train_lvm(bank: Any = None, *, out: str | Path | None = None, resume: str | Path | None = None,
+              config: str | Path | None = "lvm-default", overrides: dict[str, Any] | None = None,
+              allow_config_change: bool = False, quiet: bool = True) -> dict[str, Any]:
+    """Train an LVM as `vecrag train lvm` does (see :func:`train_retriever`); `vecrag.LVM.load(out)` loads it."""
+    return _train("lvm", bank, out, resume, config, overrides, allow_config_change, quiet)

@@ -57,6 +57,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+
+    summary = train(args)
+    if summary is not None:  # rank 0 (or a plain run) reports
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def train(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Train (or resume) as the command line says; the run's summary, or None on a non-main torchrun rank.
+    ``vecrag.train_lvm`` calls this with a parsed command line."""
     from vecrag.config import command_overrides, load_config
     from vecrag.runtime import set_threads
     from vecrag.train import rundir
@@ -106,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         dd.cleanup()
     if not dd.is_main():
-        return 0
+        return None
     hist = result["history"]
     first = hist[0] if hist else {}
     best = next((h for h in hist if h["epoch"] == result["best_epoch"]), first)
@@ -114,8 +124,7 @@ def run(args: argparse.Namespace) -> int:
                "metric": cfg.train.early_stop_metric, "best": result["best"],
                "val_at_start": {k: first.get(k) for k in ("cos", "R@10")},
                "val_best": {k: best.get(k) for k in ("cos", "R@10")}}
-    print(json.dumps(summary, indent=2))
-    return 0
+    return summary
 
 
 def _fit(args: argparse.Namespace, run: Any, bank: Any, cfg: Any) -> dict[str, Any]:

@@ -52,6 +52,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
+
+    summary = train(args)
+    if summary is not None:  # rank 0 (or a plain run) reports
+        print(json.dumps(summary, default=float))
+    return 0
+
+
+def train(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Train (or resume) as the command line says; the run's summary, or None on a non-main torchrun rank.
+    ``vecrag.train_retriever`` calls this with a parsed command line."""
     from pathlib import Path
 
     from vecrag.bank import Bank
@@ -102,13 +112,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         dd.cleanup()
     if not dd.is_main():
-        return 0
+        return None
     key = cfg.train.early_stop_metric
     first = result["history"][0] if result["history"] else {}
-    print(json.dumps({"run": str(run_dir), "steps": result["step"], "metric": key, "best": result["best"],
-                      "best_epoch": result["best_epoch"], "anchor": first.get(f"baseline_{key}"),
-                      "stats": stats}, default=float))
-    return 0
+    return {"run": str(run_dir), "steps": result["step"], "metric": key, "best": result["best"],
+            "best_epoch": result["best_epoch"], "anchor": first.get(f"baseline_{key}"), "stats": stats}
 
 
 def _fit(args: argparse.Namespace, run: Any, bank: Any, cfg: Any) -> tuple[dict[str, Any], dict[str, float]]:
