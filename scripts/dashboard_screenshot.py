@@ -1,5 +1,8 @@
 """Screenshot of the dashboard on real runs: serve BANK with the runs' LVM and retriever, open the dashboard in
 Debian's chromium (Playwright, no downloaded browser), pick RUN, generate from PROMPT in the playground, save a PNG.
+The decoding views show the first run with decoding outputs when RUN has none (`make demo` writes them to the LVM
+run: decode.jsonl, metrics/decode_eval-*.json, metrics/generate_eval-*.json, calibration.json).
+Refuses to write the PNG when the page reports an error or the continuation repeats a chunk.
 
     python scripts/dashboard_screenshot.py demo_out/wiki-300 --runs demo_out/runs --run retriever \\
         --lvm demo_out/runs/lvm --retriever demo_out/runs/retriever --out docs/img/dashboard.png
@@ -63,6 +66,9 @@ def main() -> int:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                errors: list[str] = []
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e: errors.append(str(e)))
                 page.goto(f"{url}/?run={args.run}", wait_until="networkidle")
                 page.wait_for_function("window.vecragState && window.vecragState.loaded >= 1", timeout=30_000)
                 page.wait_for_function("document.querySelectorAll('#gen-profile option').length > 1",
@@ -72,6 +78,11 @@ def main() -> int:
                 page.click("#gen-run")
                 page.wait_for_function(f"document.querySelectorAll('#gen-table tbody tr').length === {args.steps}",
                                        timeout=60_000)
+                errors += page.evaluate("window.vecragState.errors")
+                ids = page.eval_on_selector_all("#gen-continuation .step", "els => els.map(e => e.dataset.textId)")
+                if errors or len(set(ids)) != len(ids):
+                    print(f"not written: page errors {errors}, continuation ids {ids}", file=sys.stderr)
+                    return 1
                 out = Path(args.out)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 tmp = out.with_suffix(".tmp.png")

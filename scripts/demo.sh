@@ -79,19 +79,22 @@ $VECRAG eval retriever "$OUT/runs/retriever" --split test
 
 step "7. calibrate decoding on VAL, then the cascade, the decoder and generation rollouts on held-out articles"
 # the profiles state an intent (SNAP precision, NOVEL share); calibrate measures what it means for these models
+# (it writes $OUT/runs/lvm/calibration.json). The decoding evals go to the LVM run's metrics/ (their default),
+# where the dashboard and `vecrag report` read them.
 $VECRAG calibrate "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --quiet
 $VECRAG eval cascade "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --split test \
-  --out "$OUT/eval" --quiet
+  --out "$OUT/runs/lvm/metrics" --quiet
 $VECRAG eval decode "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --split test \
-  --profile neutral --out "$OUT/eval" --quiet
+  --profile neutral --out "$OUT/runs/lvm/metrics" --quiet
 # rollouts: prompt = a test article's first 3 chunks, 8 steps; the decoder beside greedy baselines and the truth
 $VECRAG eval generate "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --split test \
-  --profile neutral --profile conservative --profile creative --out "$OUT/eval" --quiet
+  --profile neutral --profile conservative --profile creative --out "$OUT/runs/lvm/metrics" --quiet
 
 step "8. generate 5 steps from a prompt"
+# one telemetry line per step, in the LVM run: the dashboard's decoding view reads it
 $VECRAG generate "$BANK" --lvm "$OUT/runs/lvm" --retriever "$OUT/runs/retriever" --steps 5 \
   --prompt "Alabama is a state in the southeastern region of the United States. It became a state in 1819." \
-  --telemetry "$OUT/generate-telemetry.jsonl"
+  --telemetry "$OUT/runs/lvm/decode.jsonl"
 
 step "9. static reports"
 $VECRAG report "$OUT/runs/retriever" --out "$OUT/report-retriever"
@@ -108,11 +111,12 @@ vecrag demo finished in ${took}s. Results:
   LVM run            $OUT/runs/lvm        (metrics in $OUT/runs/lvm/metrics/)
   retriever run      $OUT/runs/retriever  (metrics in $OUT/runs/retriever/metrics/)
   calibration        $OUT/runs/lvm/calibration.json (vecrag calibrate: thresholds and weights from VAL)
-  cascade / decode   $OUT/eval/ (cascade_eval-test.json, decode_eval-test-neutral.json, decode_sweep-test-*.png)
-  rollouts           $OUT/eval/generate_eval-test.json (vecrag eval generate)
+  cascade / decode   $OUT/runs/lvm/metrics/ (cascade_eval-test.json, decode_eval-test-neutral.json,
+                     decode_sweep-test-neutral.txt/.png)
+  rollouts           $OUT/runs/lvm/metrics/generate_eval-test.json (vecrag eval generate)
+  telemetry          $OUT/runs/lvm/decode.jsonl (vecrag generate --telemetry: one line per step)
   stage wall times   $OUT/stage-times.txt
-  telemetry          $OUT/generate-telemetry.jsonl
   reports            $OUT/report-retriever/report.html  $OUT/report-lvm/report.html
   dashboard          $VECRAG serve $BANK --lvm $OUT/runs/lvm --retriever $OUT/runs/retriever --runs $OUT/runs
-                     then open http://127.0.0.1:8080/
+                     then open http://127.0.0.1:8080/ (the decoding views: run lvm)
 EOF

@@ -531,7 +531,7 @@ def test_literal_dot_dot_paths_are_refused(vec_app, path):
 def test_dashboard_page_and_docs(vec_app):
     _, c = vec_app
     page = c.get("/")
-    assert page.status_code == 200 and "chart.umd.js" in page.text and 'id="chart-recall"' in page.text
+    assert page.status_code == 200 and "chart.umd.js" in page.text and 'id="val-panels"' in page.text
     assert '<select id="gen-profile">' in page.text and 'id="gen-passage"' in page.text  # the playground
     js = c.get("/static/chart.umd.js")
     assert js.status_code == 200 and "Chart.js v4" in js.text[:200]

@@ -32,6 +32,8 @@ TRAIN_CORE = ("loss", "lr", "samples_per_s", "rss_mb", "cuda_mem_mb")
 VAL_BOOK = {"best", "best_epoch", "val_s", "improved", "n_queries"}
 DECISIONS = ("SNAP", "BLEND", "NOVEL")
 MAX_LOG_BYTES = 256 * 2**20
+MAX_JSON_BYTES = 32 * 2**20
+CALIBRATION = "calibration.json"
 
 
 class RunNotFound(LookupError):
@@ -59,6 +61,7 @@ class RunInfo:
             "modified": max((p.stat().st_mtime for p, ok in ((log, has_log), (mdir, has_mdir)) if ok), default=0.0),
             "metrics": sorted(p.name for p in mdir.glob("*.json") if FILE_RE.match(p.name)
                               and _inside(p, self.base)) if has_mdir else [],
+            "has_decode": _has_decode(self),
         }
 
 
@@ -176,8 +179,131 @@ def _is_miner_key(k: str) -> bool:
     return k.startswith("mining") or any(w in k for w in ("mined", "miner", "neg", "removed", "fallback"))
 
 
+# Counters: bookkeeping sizes that grow or stay put (samples seen, queue length, number of validation samples).
+# The dashboard hides them by default (one legend click shows them): beside losses and cosines they only flatten.
+COUNTER_RE = re.compile(r"^(samples|samples_seen|n_val|n_train|n_queries|n_bank|queue_len|steps?|total_steps|"
+                        r"epoch|params)$|^n_|_len$|_seen$|_count$|^count_")
+# cumulative counters of the retriever's miners (one increment per micro-batch): drawn as % of the batches of each
+# logging interval instead (the raw totals only climb, and dwarf every other miner series)
+MINER_RATES = {"mining_mined_sync": "mined sync %", "mining_mined_async": "mined async %",
+               "mining_fallback_inbatch": "in-batch fallback %", "mining_mined_sync_graph": "sync via CUDA graph %",
+               "miner_hits": "async hits %", "miner_stale": "async stale %", "miner_misses": "async misses %",
+               "miner_fallbacks": "async fallbacks %", "miner_errors": "async errors %",
+               "miner_jobs": "async jobs %", "miner_graph_jobs": "async graph jobs %"}
+MINER_RATE_ORDER = list(MINER_RATES.values())
+# mining-round records (one per epoch): what a reader looks at first
+ROUND_ORDER = ("pos_mean", "neg_mean", "pct_short", "pct_removed_rel", "pct_removed_mask", "pct_removed_band",
+               "pct_removed_dup", "pos_std", "neg_std")
+
+
+def series_unit(key: str) -> str:
+    """The unit a series is drawn in (series of one unit may share a y axis; the dashboard never puts two units
+    on one axis). A heuristic on the name; unknown names are their own unit."""
+    k = key.lower()
+    if COUNTER_RE.search(k):
+        return "count"
+    if k.endswith("%") or k.startswith("pct_") or k.endswith("_pct"):
+        return "%"
+    if k.endswith("_ms"):
+        return "ms"
+    if k.endswith("_mb"):  # host RSS and CUDA memory are different pools: an axis each
+        return "CUDA MB" if "cuda" in k else "MB"
+    if k == "samples_per_s":
+        return "samples/s"
+    if k == "lr":
+        return "lr"
+    if k.startswith("loss"):
+        return "loss"
+    if "grad_norm" in k:
+        return "grad norm"
+    if k.startswith("masked_") or re.search(r"(^|_)(depth|jobs|restarts|errors|disabled)$", k):
+        return "count"
+    if k == "median_rank" or k.endswith("rank"):
+        return "rank"
+    if re.search(r"(^|_)(acc|cos|mean|std|precision|share|frac|rate|coverage)$|@\d+$", k):
+        return "fraction"
+    return key
+
+
+def series_meta(*groups: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{series: {unit, counter}} for every series of the groups (what the dashboard needs to pick axes)."""
+    return {k: {"unit": series_unit(k), "counter": COUNTER_RE.search(k.lower()) is not None}
+            for g in groups for k in g}
+
+
+def _micro_per_step(recs: list[dict[str, Any]]) -> float:
+    """Micro-batches per optimizer step (gradient accumulation), from the trainer's start event (else 1)."""
+    for r in recs:
+        if r.get("kind") == "event" and r.get("event") == "start":
+            nb, spe = _num(r.get("n_batches")), _num(r.get("steps_per_epoch"))
+            if nb and spe:
+                return max(1.0, math.ceil(nb / spe))
+    return 1.0
+
+
+def _miner_series(train: list[dict[str, Any]], keys: list[str], micro: float) -> dict[str, list[list[float]]]:
+    """Per-step miner series: the cumulative counters as % of the micro-batches of each logging interval
+    (an interval where the step goes back, a resume, starts afresh), every other numeric key as it is."""
+    out: dict[str, list[list[float]]] = {}
+    for k in keys:
+        if k in MINER_RATES:
+            pts: list[list[float]] = []
+            prev = (0.0, 0.0)  # (step, total): the counters start at 0 at step 0
+            for r in train:
+                x, v = _num(r.get("step")), _num(r.get(k))
+                if x is None or v is None:
+                    continue
+                if x > prev[0] and v >= prev[1]:
+                    pts.append([x, 100.0 * (v - prev[1]) / ((x - prev[0]) * micro)])
+                prev = (x, v)
+            if pts:
+                out[MINER_RATES[k]] = pts
+        else:
+            out.update(_series(train, "step", [k]))
+    order = {name: i for i, name in enumerate(MINER_RATE_ORDER)}
+    return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def _val_panels(val: list[dict[str, Any]], xval: str, metric_keys: list[str],
+                base_keys: list[str]) -> list[dict[str, Any]]:
+    """One small panel per validation metric: the model's series and the baselines of that metric (a baseline
+    key is ``baseline_[FAMILY_]METRIC``), each panel on its own axis. Counters (n_val) get no panel. Recall-like
+    fractions are shown in %. The metric the trainer selects checkpoints by (equal to ``best`` where the run
+    improved) comes first."""
+    metrics = [k for k in metric_keys if not COUNTER_RE.search(k.lower())]
+    by_metric: dict[str, dict[str, list[list[float]]]] = {m: {} for m in metrics}
+    for b in base_keys:
+        rest = b[len("baseline_"):]
+        owner = max((m for m in metrics if rest == m or rest.endswith("_" + m)), key=len, default=None)
+        if owner is not None:
+            fam = rest[: -len(owner)].rstrip("_")
+            by_metric[owner].update({("baseline " + fam).strip(): p for p in _series(val, xval, [b]).values()})
+    head = None
+    for r in reversed(val):
+        if r.get("improved") and _num(r.get("best")) is not None:
+            head = next((m for m in metrics if _num(r.get(m)) == _num(r.get("best"))), None)
+            break
+
+    def order(m: str) -> tuple[int, int, str]:
+        kk = re.search(r"@(\d+)$", m)
+        return (0 if m == head else 1 if is_recall_key(m) else 2 if "@" in m else 3,
+                int(kk.group(1)) if kk else 0, m)
+
+    panels = []
+    for m in sorted(metrics, key=order):
+        series = _series(val, xval, [m])
+        if not series:
+            continue
+        pts = series[m]
+        frac = is_recall_key(m) and all(0.0 <= p[1] <= 1.0 for g in (pts, *by_metric[m].values()) for p in g)
+        panels.append({"metric": m, "unit": "%" if frac else series_unit(m), "scale": 100.0 if frac else 1.0,
+                       "series": pts, "baselines": by_metric[m], "selects_checkpoint": m == head})
+    return panels
+
+
 def training_views(recs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Chart-ready series: {group: {series: [[x, y], ...]}} for the training and validation views."""
+    """Chart-ready series: {group: {series: [[x, y], ...]}} for the training and validation views, with
+    ``meta`` (unit and counter flag of every series) and ``val_panels`` (one per validation metric)."""
     train = [r for r in recs if r.get("kind") == "train"]
     val = [r for r in recs if r.get("kind") == "val"]
     mining = [r for r in recs if r.get("kind") == "mining"]
@@ -190,24 +316,38 @@ def training_views(recs: list[dict[str, Any]]) -> dict[str, Any]:
     base_keys = [k for k in val_keys if k.startswith("baseline_")]
     xval = "epoch" if any(_num(r.get("epoch")) is not None for r in val) else "step"
     mine_like = [k for k in extra_keys if _is_miner_key(k)]
-    miner = _series(train, "step", mine_like)
-    miner.update({f"mining.{k}": v for k, v in _series(mining, "step", mine_keys).items()})
-    task = _series(train, "step", [k for k in extra_keys if k not in mine_like])
-    return {
+    miner = _miner_series(train, mine_like, _micro_per_step(recs))
+    # a round record repeats the cumulative counters the train records carry (and queue_len): not plotted again
+    round_keys = [k for k in mine_keys if not k.startswith(("mining_", "miner_")) and k != "queue_len"]
+    rank = {k: i for i, k in enumerate(ROUND_ORDER)}
+    rounds = _series(mining, "step", sorted(round_keys, key=lambda k: (rank.get(k, len(rank)), k)))
+    task_keys = [k for k in extra_keys if k not in mine_like]
+    # what a reader looks at first: accuracies and cosines, then the task's losses, then the rest
+    task_keys.sort(key=lambda k: (0 if series_unit(k) == "fraction" else 1 if k.startswith("loss") else
+                                  3 if COUNTER_RE.search(k) else 2, k))
+    task = _series(train, "step", task_keys)
+    views = {
         "loss": _series(train, "step", ["loss"]),
         "lr": _series(train, "step", ["lr"]),
         "throughput": _series(train, "step", ["samples_per_s"]),
         "memory": _series(train, "step", ["rss_mb", "cuda_mem_mb"]),
         "miner": miner,
+        "mining_rounds": rounds,
         "task": task,
         "val_x": xval,
         "recall": _series(val, xval, [k for k in metric_keys if is_recall_key(k)]),
         "recall_baselines": _series(val, xval, [k for k in base_keys if is_recall_key(k)]),
         "val_other": _series(val, xval, [k for k in metric_keys if not is_recall_key(k)]),
         "val_other_baselines": _series(val, xval, [k for k in base_keys if not is_recall_key(k)]),
+        "val_panels": _val_panels(val, xval, metric_keys, base_keys),
+        "val_n": next((int(v) for r in reversed(val) for k in ("n_queries", "n_val")
+                       if (v := _num(r.get(k))) is not None), None),
         "events": [r for r in recs if r.get("kind") == "event"][-200:],
         "counts": {"train": len(train), "val": len(val), "mining": len(mining)},
     }
+    views["meta"] = series_meta(*(views[g] for g in ("loss", "lr", "throughput", "memory", "miner",
+                                                     "mining_rounds", "task")))
+    return views
 
 
 # ---- decoding views ----------------------------------------------------------------------------------
@@ -220,16 +360,85 @@ def _hist(values: list[float], bins: int = 30) -> dict[str, Any]:
     lo, hi = max(-1.0, lo - pad), min(1.0, hi + pad)
     if hi <= lo:
         lo, hi = lo - 0.01, hi + 0.01
-    width = (hi - lo) / bins
-    counts = [0] * bins
-    for v in vals:
-        counts[min(bins - 1, max(0, int((v - lo) / width)))] += 1
-    return {"edges": [lo + i * width for i in range(bins + 1)], "counts": counts, "n": len(vals)}
+    edges = [lo + i * (hi - lo) / bins for i in range(bins + 1)]
+    return {"edges": edges, "counts": _bin(vals, edges), "n": len(vals)}
 
 
 def _decision(rec: dict[str, Any]) -> str | None:
     d = rec.get("decision", rec.get("path", rec.get("mode")))
     return d.upper() if isinstance(d, str) and d.upper() in DECISIONS else None
+
+
+def _decode_files(run: RunInfo) -> dict[str, list[Path]]:
+    """The files the decoding views read, by kind: ``telemetry`` (``*.jsonl`` other than log.jsonl, in the run
+    directory or metrics/), ``json`` (metrics/*.json), ``calibration`` (the run's calibration.json). Each name
+    plain, each file inside the run's base (a link leading out is skipped)."""
+    def ok(p: Path) -> bool:
+        return FILE_RE.match(p.name) is not None and p.is_file() and _inside(p, run.base)
+
+    mdir = run.path / METRICS
+    dirs = [d for d in (run.path, mdir) if d.is_dir() and _inside(d, run.base)]
+    return {"telemetry": [p for d in dirs for p in sorted(d.glob("*.jsonl")) if p.name != LOG and ok(p)],
+            "json": [p for p in sorted(mdir.glob("*.json")) if ok(p)] if mdir in dirs else [],
+            "calibration": [p for p in [run.path / CALIBRATION] if ok(p)]}
+
+
+def _has_decode(run: RunInfo) -> bool:
+    f = _decode_files(run)
+    return bool(f["telemetry"] or f["calibration"] or any(
+        p.name.startswith(("decode_eval-", "generate_eval-")) for p in f["json"]))
+
+
+def _load_json(p: Path) -> Any:
+    try:
+        if p.stat().st_size > MAX_JSON_BYTES:
+            return None
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _mix_row(group: str, row: str, counts: dict[str, float]) -> dict[str, Any] | None:
+    n = sum(counts.values())
+    if n <= 0:
+        return None
+    return {"group": group, "row": row, "n": round(n, 3), **{k: 100.0 * counts.get(k, 0.0) / n for k in DECISIONS}}
+
+
+def _lane_counts(d: dict[str, Any]) -> dict[str, float]:
+    """{SNAP, BLEND, NOVEL} counts of one by-lane entry: counts as they are, or fractions (pct_*) times n."""
+    n = _num(d.get("n"))
+    out = dict.fromkeys(DECISIONS, 0.0)
+    for k in DECISIONS:
+        if _num(d.get(k)) is not None:  # counts
+            out[k] += float(d[k])
+        elif _num(d.get(f"pct_{k}")) is not None:  # vecrag eval decode: fractions of n samples
+            out[k] += float(d[f"pct_{k}"]) * (n if n is not None else 1.0)
+    return out
+
+
+def _rollouts(obj: Any, source: str) -> dict[str, Any] | None:
+    """A `vecrag eval generate` report (``rows``: generator -> coverage, cos_by_step, ... with 95 % intervals)."""
+    rows = obj.get("rows") if isinstance(obj, dict) else None
+    if not isinstance(rows, dict) or not rows:
+        return None
+    out = []
+    for name, r in rows.items():
+        if not isinstance(r, dict) or _num(r.get("coverage")) is None:
+            continue
+        dec = r.get("decisions") if isinstance(r.get("decisions"), dict) else {}
+        ci = r.get("coverage_ci")
+        cos = [_num(v) for v in (r.get("cos_by_step") or []) if isinstance(r.get("cos_by_step"), list)]
+        out.append({"name": str(name), "coverage": _num(r.get("coverage")),
+                    "coverage_ci": [_num(v) for v in ci] if isinstance(ci, list) and len(ci) == 2 else None,
+                    "cos_by_step": cos, **{k: _num(r.get(k)) for k in ("cos", "hit", "forward", "repeat", "echo")},
+                    "decisions": {str(k): v for k, v in dec.items() if _num(v) is not None},
+                    # the truth itself: coverage and cosine 1 by definition, a ceiling rather than a generator
+                    "reference": "TRUE" in dec or str(name).startswith("true ")})
+    if not out:
+        return None
+    return {"source": source, "split": obj.get("split"), "P": _num(obj.get("P")), "S": _num(obj.get("S")),
+            "n_articles": _num(obj.get("n_articles")), "rows": out}
 
 
 def decode_views(run: RunInfo) -> dict[str, Any]:
@@ -240,14 +449,29 @@ def decode_views(run: RunInfo) -> dict[str, Any]:
     Eval JSON (``vecrag eval decode``: ``decode_eval-*.json``), used when there is no telemetry: a
     ``metrics/*.json`` with ``by_lane`` mapping lane -> {n, pct_SNAP, pct_BLEND, pct_NOVEL} (fractions) or
     -> {SNAP, BLEND, NOVEL} (counts), optionally ``c_hist`` ({edges, counts}) or ``c_values``.
+    ``by_lane``, ``counts``, ``c_hist`` and ``sources`` keep that rule (telemetry first; `vecrag report`).
+
+    The dashboard's views use every source at once:
+    - ``mix``: rows {group, row, n, SNAP, BLEND, NOVEL (%)}: the VAL shares per profile of calibration.json,
+      each decode eval JSON (all lanes, then per lane), the decoder rows of a generate eval JSON (``vecrag eval
+      generate``: decisions of the rollouts), the telemetry (all, then per lane when there are several);
+    - ``c_dist``: {edges, series: [{label, n, counts}]}: c of the telemetry's steps and of the calibration's VAL
+      samples (``samples.c``) on shared bins;
+    - ``rollouts``: the newest generate eval JSON (coverage per generator with its 95 % interval, cosine to the
+      truth by step), or None;
+    - ``files``: every file these views came from.
     """
+    files = _decode_files(run)
     by_lane: dict[str, dict[str, float]] = {}
     cs: list[float] = []
     sources: list[str] = []
     c_hist: dict[str, Any] | None = None
-    files = [p for d in (run.path, run.path / METRICS) if d.is_dir() for p in sorted(d.glob("*.jsonl"))
-             if p.name != LOG and FILE_RE.match(p.name) and _inside(p, run.base)]
-    for p in files:
+    mix_eval: list[dict[str, Any]] = []
+    mix_roll: list[dict[str, Any]] = []
+    mix_tele: list[dict[str, Any]] = []
+    mix_cal: list[dict[str, Any]] = []
+    used: list[str] = []
+    for p in files["telemetry"]:
         n0 = len(cs) + sum(sum(v.values()) for v in by_lane.values())
         for r in read_jsonl(p):
             dec = _decision(r) if isinstance(r, dict) else None
@@ -259,33 +483,109 @@ def decode_views(run: RunInfo) -> dict[str, Any]:
             if c is not None:
                 cs.append(c)
         if len(cs) + sum(sum(v.values()) for v in by_lane.values()) > n0:
-            sources.append(p.name)
-    if not by_lane and (run.path / METRICS).is_dir():
-        for p in sorted((run.path / METRICS).glob("*.json")):
-            if not FILE_RE.match(p.name) or not _inside(p, run.base):
-                continue
-            try:
-                obj = json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            found = _find_decode(obj)
-            if found is None:
-                continue
-            lanes, hist, values = found
-            for lane, d in lanes.items():
-                row = by_lane.setdefault(str(lane or "(none)"), dict.fromkeys(DECISIONS, 0.0))
-                n = _num(d.get("n"))
+            sources.append(p.relative_to(run.path).as_posix())
+    tele_lanes = {k: dict(v) for k, v in by_lane.items()}
+    tele_cs = list(cs)
+    rollouts: dict[str, Any] | None = None
+    rollout_mtime = -1.0
+    for p in files["json"]:
+        obj = _load_json(p)
+        if obj is None:
+            continue
+        name = f"{METRICS}/{p.name}"
+        ro = _rollouts(obj, name)
+        if ro is not None:
+            used.append(name)
+            for r in ro["rows"]:
+                if r["name"].startswith("decoder:") and set(r["decisions"]) <= set(DECISIONS):
+                    group = "rollouts" + (f" {ro['split']}" if isinstance(ro["split"], str) else "")
+                    row = _mix_row(group, r["name"].split(":", 1)[1],
+                                   {k: float(v) * (ro["n_articles"] or 1) * (ro["S"] or 1)
+                                    for k, v in r["decisions"].items()})
+                    if row:
+                        mix_roll.append(row)
+            if p.stat().st_mtime > rollout_mtime:
+                rollouts, rollout_mtime = ro, p.stat().st_mtime
+            continue
+        found = _find_decode(obj)
+        if found is None:
+            continue
+        lanes, hist, values = found
+        used.append(name)
+        prof = obj.get("profile") if isinstance(obj, dict) else None
+        group = "eval decode" + "".join(f" {v}" for v in (obj.get("split"), prof) if isinstance(v, str))
+        overall = obj.get("overall") if isinstance(obj.get("overall"), dict) else None
+        total = dict.fromkeys(DECISIONS, 0.0)
+        lane_rows = []
+        for lane, d in lanes.items():
+            counts = _lane_counts(d)
+            for k in DECISIONS:
+                total[k] += counts[k]
+            if (row := _mix_row(group, str(lane or "(none)"), counts)) is not None:
+                lane_rows.append(row)
+            if not tele_lanes:  # `vecrag report`'s rule: telemetry first, else every eval JSON
+                acc = by_lane.setdefault(str(lane or "(none)"), dict.fromkeys(DECISIONS, 0.0))
                 for k in DECISIONS:
-                    if _num(d.get(k)) is not None:  # counts
-                        row[k] += float(d[k])
-                    elif _num(d.get(f"pct_{k}")) is not None:  # vecrag eval decode: fractions of n samples
-                        row[k] += float(d[f"pct_{k}"]) * (n if n is not None else 1.0)
+                    acc[k] += counts[k]
+        if (row := _mix_row(group, "all lanes", _lane_counts(overall) if overall else total)) is not None:
+            mix_eval.append(row)
+        mix_eval.extend(sorted(lane_rows, key=lambda r: -r["n"]) if len(lane_rows) > 1 else [])
+        if not tele_lanes:
             cs.extend(values)
             c_hist = c_hist or hist
-            sources.append(f"{METRICS}/{p.name}")
+            sources.append(name)
+    if tele_lanes:
+        tot = {k: sum(v[k] for v in tele_lanes.values()) for k in DECISIONS}
+        rows = [_mix_row("generate", "all lanes", tot)]
+        if len(tele_lanes) > 1:
+            rows += sorted((_mix_row("generate", lane, v) for lane, v in tele_lanes.items()),
+                           key=lambda r: -(r["n"] if r else 0))
+        mix_tele.extend(r for r in rows if r)
+        used.extend(sources)
+    cal_cs: list[float] = []
+    cal_split = "val"
+    for p in files["calibration"]:
+        obj = _load_json(p)
+        if not isinstance(obj, dict):
+            continue
+        samples = obj.get("samples") if isinstance(obj.get("samples"), dict) else {}
+        cal_cs = [v for x in (samples.get("c") or []) if (v := _num(x)) is not None]
+        n_val = _num(obj.get("n_samples")) or float(len(cal_cs)) or 1.0
+        cal_split = str(obj.get("split") or "val")
+        profiles = obj.get("profiles") if isinstance(obj.get("profiles"), dict) else {}
+        for name, prof in profiles.items():
+            if not isinstance(prof, dict):
+                continue
+            snap, novel = _num(prof.get("val_snap_share")), _num(prof.get("val_novel_share"))
+            if snap is None or novel is None:
+                continue
+            row = _mix_row(f"calibrate {cal_split}", str(name),
+                           {"SNAP": snap * n_val, "NOVEL": novel * n_val,
+                            "BLEND": max(0.0, 1.0 - snap - novel) * n_val})
+            if row:
+                mix_cal.append(row)
+        used.append(p.name)
+    dists = [(label, vals) for label, vals in ((f"generate ({len(tele_cs)} steps)", tele_cs),
+                                               (f"calibrate {cal_split} ({len(cal_cs)} samples)", cal_cs)) if vals]
+    c_dist = None
+    if dists:
+        edges = _hist([c for _, vals in dists for c in vals])["edges"]
+        c_dist = {"edges": edges, "series": [{"label": label, "n": len(vals), "counts": _bin(vals, edges)}
+                                             for label, vals in dists]}
     pct = {lane: {k: (100.0 * v / s if (s := sum(row.values())) else 0.0) for k, v in row.items()}
            for lane, row in sorted(by_lane.items())}
-    return {"by_lane": pct, "counts": by_lane, "c_hist": _hist(cs) if cs else c_hist, "sources": sources}
+    return {"by_lane": pct, "counts": by_lane, "c_hist": _hist(cs) if cs else c_hist, "sources": sources,
+            "mix": mix_cal + mix_eval + mix_roll + mix_tele, "c_dist": c_dist, "rollouts": rollouts,
+            "files": list(dict.fromkeys(used))}
+
+
+def _bin(values: list[float], edges: list[float]) -> list[int]:
+    bins = len(edges) - 1
+    width = (edges[-1] - edges[0]) / bins
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, max(0, int((v - edges[0]) / width)))] += 1
+    return counts
 
 
 def _find_decode(obj: Any, depth: int = 0) -> tuple[dict, dict | None, list[float]] | None:
