@@ -102,3 +102,26 @@ def test_train_through_the_api_is_the_cli_run(bank, tmp_path: Path) -> None:
     s = vecrag.train_retriever(bank, out=ret, config="retriever-tiny", overrides={"train.epochs": 1})
     assert s["run"] == str(ret) and s["steps"] > 0
     assert vecrag.Retriever.load(ret, bank=bank).query([1, 2, 3]).shape == (bank.dim,)
+
+
+def test_evaluate_returns_what_the_command_prints(bank, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rep = vecrag.evaluate("cascade", bank, lvm="heuristic:ewma", retriever="heuristic:last", split="test",
+                          out=tmp_path / "c", json=True)
+    assert rep["written"] == [str(tmp_path / "c" / "cascade_eval-test.json")]
+    on_disk = json.loads(Path(rep["written"][0]).read_text())
+    assert on_disk["rows"] == json.loads(json.dumps(rep["rows"]))  # the file holds the same report
+    assert main(["eval", "cascade", str(bank.path), *HEUR, "--split", "test", "--out", str(tmp_path / "d"),
+                 "--quiet", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert cli["rows"] == on_disk["rows"]
+    base = vecrag.evaluate("baselines", bank, split="val", ks=[1, 10], no_text_baselines=True,
+                           out=tmp_path / "b.json")
+    assert {"last", "ewma-0.5", "oracle"} <= set(base["methods"]) and base["methods"]["oracle"]["R@1"] == 1.0
+    assert base["written"] == [str(tmp_path / "b.json")]
+    gen = vecrag.evaluate("generate", bank, lvm="heuristic:ewma", retriever="heuristic:last", profile=["greedy"],
+                          steps=4, max_articles=4, out=tmp_path / "g")
+    assert gen["rows"]["true continuation"]["coverage"] == 1.0 and gen["n_articles"] == 4
+    with pytest.raises(vecrag.VecragError, match="unknown evaluation"):
+        vecrag.evaluate("speed", bank)
+    with pytest.raises(vecrag.VecragError, match="bad options"):
+        vecrag.evaluate("cascade", bank, no_such_flag=3)

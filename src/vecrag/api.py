@@ -289,3 +289,42 @@ def train_lvm(bank: Any = None, *, out: str | Path | None = None, resume: str | 
               allow_config_change: bool = False, quiet: bool = True) -> dict[str, Any]:
     """Train an LVM as `vecrag train lvm` does (see :func:`train_retriever`); `vecrag.LVM.load(out)` loads it."""
     return _train("lvm", bank, out, resume, config, overrides, allow_config_change, quiet)
+
+
+EVALUATIONS = {"baselines": ("eval", "baselines"), "lvm": ("eval", "lvm"), "retriever": ("eval", "retriever"),
+               "cascade": ("eval", "cascade"), "decode": ("eval", "decode"), "generate": ("eval", "generate"),
+               "calibrate": ("calibrate",)}
+
+
+def evaluate(kind: str, target: Any, **options: Any) -> dict[str, Any]:
+    """Run an evaluation as its command does and return the report it prints (with ``written``: the files it
+    wrote). ``kind``: baselines | lvm | retriever | cascade | decode | generate | calibrate; ``target``: the bank
+    (a Bank or its path; for ``lvm`` / ``retriever`` the run directory). ``options`` are the command's flags in
+    Python form: ``split="test"``, ``lvm="runs/lvm"``, ``max_articles=50``, ``quiet=True``, ``profile=["neutral",
+    "creative"]`` for a repeatable flag, ``ks=[1, 10]`` for a list of numbers. See ``vecrag eval KIND --help``."""
+    from vecrag.cli import build_parser
+
+    if kind not in EVALUATIONS:
+        raise VecragError(f"unknown evaluation {kind!r}", hint=f"one of {', '.join(EVALUATIONS)}")
+    argv = [*EVALUATIONS[kind], str(getattr(target, "path", target))]
+    options.setdefault("quiet", True)
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, list | tuple) and key in ("profile", "profiles_list"):
+            for v in value:
+                argv += ["--profile", str(v)]
+        elif isinstance(value, list | tuple):
+            argv += [flag, ",".join(str(v) for v in value)]
+        else:
+            argv += [flag, str(value)]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse reports the bad option on stderr
+        raise VecragError(f"bad options for vecrag {' '.join(EVALUATIONS[kind])}: {' '.join(argv[2:])}",
+                          hint=f"see `vecrag {' '.join(EVALUATIONS[kind])} --help`") from e
+    module = __import__(f"vecrag.commands.{'_'.join(EVALUATIONS[kind])}", fromlist=["evaluate"])
+    return module.evaluate(args)

@@ -49,6 +49,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vecrag.eval.calibrate import format_calibration
+
+    cal = evaluate(args)
+    if args.json:
+        print(json.dumps({k: v for k, v in cal.items() if k != "samples"}, indent=2))
+    else:
+        print(format_calibration(cal))
+        print(f"wrote {cal['written'][0]}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """The calibration measured on the split (written where the decoding commands look).
+
+    Returns the report the command prints, with ``written`` (the files it wrote); ``vecrag.evaluate`` calls this.
+    """
     from pathlib import Path
 
     from vecrag.bank import Bank
@@ -56,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from vecrag.decode.calibration import calibration_path
     from vecrag.decode.profiles import load_profiles
     from vecrag.errors import VecragError
-    from vecrag.eval.calibrate import format_calibration, run_calibration
+    from vecrag.eval.calibrate import run_calibration
     from vecrag.fsutil import atomic_write_json
 
     common.setup_runtime(args)
@@ -73,9 +89,4 @@ def run(args: argparse.Namespace) -> int:
                           max_articles=args.max_articles, progress=not args.quiet and sys.stderr.isatty())
     path = Path(args.out) if args.out else calibration_path(bank, args.lvm, args.retriever)
     atomic_write_json(path, cal)
-    if args.json:
-        print(json.dumps({k: v for k, v in cal.items() if k != "samples"}, indent=2))
-    else:
-        print(format_calibration(cal))
-        print(f"wrote {path}")
-    return 0
+    return {**cal, "written": [str(path)]}

@@ -62,11 +62,22 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vecrag.eval.baselines import format_baselines
+
+    report = evaluate(args)
+    print(format_baselines(report))
+    print(f"wrote {report['written'][0]}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Recall@K of every baseline on the split: the report the command prints, with ``written`` (the files it
+    wrote). ``vecrag.evaluate`` calls this."""
     import sys
     from pathlib import Path
 
     from vecrag.bank import Bank
-    from vecrag.eval.baselines import baselines_report, format_baselines, run_baselines
+    from vecrag.eval.baselines import baselines_report, run_baselines
     from vecrag.fsutil import atomic_write_json, json_safe
     from vecrag.index import open_index
     from vecrag.runtime import report_openmp, set_threads
@@ -87,8 +98,6 @@ def run(args: argparse.Namespace) -> int:
                               include_context=args.include_context, text_hits=not args.no_text_hits, index=index,
                               elapsed_s=round(time.perf_counter() - t, 2),
                               created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    print(format_baselines(report))
     out = Path(args.out) if args.out else bank.path / "eval" / f"baselines-{args.split}.json"
     atomic_write_json(out, json_safe(report))
-    print(f"wrote {out}")
-    return 0
+    return {**report, "written": [str(out)]}

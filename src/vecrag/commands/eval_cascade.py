@@ -57,9 +57,23 @@ def _grid(s: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vecrag.eval.cascade_eval import format_cascade
+
+    rep = evaluate(args)
+    print(json.dumps(rep, indent=2, default=str) if args.json else format_cascade(rep))
+    if not args.json:
+        print(f"wrote {rep['written'][0]}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Hit@k of every cascade stage on the split.
+
+    Returns the report the command prints, with ``written`` (the files it wrote); ``vecrag.evaluate`` calls this.
+    """
     from vecrag.bank import Bank
     from vecrag.decode import common
-    from vecrag.eval.cascade_eval import format_cascade, run_cascade_eval
+    from vecrag.eval.cascade_eval import run_cascade_eval
     from vecrag.fsutil import atomic_write_json
 
     common.setup_runtime(args)
@@ -82,7 +96,4 @@ def run(args: argparse.Namespace) -> int:
     rep["index"] = index.describe() if hasattr(index, "describe") else repr(index)
     path = common.out_dir(args, bank) / f"cascade_eval-{args.split}{'-never-back' if args.never_back else ''}.json"
     atomic_write_json(path, rep)
-    print(json.dumps(rep, indent=2, default=str) if args.json else format_cascade(rep))
-    if not args.json:
-        print(f"wrote {path}")
-    return 0
+    return {**rep, "written": [str(path)]}

@@ -33,10 +33,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vecrag.eval.decode_eval import format_decode
+
+    rep = evaluate(args)
+    print(json.dumps(rep, indent=2, default=str) if args.json else format_decode(rep))
+    if not args.json:
+        print("wrote " + ", ".join(rep["written"]))
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """The teacher-forced decision mix, SNAP precision and cosines on the split.
+
+    Returns the report the command prints, with ``written`` (the files it wrote); ``vecrag.evaluate`` calls this.
+    """
     from vecrag.bank import Bank
     from vecrag.decode import common
     from vecrag.decode.profiles import load_profiles
-    from vecrag.eval.decode_eval import collect, decode_report, format_decode, plot_sweep, sweep_table
+    from vecrag.eval.decode_eval import collect, decode_report, plot_sweep, sweep_table
     from vecrag.fsutil import atomic_write_json, atomic_write_text
 
     common.setup_runtime(args)
@@ -64,9 +78,8 @@ def run(args: argparse.Namespace) -> int:
     stem = f"{args.split}-{args.profile}" + ("-never-back" if args.never_back else "")
     atomic_write_json(d / f"decode_eval-{stem}.json", rep)
     atomic_write_text(d / f"decode_sweep-{stem}.txt", sweep_table(rep["sweep"]))
+    written = [f"{d}/decode_eval-{stem}.json", f"{d}/decode_sweep-{stem}.txt"]
     if rep["sweep"]:
         plot_sweep(rep, d / f"decode_sweep-{stem}.png")
-    print(json.dumps(rep, indent=2, default=str) if args.json else format_decode(rep))
-    if not args.json:
-        print(f"wrote {d}/decode_eval-{stem}.json, decode_sweep-{stem}.txt/.png")
-    return 0
+        written.append(f"{d}/decode_sweep-{stem}.png")
+    return {**rep, "written": written}

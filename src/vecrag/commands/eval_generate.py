@@ -62,10 +62,24 @@ def _check(args: argparse.Namespace, bank: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vecrag.eval.rollout_eval import format_rollouts
+
+    rep = evaluate(args)
+    print(json.dumps(rep, indent=2, default=str) if args.json else format_rollouts(rep))
+    if not args.json:
+        print(f"wrote {rep['written'][0]}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Rollouts of every generator on the split's prompts.
+
+    Returns the report the command prints, with ``written`` (the files it wrote); ``vecrag.evaluate`` calls this.
+    """
     from vecrag.bank import Bank
     from vecrag.decode import common
     from vecrag.decode.generate import Decoder
-    from vecrag.eval.rollout_eval import format_rollouts, make_prompts, rollout_articles, run_rollouts
+    from vecrag.eval.rollout_eval import make_prompts, rollout_articles, run_rollouts
     from vecrag.fsutil import atomic_write_json
 
     common.setup_runtime(args)
@@ -102,7 +116,4 @@ def run(args: argparse.Namespace) -> int:
            "hit_rules": "a chunk with the true chunk's text counts as the true chunk", "rows": rows}
     path = common.out_dir(args, bank) / f"generate_eval-{args.split}{'-text' if args.text_prompts else ''}.json"
     atomic_write_json(path, rep)
-    print(json.dumps(rep, indent=2, default=str) if args.json else format_rollouts(rep))
-    if not args.json:
-        print(f"wrote {path}")
-    return 0
+    return {**rep, "written": [str(path)]}

@@ -109,9 +109,19 @@ def check_horizon(horizon: int, bank: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    res = evaluate(args)
+    print(format_report(res))
+    print(f"\nwrote {res['written'][0]}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """The LVM against copy-last / mean / ewma / ridge on the split: the report the command prints, with
+    ``written`` (the files it wrote). ``vecrag.evaluate`` calls this."""
     from vecrag.bank import Bank
     from vecrag.errors import VecragError
-    from vecrag.eval.lvm_eval import RIDGE_LAMBDAS, default_predictors, evaluate, fit_ridge, load_lvm
+    from vecrag.eval.lvm_eval import RIDGE_LAMBDAS, default_predictors, fit_ridge, load_lvm
+    from vecrag.eval.lvm_eval import evaluate as evaluate_lvm
     from vecrag.fsutil import atomic_write_json, json_safe
     from vecrag.runtime import pick_device, report_openmp, set_threads
     from vecrag.sequences import make_samples
@@ -133,13 +143,11 @@ def run(args: argparse.Namespace) -> int:
         raise VecragError(f"the {args.split} split has no article with 2 or more chunks", path=bank.path)
     lam = RIDGE_LAMBDAS if args.ridge_lambda == "auto" else args.ridge_lambda
     ridge = None if args.no_ridge else fit_ridge(bank, L, lam=lam, max_samples=args.ridge_max_train, device=device)
-    res = evaluate(bank, samples, L, default_predictors(model, cfg, ridge), horizon=args.horizon, device=device,
+    res = evaluate_lvm(bank, samples, L, default_predictors(model, cfg, ridge), horizon=args.horizon, device=device,
                    contrast_batch=args.contrast_batch)
     res.update({"split": args.split, "bank": str(bank.path), "run": str(args.run), "checkpoint": args.checkpoint,
                 "seconds": round(time.perf_counter() - t0, 2),
                 "ridge_lambda": ridge.lam if ridge is not None else None})
-    print(format_report(res))
     out = Path(args.out) if args.out else Path(args.run) / "metrics" / f"lvm-{args.split}-{args.checkpoint}.json"
     atomic_write_json(out, json_safe(res))
-    print(f"\nwrote {out}")
-    return 0
+    return {**res, "written": [str(out)]}

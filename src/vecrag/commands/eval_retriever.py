@@ -35,13 +35,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    report = evaluate(args)
+    print(report_text(report))
+    print(f"wrote {report['written'][0]}")
+    return 0
+
+
+def report_text(report: dict) -> str:
+    from vecrag.eval.baselines import format_baselines
+    from vecrag.eval.retriever_eval import format_gap, format_misses
+
+    return "\n".join(t for t in (format_baselines(report), format_gap(report), format_misses(report)) if t)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """The tower against every baseline on the split: the report the command prints, with ``written`` (the files it
+    wrote). ``vecrag.evaluate`` calls this."""
     import sys
     from pathlib import Path
 
     from vecrag.bank import Bank
     from vecrag.commands.sizes import at_least, check_seed
-    from vecrag.eval.baselines import format_baselines
-    from vecrag.eval.retriever_eval import evaluate_retriever, format_gap, format_misses
+    from vecrag.eval.retriever_eval import evaluate_retriever
     from vecrag.fsutil import atomic_write_json, atomic_write_text, json_safe
     from vecrag.runtime import pick_device, report_openmp, set_threads
 
@@ -55,11 +70,9 @@ def run(args: argparse.Namespace) -> int:
                                 checkpoint=args.checkpoint, ks=args.ks, backend=args.backend, device=device,
                                 text_baselines=args.text_baselines, seed=args.seed,
                                 progress=not args.quiet and sys.stderr.isatty())
-    text = "\n".join(t for t in (format_baselines(report), format_gap(report), format_misses(report)) if t)
-    print(text)
+    text = report_text(report)
     ck = Path(args.checkpoint).stem
     out = Path(args.run) / "metrics" / f"retriever-{args.split}-{ck}"
     atomic_write_json(out.with_suffix(".json"), json_safe(report))
     atomic_write_text(out.with_suffix(".txt"), text + "\n")
-    print(f"wrote {out}.json")
-    return 0
+    return {**report, "written": [f"{out}.json", f"{out}.txt"]}
