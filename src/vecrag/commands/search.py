@@ -32,21 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def search_bank(bank, query, k: int, *, backend: str = "auto", device: str = "auto") -> list[dict]:  # noqa: ANN001
-    """Results for one query vector: dicts with rank (1-based), id, score, article_id, title, text."""
-    from vecrag.index import open_index
+    """Results for one query vector: dicts with rank (1-based), id, score, article_id, title, position, text
+    (:func:`vecrag.api.search`, the library's search, as dicts)."""
+    from dataclasses import asdict
 
-    index = open_index(bank, backend=backend, device=device)
-    scores, ids = index.search(query.reshape(1, -1), k)
-    arts = bank.articles
-    title_of = dict(zip(arts.column("article_id").to_pylist(), arts.column("title").to_pylist(), strict=True))
-    out = []
-    for r, (s, i) in enumerate(zip(scores[0].tolist(), ids[0].tolist(), strict=True)):
-        if i < 0:
-            break
-        a = int(bank.article_of[i])
-        out.append({"rank": r + 1, "id": int(i), "score": float(s), "article_id": a, "title": title_of.get(a, ""),
-                    "position": int(bank.position_of[i]), "text": bank.texts[i]})
-    return out
+    from vecrag.api import search
+
+    hits = search(bank, query, k, backend=backend, device=device)[0]
+    return [{"rank": r + 1, **asdict(h)} for r, h in enumerate(hits)]
 
 
 def run(args: argparse.Namespace) -> int:
