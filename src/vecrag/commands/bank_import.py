@@ -13,7 +13,7 @@ from vecrag.errors import VecragError
 COMMAND = ("bank", "import")
 HELP = "build a bank from your own vectors (.npy/.npz) and chunk metadata (.parquet/.jsonl)"
 DESCRIPTION = """\
-Build a bank from vectors you computed elsewhere (e.g. 768-D GTR-T5 vectors, as in the seed project).
+Build a bank from vectors you computed elsewhere (e.g. 768-D GTR-T5 vectors, as in the LNSP two-tower design).
 
 --vectors X.npy, or X.npz (its only array, or X.npz:KEY): one row per chunk.
 --meta M.parquet or M.jsonl: one row per vector, same order, with columns

@@ -22,8 +22,8 @@ trainer that died is taken over, with a warning); --out refuses a directory that
 --resume refuses a bank that changed since the run started (path, size, split, checksums: RUN/run.json) and
 a changed config (overrides, an edited config.yaml) unless --allow-config-change is given.
 
-Presets: retriever-tiny (tests), retriever-cpu-test (the seed's CPU-test shape), retriever-default (CPU),
-retriever-gpu (the seed's "MPS final" shape, larger batch, async mining).
+Presets: retriever-tiny (tests), retriever-cpu-test (batch 8, the small CPU shape), retriever-default (CPU),
+retriever-gpu (a 2-layer transformer tower, batch 256, async mining in a process).
 Example: vecrag train retriever banks/wiki-500 --config retriever-default train.epochs=5 --out runs/r1
 
 Several processes (DDP, docs/distributed.md): torchrun --nproc_per_node N -m vecrag.cli train retriever ...
