@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 COMMAND = ("eval", "cascade")
@@ -57,13 +56,10 @@ def _grid(s: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vecrag.decode.common import print_report
     from vecrag.eval.cascade_eval import format_cascade
 
-    rep = evaluate(args)
-    print(json.dumps(rep, indent=2, default=str) if args.json else format_cascade(rep))
-    if not args.json:
-        print(f"wrote {rep['written'][0]}")
-    return 0
+    return print_report(evaluate(args), args, format_cascade)
 
 
 def evaluate(args: argparse.Namespace) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 COMMAND = ("eval", "decode")
@@ -33,13 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vecrag.decode.common import print_report
     from vecrag.eval.decode_eval import format_decode
 
-    rep = evaluate(args)
-    print(json.dumps(rep, indent=2, default=str) if args.json else format_decode(rep))
-    if not args.json:
-        print("wrote " + ", ".join(rep["written"]))
-    return 0
+    return print_report(evaluate(args), args, format_decode)
 
 
 def evaluate(args: argparse.Namespace) -> dict:

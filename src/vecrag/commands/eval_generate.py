@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -62,13 +61,10 @@ def _check(args: argparse.Namespace, bank: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vecrag.decode.common import print_report
     from vecrag.eval.rollout_eval import format_rollouts
 
-    rep = evaluate(args)
-    print(json.dumps(rep, indent=2, default=str) if args.json else format_rollouts(rep))
-    if not args.json:
-        print(f"wrote {rep['written'][0]}")
-    return 0
+    return print_report(evaluate(args), args, format_rollouts)
 
 
 def evaluate(args: argparse.Namespace) -> dict:

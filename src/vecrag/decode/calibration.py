@@ -69,8 +69,6 @@ def _identity(spec: str) -> str:
 def load_calibration(bank: Any, lvm: str, retriever: str, *, required: bool = False,
                      why: str = "") -> dict[str, Any] | None:
     """The calibration of (bank, lvm, retriever), checked; None when there is none and it is not ``required``."""
-    import json
-
     path = calibration_path(bank, lvm, retriever)
     cmd = command_for(bank, lvm, retriever)
     if not path.is_file():
@@ -79,20 +77,30 @@ def load_calibration(bank: Any, lvm: str, retriever: str, *, required: bool = Fa
         raise VecragError(f"{why or 'this needs'} a calibration of this LVM and retriever on this bank, and there is "
                           "none", path=path, hint=f"run `{cmd}` (a minute on a small bank), or pick an absolute "
                                                   "profile: --profile gtr-t5")
+    return read_calibration(path, bank, fix=f"run `{cmd}`", lvm=lvm, retriever=retriever)
+
+
+def read_calibration(path: str | Path, bank: Any, *, fix: str, lvm: str | None = None,
+                     retriever: str | None = None) -> dict[str, Any]:
+    """A calibration file, checked: readable, of this kind and version, made on ``bank`` (its size and encoder)
+    and, when given, for this LVM and retriever; ``fix`` is the hint of every refusal."""
+    import json
+
+    path = Path(path)
     try:
         cal = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise VecragError(f"the calibration file is unreadable ({e})", path=path, hint=f"run `{cmd}` again") from e
-    if not isinstance(cal, dict) or cal.get("kind") != KIND or cal.get("version") != VERSION:
-        raise VecragError("not a vecrag decode calibration (or from another version)", path=path,
-                          hint=f"run `{cmd}` again")
-    want = {"lvm": _identity(lvm), "retriever": _identity(retriever), "bank_n": bank.n,
-            "encoder": bank.encoder.get("name")}
+        raise VecragError(f"the calibration file is unreadable ({e})", path=path, hint=fix) from e
+    if not isinstance(cal, dict) or cal.get("kind") != KIND or cal.get("version") != VERSION or \
+            not isinstance(cal.get("samples"), dict):
+        raise VecragError("not a vecrag decode calibration (or from another version)", path=path, hint=fix)
+    want: dict[str, Any] = {"bank_n": bank.n, "encoder": bank.encoder.get("name")}
+    if lvm is not None and retriever is not None:
+        want.update(lvm=_identity(lvm), retriever=_identity(retriever))
     got = {k: cal.get(k) for k in want}
     if got != want:
         diff = ", ".join(f"{k}: {got[k]!r} (here {want[k]!r})" for k in want if got[k] != want[k])
-        raise VecragError(f"the calibration was made for another bank or model pair ({diff})", path=path,
-                          hint=f"run `{cmd}`")
+        raise VecragError(f"the calibration was made for another bank or model pair ({diff})", path=path, hint=fix)
     cal["path"] = str(path)
     return cal
 

@@ -97,30 +97,13 @@ class DecoderSetup:
 
 
 def load_calibration_for(bank: Any, args: argparse.Namespace, *, required: bool, why: str = "") -> Any:
-    from vecrag.decode.calibration import load_calibration
+    """``--calibration FILE`` when given (checked against the bank), else the one `vecrag calibrate` wrote for
+    ``args.lvm`` and ``args.retriever``."""
+    from vecrag.decode.calibration import load_calibration, read_calibration
 
     if getattr(args, "calibration", None):
-        import json
-        from pathlib import Path
-
-        p = Path(args.calibration)
-        try:
-            cal = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise VecragError(f"cannot read the calibration ({e})", path=p,
-                              hint="pass a file written by `vecrag calibrate`") from e
-        from vecrag.decode.calibration import KIND, VERSION
-
-        if not isinstance(cal, dict) or cal.get("kind") != KIND or cal.get("version") != VERSION or \
-                not isinstance(cal.get("samples"), dict):
-            raise VecragError("not a vecrag decode calibration (or from another version)", path=p,
-                              hint="pass a file written by `vecrag calibrate`")
-        if cal.get("bank_n") != bank.n or cal.get("encoder") != bank.encoder.get("name"):
-            raise VecragError(f"the calibration was made on another bank ({cal.get('bank')}, {cal.get('bank_n')} "
-                              f"chunks, encoder {cal.get('encoder')})", path=p,
-                              hint=f"run `vecrag calibrate {bank.path} --lvm ... --retriever ... --out {p}`")
-        cal["path"] = str(p)
-        return cal
+        return read_calibration(args.calibration, bank,
+                                fix=f"pass a file written by `vecrag calibrate {bank.path} --lvm ... --retriever ...`")
     return load_calibration(bank, args.lvm, args.retriever, required=required, why=why)
 
 
@@ -289,6 +272,16 @@ def parse_ids(bank: Any, spec: str) -> list[int]:
     if not ids or bad:
         raise VecragError(f"--prompt-ids: ids must be in 0..{bank.n - 1}" + (f", got {bad[:5]}" if bad else ""))
     return ids
+
+
+def print_report(rep: dict[str, Any], args: argparse.Namespace, fmt: Any) -> int:
+    """What an eval command prints: the report as JSON (``--json``), else its table and the files it wrote."""
+    import json
+
+    print(json.dumps(rep, indent=2, default=str) if args.json else fmt(rep))
+    if not args.json:
+        print("wrote " + ", ".join(rep["written"]))
+    return 0
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
