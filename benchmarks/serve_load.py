@@ -144,20 +144,12 @@ def main() -> int:
     try:
         import httpx
 
-        deadline = time.time() + 180
-        while True:
-            if server.poll() is not None:
-                print("server exited", file=sys.stderr)
-                return 1
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                print("server did not start", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
+        from vecrag.serve.ready import wait_ready
+
+        why = wait_ready(url, server, 180, poll_s=0.5)
+        if why:
+            print(why, file=sys.stderr)
+            return 1
         info = httpx.get(f"{url}/healthz").json()
         src = np.load(bank / "vectors.npy", mmap_mode="r")
         bodies = {

@@ -17,10 +17,7 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import httpx
 
 CHROMIUM = "/usr/bin/chromium"
 PROMPT = "Alabama is a state in the southeastern region of the United States. It became a state in 1819."
@@ -39,6 +36,8 @@ def main() -> int:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
+    from vecrag.serve.ready import wait_ready
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -48,20 +47,10 @@ def main() -> int:
                                "--lvm", args.lvm, "--retriever", args.retriever, "--port", str(port),
                                "--device", "cpu", "--log-level", "warning"], env=env)
     try:
-        deadline = time.time() + 120
-        while True:
-            if server.poll() is not None:
-                print(f"vecrag serve exited with {server.returncode}", file=sys.stderr)
-                return 1
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                print("vecrag serve did not answer /healthz within 120 s", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
+        why = wait_ready(url, server, 120, poll_s=0.5)
+        if why:
+            print(why, file=sys.stderr)
+            return 1
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
             try:

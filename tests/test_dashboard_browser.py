@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import pytest
 
 from tests.conftest import make_synthetic_bank
 from tests.test_serve import make_text_bank
+from vecrag.serve.ready import wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
@@ -97,18 +97,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         _finish(train, base / "train.log")
         _finish(gen, base / "generate.log")
         _finish(roll, base / "rollouts.log")
-        deadline = time.time() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vecrag serve exited with {proc.returncode}:\n{(base / 'server.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                pytest.fail("vecrag serve did not answer /healthz within 90 s")
-            time.sleep(0.3)
+        why = wait_ready(url, proc, 90)
+        if why:
+            pytest.fail(f"{why}:\n{(base / 'server.log').read_text()}")
         yield url, run
     finally:
         for p in (train, gen, roll, proc):
