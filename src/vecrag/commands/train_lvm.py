@@ -129,19 +129,12 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def _fit(args: argparse.Namespace, run: Any, bank: Any, cfg: Any) -> dict[str, Any]:
     """Build the task and the trainer (fresh or resumed) in the claimed run directory and train."""
-    from vecrag.train.loop import Trainer, seed_everything
+    from vecrag.train.loop import seed_everything
     from vecrag.train.lvm_task import LVMTask
 
     seed_everything(cfg.train.seed)  # model initialisation is a function of the seed
     task = LVMTask(bank, cfg)
     try:
-        if args.resume:
-            trainer = Trainer.resume(run.path, task, cfg.train, run_config=cfg, quiet=args.quiet)
-        else:
-            trainer = Trainer(task, cfg.train, run.path, run_config=cfg, quiet=args.quiet)
-        run.start()
-        for event in run.events:
-            trainer.log_record("event", **event)
-        return trainer.fit()
+        return run.trainer(task, cfg, resume=bool(args.resume), quiet=args.quiet).fit()
     finally:
         task.close()

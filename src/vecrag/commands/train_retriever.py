@@ -125,22 +125,14 @@ def _fit(args: argparse.Namespace, run: Any, bank: Any, cfg: Any) -> tuple[dict[
     from vecrag.eval.retriever_eval import BANK_INFO
     from vecrag.fsutil import atomic_write_json
     from vecrag.train import distributed as dd
-    from vecrag.train.loop import Trainer
     from vecrag.train.retriever_task import RetrieverTask
 
     task = RetrieverTask(bank, cfg)
     try:
-        if args.resume:
-            trainer = Trainer.resume(run.path, task, cfg.train, run_config=cfg, quiet=args.quiet)
-        else:
-            trainer = Trainer(task, cfg.train, run.path, run_config=cfg, quiet=args.quiet)
-            if dd.is_main():
-                atomic_write_json(run.path / BANK_INFO, {"path": cfg.bank, "n": bank.n, "dim": bank.dim,
-                                                         "encoder": bank.encoder})
-        run.start()
-        for event in run.events:
-            trainer.log_record("event", **event)
-        result = trainer.fit()
+        if not args.resume and dd.is_main():
+            atomic_write_json(run.path / BANK_INFO, {"path": cfg.bank, "n": bank.n, "dim": bank.dim,
+                                                     "encoder": bank.encoder})
+        result = run.trainer(task, cfg, resume=bool(args.resume), quiet=args.quiet).fit()
     finally:
         task.close()
     return result, task.stats()  # after close: a miner's last counters are in

@@ -448,6 +448,20 @@ class RunDir:
                               hint="restore it from a backup, or start a new run with --out")
         return data
 
+    def trainer(self, task: Any, cfg: Any, *, resume: bool, quiet: bool) -> Any:
+        """The trainer of this claimed run, fresh or resumed from its checkpoints, with the run started
+        (:meth:`start`) and the claim's events (a stale lock taken over, a config change) in its log."""
+        from vecrag.train.loop import Trainer
+
+        if resume:
+            trainer = Trainer.resume(self.path, task, cfg.train, run_config=cfg, quiet=quiet)
+        else:
+            trainer = Trainer(task, cfg.train, self.path, run_config=cfg, quiet=quiet)
+        self.start()
+        for event in self.events:
+            trainer.log_record("event", **event)
+        return trainer
+
     def start(self) -> None:
         """Write what the run starts with (run.json, config.yaml): call it once the trainer is built (rank 0
         only writes; a no-op for a resume that changes nothing)."""
