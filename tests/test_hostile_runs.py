@@ -1,4 +1,4 @@
-"""A run directory belongs to one run (issue 25, item 3; rows 72, 73, 78, 79, 80 of the hostile-input table).
+"""A run directory belongs to one run (hostile-input cases 72, 73, 78, 79, 80).
 
 Each case asserts the exit code, that no traceback is printed, the message's key words, and that nothing
 already written was lost or overwritten (every file of the run hashed before and after).

@@ -1,4 +1,4 @@
-"""Issue 25, items 2 and 6: the hostile-input review's rows for search, eval, generate and serve, as tests.
+"""The hostile-input cases for search, eval, generate and serve (sizes, empty and non-finite input), as tests.
 
 Row numbers refer to ``shared/reviews/hostile-input-cases.md``. Every size a user types is bounded by what the
 bank can give or by a documented cap (:mod:`vecrag.commands.sizes`): each case asserts the exit code, that no

@@ -26,7 +26,7 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_import_vecrag_leaves_the_environment_unchanged():
-    """Issue 26: importing the package (and its light modules) sets nothing, the hub included."""
+    """Importing the package (and its light modules) sets nothing, the hub included."""
     code = ("import json, os; before = dict(os.environ); "
             "import vecrag, vecrag.encode, vecrag.runtime, vecrag.errors; "
             "after = dict(os.environ); "

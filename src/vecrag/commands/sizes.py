@@ -1,4 +1,4 @@
-"""Bounds on every size a user types on the command line (issue 25: nothing typed can take the machine's memory).
+"""Bounds on every size a user types on the command line (nothing typed can take the machine's memory).
 
 One rule per kind of size, the same in every command:
 
