@@ -24,9 +24,10 @@ the cosine before skipping; ``Decision.c`` is the cosine the bands were applied 
 **Retrieval margin** (``margin_weight``, 0 by default): the bands and ``a`` are applied to
 ``x = c + margin_weight * m``, where ``m`` is the candidate's cascade score minus the best score of the other
 candidates (the shortlist's ``scores``; 0 without them). On MiniLM banks ``c`` alone barely predicts whether the
-candidate is the true next chunk (SNAP precision 14 % for every ``c`` band on wiki-1200 VAL) while the cascade's
-margin does (43 % among the 5 % of steps with the widest margin); ``vecrag calibrate`` chooses the weight on
-VAL. ``Decision.c`` stays the cosine; ``Decision.x`` is the value the bands saw.
+candidate is the true next chunk (on wiki-1200 VAL the 5 / 10 / 20 % of steps with the highest ``c`` reach a mean
+SNAP precision of 16.2 %, 13.7 % over all steps) while adding the margin ranks them far better (32.4 % for
+``c + 8 * m``); ``vecrag calibrate`` prints that grid and chooses the weight on VAL. ``Decision.c`` stays the
+cosine; ``Decision.x`` is the value the bands saw.
 
 Shortlist rows are assumed unit-norm (the bank contract); ``v_hat`` is re-normalised if it is not. Ids
 ``< 0`` (FAISS padding) are ignored. Cosines are computed in float64 so band edges are exact.
