@@ -1,7 +1,7 @@
 """What the bank checks cost when a bank is opened (not a test; prints a table).
 
 Writes (once) a synthetic bank of N random unit vectors (default 600,000 x 384, float16, one short text per
-chunk, 20 chunks per article) with ``vecrag.bank.write_bank``, then times, each in a fresh process with a warm
+chunk, 20 chunks per article) with ``vecrag.bank.store.write_bank``, then times, each in a fresh process with a warm
 page cache (median of --repeats runs):
 
 - ``open``: ``Bank.open(BANK)`` alone;
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OPEN_SCRIPT = """
 import sys, time
 t0 = time.perf_counter()
-import vecrag.bank as vb
+import vecrag.bank.store as vb
 t1 = time.perf_counter()
 bank = vb.Bank.open(sys.argv[1])
 t2 = time.perf_counter()
@@ -49,7 +49,7 @@ print(t2 - t1, t3 - t1)
 def write_synthetic_bank(path: Path, n: int, dim: int) -> None:
     import numpy as np
 
-    from vecrag.bank import EncoderInfo, write_bank
+    from vecrag.bank.store import EncoderInfo, write_bank
 
     rng = np.random.default_rng(0)
     vecs = np.empty((n, dim), np.float32)
@@ -66,7 +66,7 @@ def write_synthetic_bank(path: Path, n: int, dim: int) -> None:
 
 
 def forget_record(bank: Path) -> None:
-    from vecrag.bankcheck import record_paths
+    from vecrag.bank.check import record_paths
 
     for p in record_paths(bank):
         p.unlink(missing_ok=True)

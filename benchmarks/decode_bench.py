@@ -59,7 +59,7 @@ def bench_decision(d: int, k: int, n: int = 3000) -> tuple[float, float]:
 def make_index(kind: str, vecs: np.ndarray, rng: np.random.Generator) -> tuple[object, float]:
     import faiss
 
-    from vecrag.index import FaissIndex
+    from vecrag.index.search import FaissIndex
 
     t0 = time.perf_counter()
     d = vecs.shape[1]

@@ -37,15 +37,15 @@ def main() -> None:
     ap.add_argument("--max-articles", type=int, default=0)
     args = ap.parse_args()
 
-    from vecrag.bank import Bank
+    from vecrag.bank.store import Bank
+    from vecrag.decode.baselines import baseline_generators
     from vecrag.decode.calibration import calibrated_cascade, calibrated_feedback, load_calibration
     from vecrag.decode.cascade import CascadeConfig
-    from vecrag.decode.common import baseline_generators
     from vecrag.decode.generate import Decoder
     from vecrag.decode.predictors import parse_predictor
     from vecrag.decode.profiles import load_profiles
     from vecrag.eval.rollout_eval import format_rollouts, make_prompts, rollout_articles, run_rollouts
-    from vecrag.index import open_index
+    from vecrag.index.load import open_index
     from vecrag.runtime import set_threads
 
     set_threads(None, None)

@@ -58,8 +58,8 @@ def main() -> None:
     import faiss
     import torch
 
-    from vecrag.index import ExactTorchIndex, FaissIndex, recall_vs_exact
-    from vecrag.index_build import build_from_vectors
+    from vecrag.index.build import build_from_vectors
+    from vecrag.index.search import ExactTorchIndex, FaissIndex, recall_vs_exact
 
     threads = args.threads or os.cpu_count() or 1
     faiss.omp_set_num_threads(threads)

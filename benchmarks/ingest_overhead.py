@@ -1,6 +1,6 @@
 """Ingest throughput without the neural encoder (not a test; prints a table).
 
-Runs the real ``vecrag.ingest.ingest`` (read + decompress, clean, segment, chunk, stage, commit, assemble)
+Runs the real ``vecrag.bank.ingest.ingest`` (read + decompress, clean, segment, chunk, stage, commit, assemble)
 on the first ``--articles`` of a corpus with a stand-in encoder that returns random unit vectors, so the
 figure is what ingest costs besides encoding. Compare with a real ingest's chunks/s to see whether the
 encoder or the text pipeline bounds it (on the H200 the text pipeline did: docs/benchmarks.md).
@@ -21,9 +21,9 @@ vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torc
 
 import numpy as np  # noqa: E402
 
-from vecrag.bank import EncoderInfo  # noqa: E402
-from vecrag.encode import Encoder  # noqa: E402
-from vecrag.ingest import ingest  # noqa: E402
+from vecrag.bank.encode import Encoder  # noqa: E402
+from vecrag.bank.ingest import ingest  # noqa: E402
+from vecrag.bank.store import EncoderInfo  # noqa: E402
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared/data/enwiki2015/part-01.jsonl.xz"
 

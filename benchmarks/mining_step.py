@@ -30,13 +30,13 @@ vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torc
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vecrag.bank import Bank  # noqa: E402
-from vecrag.index import ExactTorchIndex  # noqa: E402
+from vecrag.bank.sequences import make_samples  # noqa: E402
+from vecrag.bank.store import Bank  # noqa: E402
+from vecrag.index.search import ExactTorchIndex  # noqa: E402
 from vecrag.models.towers import QueryTower, TowerConfig  # noqa: E402
-from vecrag.sequences import make_samples  # noqa: E402
-from vecrag.train.curriculum import FilterConfig, Phase  # noqa: E402
 from vecrag.train.losses import ChunkMeta, NegativeMasker  # noqa: E402
-from vecrag.train.miners import MiningCore  # noqa: E402
+from vecrag.train.mining.curriculum import FilterConfig, Phase  # noqa: E402
+from vecrag.train.mining.miners import MiningCore  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_retriever import random_bank  # noqa: E402

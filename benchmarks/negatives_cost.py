@@ -43,7 +43,7 @@ def search_load(bank, device: str, queries: int, k: int, sleep_s: float, stop: t
     """The async miner's search kernels without the miner: exact top-k of random queries, then a sleep."""
     import torch
 
-    from vecrag.index import open_index
+    from vecrag.index.load import open_index
 
     index = open_index(bank, "torch", device)
     stream = torch.cuda.Stream() if device == "cuda" else None
@@ -95,7 +95,7 @@ def main() -> int:
     if args.miner_threads:
         import dataclasses
 
-        from vecrag.train import miner_process
+        from vecrag.train.mining import process as miner_process
 
         spec_for = miner_process.spec_for
         miner_process.spec_for = lambda task: dataclasses.replace(spec_for(task), threads=args.miner_threads)

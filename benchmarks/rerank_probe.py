@@ -24,10 +24,11 @@ vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torc
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vecrag.bank import Bank  # noqa: E402
-from vecrag.eval.retriever_eval import load_retriever, tower_queries  # noqa: E402
-from vecrag.index import open_index  # noqa: E402
-from vecrag.sequences import gather_context, make_samples  # noqa: E402
+from vecrag.bank.sequences import gather_context, make_samples  # noqa: E402
+from vecrag.bank.store import Bank  # noqa: E402
+from vecrag.eval.retriever_eval import tower_queries  # noqa: E402
+from vecrag.index.load import open_index  # noqa: E402
+from vecrag.runs.load import load_retriever  # noqa: E402
 
 
 def candidates(bank, model, L, split, k, max_samples, min_context):

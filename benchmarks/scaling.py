@@ -10,10 +10,10 @@ Two parts, each runnable on its own (one GPU machine command is limited to 10 mi
 Bank vectors are random unit vectors (``--data clustered``: Gaussian blobs, closer to real embeddings),
 generated with torch (on the GPU when ``--device cuda``) in chunks. Part (1) reuses the real trainer path of
 ``benchmarks/train_retriever.py`` (Trainer + RetrieverTask, ``measure``) on a random bank written once to
-``--workdir`` (fp16, 20 chunks an article) and reused by later commands. Part (2) uses ``vecrag.index``:
+``--workdir`` (fp16, 20 chunks an article) and reused by later commands. Part (2) uses ``vecrag.index.search``:
 FAISS indexes are searched on the CPU (faiss-cpu: our GPU machine has no faiss-gpu); with ``--device cuda``
 IVF / IVF-PQ are built through ``build_from_vectors(device="cuda")``, i.e. k-means and list assignment in
-torch on the GPU (``vecrag.ivf_torch``; faiss-gpu instead where installed), and each row's params say which
+torch on the GPU (``vecrag.index.ivf_torch``; faiss-gpu instead where installed), and each row's params say which
 path trained it (``train=torch-cuda``, ``faiss-gpu`` or ``faiss-cpu``); ``torch`` is
 ``ExactTorchIndex`` on ``--device`` (fp16 on CUDA), the GPU search path we measure. IVF uses nlist =
 4 sqrt(N) and sweeps ``--nprobes``; IVF-PQ uses ``--pq-m`` x ``--nbits`` codes, with and without exact
@@ -130,7 +130,7 @@ class Results:
 # ---------------------------------------------------------------------------------------------------
 def cached_bank(workdir: Path, n: int, dim: int, device: str, seed: int = 0) -> Any:
     """A random fp16 bank (20 chunks an article) in ``workdir``, written once and reused."""
-    from vecrag.bank import Bank, EncoderInfo, write_bank
+    from vecrag.bank.store import Bank, EncoderInfo, write_bank
     from vecrag.errors import VecragError
 
     path = workdir / f"bank-{n}x{dim}"
@@ -200,8 +200,8 @@ def run_index(args: argparse.Namespace, res: Results) -> None:
 def index_one_size(args: argparse.Namespace, res: Results, n: int) -> None:
     import torch
 
-    from vecrag.index import ExactTorchIndex
-    from vecrag.index_build import build_from_vectors, default_nlist
+    from vecrag.index.build import build_from_vectors, default_nlist
+    from vecrag.index.search import ExactTorchIndex
 
     gpu = args.device == "cuda"
     t = time.perf_counter()

@@ -35,7 +35,7 @@ SENTENCES = ["The river flows through the valley.", "Winter brings snow to the m
 
 
 def build_bank(path: Path, n: int, dim: int, index: str) -> None:
-    from vecrag.bank import Bank, EncoderInfo, write_bank
+    from vecrag.bank.store import Bank, EncoderInfo, write_bank
 
     if (path / "manifest.json").exists():
         bank = Bank.open(path)
@@ -56,7 +56,7 @@ def build_bank(path: Path, n: int, dim: int, index: str) -> None:
                       chunk_lanes=[lanes[a % 3] for a in arts], encoder=EncoderInfo("all-MiniLM-L6-v2", dim))
     print(f"bank: {n} x {dim} written in {time.perf_counter() - t0:.1f} s -> {path}", flush=True)
     if index != "none":
-        from vecrag.index import build_index
+        from vecrag.index.build import build_index
 
         t0 = time.perf_counter()
         build_index(bank, index)

@@ -40,8 +40,8 @@ def count_ops(bank, mode: str, steps: int) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     from vecrag.config import load_config
-    from vecrag.train import miners
     from vecrag.train.loop import Trainer
+    from vecrag.train.mining import miners
     from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
 
     over = ["train.batch_size=64", f"train.max_steps={steps}", "train.log_every=10", "train.device=cpu",

@@ -1,4 +1,4 @@
-"""torch.topk vs vecrag.topk.block_topk on score matrices of the miner's and the evaluation's shapes
+"""torch.topk vs vecrag.index.topk.block_topk on score matrices of the miner's and the evaluation's shapes
 (not a test; prints a table). Both run side by side on the same random scores; "equal" checks the values.
 
     .venv/bin/python benchmarks/topk_bench.py                       # CPU: 256 x 100k fp32
@@ -18,7 +18,7 @@ vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torc
 
 import torch  # noqa: E402
 
-from vecrag.topk import block_topk, fast_topk  # noqa: E402
+from vecrag.index.topk import block_topk, fast_topk  # noqa: E402
 
 
 def timed(fn, reps: int, device: str) -> float:

@@ -27,12 +27,12 @@ vecrag.configure_runtime()  # OMP_WAIT_POLICY + GOMP_SPINCOUNT before numpy/torc
 
 import numpy as np  # noqa: E402
 
-from vecrag.bank import EncoderInfo, write_bank  # noqa: E402
+from vecrag.bank.store import EncoderInfo, write_bank  # noqa: E402
 
 
 def random_bank(path: Path, n: int, dim: int, per_article: int = 20, seed: int = 0):
     """Write (or reuse, when ``path`` already holds one of this shape) a bank of random unit vectors."""
-    from vecrag.bank import Bank
+    from vecrag.bank.store import Bank
 
     if (path / "manifest.json").is_file():
         bank = Bank.open(path)
@@ -169,7 +169,7 @@ def main() -> int:
         bank = random_bank(work / f"bank-{n}", n, args.dim)
         print(f"bank {n} x {args.dim} written in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         if args.index:
-            from vecrag.index import build_index
+            from vecrag.index.build import build_index
 
             t = time.perf_counter()
             idx = build_index(bank, args.index, nprobe=args.nprobe, device="cpu", progress=False)

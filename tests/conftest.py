@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from vecrag.bank import Bank, EncoderInfo, write_bank  # noqa: E402
+from vecrag.bank.store import Bank, EncoderInfo, write_bank  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ENWIKI_PART1 = SHARED_DATA / "enwiki2015" / "part-01.jsonl.xz"

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vecrag.bank import Bank
+from vecrag.bank.encode import default_model_path
+from vecrag.bank.store import Bank
 from vecrag.cli import main
-from vecrag.encode import default_model_path
 from vecrag.errors import VecragError
 
 

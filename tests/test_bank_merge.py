@@ -14,8 +14,8 @@ import pytest
 
 from tests.conftest import ENWIKI_PART1, random_walk_vectors
 from tests.wiki_fixtures import real_encoder, run_cli, short_articles  # noqa: F401
-from vecrag.bank import Bank, EncoderInfo, write_bank
-from vecrag.bankops import merge_banks
+from vecrag.bank.ops import merge_banks
+from vecrag.bank.store import Bank, EncoderInfo, write_bank
 from vecrag.cli import main
 from vecrag.errors import VecragError
 
@@ -123,7 +123,7 @@ def test_existing_out_needs_force_and_failed_merge_leaves_no_half_bank(tmp_path:
         if len(calls) == 2:
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("vecrag.bankops.log.info", fail_on_second)
+    monkeypatch.setattr("vecrag.bank.ops.log.info", fail_on_second)
     with pytest.raises(VecragError, match="the merge stopped.*no space left on device"):
         merge_banks([a.path, b.path], old.path, force=True)
     monkeypatch.undo()
@@ -159,7 +159,7 @@ def test_sigkilled_merge_leaves_no_half_bank_and_is_cleaned_up(tmp_path: Path) -
 
 def test_real_ingested_shards_merge_into_the_whole_bank(tmp_path: Path, real_encoder) -> None:  # noqa: ANN001,F811
     """Real ingests of 4 articles without ids (-> running ids): shards 0-1 and 2-3 merged == all 4 ingested."""
-    from vecrag.ingest import ingest
+    from vecrag.bank.ingest import ingest
 
     if not ENWIKI_PART1.exists():
         pytest.skip(f"shared corpus not found at {ENWIKI_PART1}")

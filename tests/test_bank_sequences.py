@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_synthetic_bank
-from vecrag.bank import Bank, EncoderInfo, split_of, write_bank
+from vecrag.bank.sequences import gather_context, make_samples
+from vecrag.bank.store import Bank, EncoderInfo, split_of, write_bank
 from vecrag.errors import VecragError
-from vecrag.eval.metrics import first_hit_rank, recall_table, wilson
-from vecrag.sequences import gather_context, make_samples
+from vecrag.scoring.metrics import first_hit_rank, recall_table, wilson
 
 
 def test_bank_roundtrip_and_verify(tmp_path):

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_synthetic_bank
-from vecrag.bank import Bank, EncoderInfo, write_bank
+from vecrag.bank.sequences import Samples, make_samples
+from vecrag.bank.store import Bank, EncoderInfo, write_bank
 from vecrag.cli import main
-from vecrag.eval.baselines import BM25Search, context_texts, retrieve_ranks, run_baselines
-from vecrag.index import ExactTorchIndex, build_index
-from vecrag.sequences import Samples, make_samples
+from vecrag.eval.baselines import BM25Search, context_texts, run_baselines
+from vecrag.index.build import build_index
+from vecrag.index.search import ExactTorchIndex
+from vecrag.scoring.ranks import retrieve_ranks
 
 ARTICLES = {
     "Photosynthesis": [
@@ -176,7 +178,7 @@ def test_bm25_on_real_sentences_and_cache(tmp_path: Path) -> None:
 
 def test_encoder_text_baseline_and_search_with_the_real_encoder(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    encode = pytest.importorskip("vecrag.encode")
+    encode = pytest.importorskip("vecrag.bank.encode")
     try:
         enc = encode.load_encoder(None, device="cpu")
     except Exception as e:  # noqa: BLE001

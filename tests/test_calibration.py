@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_synthetic_bank
-from vecrag.bank import Bank
+from vecrag.bank.sequences import make_samples
+from vecrag.bank.store import Bank
 from vecrag.cli import main
 from vecrag.decode.calibration import (
     calibration_path,
@@ -23,8 +24,7 @@ from vecrag.decode.predictors import HeuristicPredictor
 from vecrag.decode.profiles import load_profiles
 from vecrag.errors import VecragError
 from vecrag.eval.cascade_eval import fusion_grid
-from vecrag.index import ExactTorchIndex
-from vecrag.sequences import make_samples
+from vecrag.index.search import ExactTorchIndex
 
 HEUR = ["--lvm", "heuristic:ewma", "--retriever", "heuristic:last"]
 

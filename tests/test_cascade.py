@@ -13,7 +13,7 @@ from vecrag.decode.policy import NOVEL
 from vecrag.decode.predictors import HeuristicPredictor
 from vecrag.decode.profiles import load_profiles
 from vecrag.errors import VecragError
-from vecrag.index import ExactTorchIndex
+from vecrag.index.search import ExactTorchIndex
 
 D = 4
 
@@ -156,7 +156,7 @@ def test_bad_cascade_config() -> None:
 
 
 def test_lane_centroids_use_only_the_chosen_chunks_and_predict_from_the_context() -> None:
-    from vecrag.lanes import lane_centroids, predict_lanes
+    from vecrag.bank.lanes import lane_centroids, predict_lanes
 
     e = np.eye(3, dtype=np.float32)
     vectors = np.stack([e[0], e[0], e[1], e[1], e[2]]).astype(np.float16)

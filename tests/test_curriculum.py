@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vecrag.errors import VecragError
-from vecrag.train.curriculum import Curriculum, FilterConfig, Phase, select_negatives
+from vecrag.train.mining.curriculum import Curriculum, FilterConfig, Phase, select_negatives
 
 SEED = "0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96"
 
@@ -99,11 +99,11 @@ def test_keep_back_exempts_the_articles_earlier_chunks_from_rel_only():
 def test_mining_core_flags_the_chunks_before_the_context_as_back(tmp_path):
     """MiningCore passes keep_back's mask: same article, before the target, not masked (the context is)."""
     from tests.conftest import make_synthetic_bank
-    from vecrag.index import ExactTorchIndex
+    from vecrag.bank.sequences import make_samples
+    from vecrag.index.search import ExactTorchIndex
     from vecrag.models.towers import QueryTower, TowerConfig
-    from vecrag.sequences import make_samples
-    from vecrag.train import miners
     from vecrag.train.losses import ChunkMeta, NegativeMasker
+    from vecrag.train.mining import miners
 
     bank = make_synthetic_bank(tmp_path / "b", n_articles=6, per_article=12, dim=16)
     samples = make_samples(bank, "train", min_context=1)

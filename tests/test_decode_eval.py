@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_back_bank, make_synthetic_bank
-from vecrag.bank import Bank, EncoderInfo, write_bank
+from vecrag.bank.sequences import make_samples
+from vecrag.bank.store import Bank, EncoderInfo, write_bank
 from vecrag.cli import main
 from vecrag.decode.cascade import CascadeConfig
 from vecrag.decode.policy import alpha
@@ -18,9 +19,8 @@ from vecrag.decode.predictors import HeuristicPredictor
 from vecrag.decode.profiles import load_profiles
 from vecrag.eval.cascade_eval import run_cascade_eval
 from vecrag.eval.decode_eval import collect, decode_report, drop_context, sweep
-from vecrag.eval.metrics import first_hit_rank
-from vecrag.index import ExactTorchIndex
-from vecrag.sequences import make_samples
+from vecrag.index.search import ExactTorchIndex
+from vecrag.scoring.metrics import first_hit_rank
 
 D = 32
 COS = [0.95, 0.93, 0.90, 0.88, 0.5, 0.3]       # cos(context chunk, next chunk) per article
@@ -101,7 +101,7 @@ def test_oracle_rate_equals_fraction_of_targets_in_shortlist(tmp_path: Path) -> 
     cfg = CascadeConfig(K=50, k=k, w_tower=1.0, w_lvm=0.0, lane_lambda=0.0, timeout_ms=None)
     arrays, _ = collect(bank, samples, lvm, tower, index, load_profiles().policy_set("gtr-t5"), cfg)
     ctx = samples.context_ids(L)
-    from vecrag.sequences import gather_context
+    from vecrag.bank.sequences import gather_context
 
     c, m = gather_context(bank.vectors, ctx)
     _, ids = index.search(tower(c, m), k + L)
@@ -173,7 +173,7 @@ def test_cascade_never_back_drops_the_articles_earlier_chunks(tmp_path: Path) ->
     before the context), then the target c2 (0.6): a miss at k=1 under the default rule, a hit never going back."""
     import torch
 
-    from vecrag.sequences import Samples, before_target
+    from vecrag.bank.sequences import Samples, before_target
 
     bank = make_back_bank(tmp_path / "b")
     samples = Samples(np.array([2]), np.array([0]), "test")
@@ -192,7 +192,7 @@ def test_cascade_never_back_drops_the_articles_earlier_chunks(tmp_path: Path) ->
 
 def test_decode_eval_never_back_changes_the_shortlist(tmp_path: Path) -> None:
     """The bank of the cascade test above: the target c2 enters the k=1 shortlist only never going back."""
-    from vecrag.sequences import Samples
+    from vecrag.bank.sequences import Samples
 
     bank = make_back_bank(tmp_path / "b")
     samples = Samples(np.array([2]), np.array([0]), "test")

@@ -46,7 +46,7 @@ def test_info(real_encoder):  # noqa: F811
 
 
 def test_missing_model_says_what_to_do(tmp_path):
-    from vecrag.encode import load_encoder
+    from vecrag.bank.encode import load_encoder
 
     with pytest.raises(VecragError) as e:
         load_encoder("no-such-org/no-such-encoder-xyz", device="cpu")
@@ -68,7 +68,7 @@ def refuse(*args, **kwargs):
     raise OSError("network blocked by the test")
 socket.socket.connect = refuse
 socket.getaddrinfo = refuse
-from vecrag.encode import load_encoder
+from vecrag.bank.encode import load_encoder
 enc = load_encoder(device="cpu")
 import huggingface_hub.constants as hub
 vecrag_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_synthetic_bank, random_walk_vectors
-from vecrag.bank import Bank, EncoderInfo, write_bank
+from vecrag.bank.store import Bank, EncoderInfo, write_bank
 from vecrag.cli import main
 from vecrag.decode.inverter import load_inverter
 from vecrag.errors import VecragError
@@ -134,7 +134,7 @@ def _decoder(bank, lvm, policies, cfg=None, **kw):
     from vecrag.decode.cascade import CascadeConfig
     from vecrag.decode.generate import Decoder
     from vecrag.decode.predictors import HeuristicPredictor
-    from vecrag.index import ExactTorchIndex
+    from vecrag.index.search import ExactTorchIndex
 
     return Decoder(bank.vectors, bank.texts, bank.lanes, ExactTorchIndex(bank.vectors), lvm,
                    HeuristicPredictor("last"), policies, cfg or CascadeConfig(K=50, k=5, timeout_ms=None), **kw)
@@ -240,7 +240,7 @@ def test_no_repeat_bans_chunks_with_the_prompts_text(tmp_path: Path) -> None:
     from vecrag.decode.generate import Decoder
     from vecrag.decode.predictors import HeuristicPredictor
     from vecrag.decode.profiles import load_profiles
-    from vecrag.index import ExactTorchIndex
+    from vecrag.index.search import ExactTorchIndex
 
     vecs, arts, pos = random_walk_vectors(30, 12, 32)
     vecs[40] = vecs[5]
@@ -291,7 +291,7 @@ def test_generate_never_back_skips_the_articles_earlier_chunks(tmp_path, never_b
     from vecrag.decode.generate import Decoder
     from vecrag.decode.predictors import HeuristicPredictor
     from vecrag.decode.profiles import load_profiles
-    from vecrag.index import ExactTorchIndex
+    from vecrag.index.search import ExactTorchIndex
 
     bank = make_back_bank(tmp_path / "b")
     vecs = bank.vectors_f32(np.arange(8))

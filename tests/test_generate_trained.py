@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_synthetic_bank
+from vecrag.bank.sequences import gather_context, make_samples
 from vecrag.cli import main
 from vecrag.decode.predictors import HeuristicPredictor, TorchPredictor, load_lvm_predictor, load_tower_predictor
 from vecrag.errors import VecragError
-from vecrag.sequences import gather_context, make_samples
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 
 def test_loaders_wrap_trained_runs(runs) -> None:
-    from vecrag.bank import Bank
+    from vecrag.bank.store import Bank
 
     bank_path, lvm_run, ret_run = runs
     bank = Bank.open(bank_path)
@@ -49,7 +49,7 @@ def test_loaders_wrap_trained_runs(runs) -> None:
 
 
 def test_generate_and_eval_decode_with_runs(runs, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from vecrag.bank import Bank
+    from vecrag.bank.store import Bank
     from vecrag.decode.calibration import load_calibration
     from vecrag.decode.profiles import load_profiles
 

@@ -1,5 +1,5 @@
 """The bank rows (32-45) of the hostile-input review (../shared/reviews/hostile-input-cases.md) and the bank
-check that ``Bank.open`` runs for every command (``vecrag.bankcheck``).
+check that ``Bank.open`` runs for every command (``vecrag.bank.check``).
 
 Banks are synthetic (``make_synthetic_bank``: 60 articles x 12 chunks, 32-D, fp16) and damaged the way the
 review damaged its copies. Every refusal: exit 2, one ``vecrag: error:`` paragraph naming the file with a
@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import vecrag.bankcheck
+import vecrag.bank.check
 from tests.conftest import make_synthetic_bank
 from tests.test_hostile_ingest import ROOT, assert_refused, read_only, run, tree_hashes
-from vecrag.bank import Bank, EncoderInfo, write_bank
-from vecrag.bankcheck import RECORD, record_paths
+from vecrag.bank.check import RECORD, record_paths
+from vecrag.bank.store import Bank, EncoderInfo, write_bank
 from vecrag.errors import VecragError
 from vecrag.fsutil import sha256_file
 
@@ -287,7 +287,7 @@ def test_merged_bank_is_recorded_and_opens_without_a_full_check(tmp_path, capsys
     b = good_bank(tmp_path / "b", seed=1).path
     assert run(capsys, "bank", "merge", a, b, "--out", tmp_path / "m", "--allow-duplicate-titles",
                "--article-ids", "offset")[0] == 0
-    monkeypatch.setattr(vecrag.bankcheck, "check_content", _no_full_check)
+    monkeypatch.setattr(vecrag.bank.check, "check_content", _no_full_check)
     assert Bank.open(tmp_path / "m").n == 1440
 
 
@@ -348,14 +348,14 @@ def test_read_only_bank_records_its_check_in_the_user_cache(tmp_path, user_cache
     with read_only(b):
         Bank.open(b)  # full check; the record cannot go into the bank
         assert not (b / RECORD).exists() and record_paths(b)[1].exists()
-        monkeypatch.setattr(vecrag.bankcheck, "check_content", _no_full_check)
+        monkeypatch.setattr(vecrag.bank.check, "check_content", _no_full_check)
         Bank.open(b)
 
 
 @pytest.mark.parametrize("fail_at", ["table", "manifest"])
 def test_disk_full_during_split_keeps_the_old_bank(tmp_path, capsys, monkeypatch, fail_at):
     """ENOSPC writing the new articles table, or the manifest after it: the bank is as it was, and verifies."""
-    import vecrag.bank as vb
+    import vecrag.bank.store as vb
 
     b = good_bank(tmp_path / "b").path
     before = tree_hashes(b)
@@ -401,8 +401,8 @@ def test_disk_full_on_a_small_tmpfs_for_split(tmp_path, capsys):
 def test_open_uses_the_record_and_rechecks_after_a_change(tmp_path, monkeypatch):
     b = good_bank(tmp_path / "b").path
     calls = []
-    real = vecrag.bankcheck.check_content
-    monkeypatch.setattr(vecrag.bankcheck, "check_content", lambda *a: calls.append(1) or real(*a))
+    real = vecrag.bank.check.check_content
+    monkeypatch.setattr(vecrag.bank.check, "check_content", lambda *a: calls.append(1) or real(*a))
     Bank.open(b)
     Bank.open(b)
     assert calls == []  # write_bank recorded its own check
@@ -437,8 +437,8 @@ def test_copied_bank_is_checked_again(tmp_path, monkeypatch):
     b = good_bank(tmp_path / "b").path
     shutil.copytree(b, tmp_path / "copy")  # the record is copied too, but the files' ctimes are new
     calls = []
-    real = vecrag.bankcheck.check_content
-    monkeypatch.setattr(vecrag.bankcheck, "check_content", lambda *a: calls.append(1) or real(*a))
+    real = vecrag.bank.check.check_content
+    monkeypatch.setattr(vecrag.bank.check, "check_content", lambda *a: calls.append(1) or real(*a))
     Bank.open(tmp_path / "copy")
     assert calls == [1]
 
@@ -456,7 +456,7 @@ def test_split_and_lanes_renew_the_record(tmp_path, capsys, monkeypatch):
     b = good_bank(tmp_path / "b").path
     assert run(capsys, "bank", "split", b, "--seed", "5")[0] == 0
     assert run(capsys, "bank", "lanes", b, "--lanes", "kmeans:3")[0] == 0
-    monkeypatch.setattr(vecrag.bankcheck, "check_content", _no_full_check)
+    monkeypatch.setattr(vecrag.bank.check, "check_content", _no_full_check)
     bank = Bank.open(b)
     assert bank.manifest["split"]["seed"] == 5 and bank.manifest["lanes"]["source"] == "kmeans"
     monkeypatch.undo()

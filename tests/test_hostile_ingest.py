@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import vecrag.encode
-from vecrag.bank import Bank, EncoderInfo
+import vecrag.bank.encode
+from vecrag.bank.store import Bank, EncoderInfo
 from vecrag.cli import build_parser, continue_hint, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ class FakeEncoder:
 @pytest.fixture
 def fake_encoder(monkeypatch: pytest.MonkeyPatch) -> FakeEncoder:
     enc = FakeEncoder()
-    monkeypatch.setattr(vecrag.encode, "load_encoder", lambda *a, **k: enc)
+    monkeypatch.setattr(vecrag.bank.encode, "load_encoder", lambda *a, **k: enc)
     return enc
 
 
@@ -301,10 +301,10 @@ def test_23_disk_full_keeps_committed_batches_and_rerun_finishes(tmp_path, capsy
                                                                   monkeypatch):
     """ENOSPC on the third batch: a clear message; the two committed batches kept; the rerun after space was
     freed gives the bank an uninterrupted ingest gives."""
-    import vecrag.ingest
+    import vecrag.bank.ingest
 
     ref = clean_bank(tmp_path, corpus)
-    real = vecrag.ingest.atomic_save_npy
+    real = vecrag.bank.ingest.atomic_save_npy
     calls = []
 
     def full_on_third(path: Path, array: np.ndarray) -> None:
@@ -313,12 +313,12 @@ def test_23_disk_full_keeps_committed_batches_and_rerun_finishes(tmp_path, capsy
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, array)
 
-    monkeypatch.setattr(vecrag.ingest, "atomic_save_npy", full_on_third)
+    monkeypatch.setattr(vecrag.bank.ingest, "atomic_save_npy", full_on_third)
     out = tmp_path / "out"
     rc, err = run(capsys, *ingest_args(corpus, out))
     assert_refused(rc, err, "no space left on device", "2 committed batches are kept", "rerun the same command")
     assert len(json.loads((out / ".ingest" / "progress.json").read_text())["batches"]) == 2
-    monkeypatch.setattr(vecrag.ingest, "atomic_save_npy", real)
+    monkeypatch.setattr(vecrag.bank.ingest, "atomic_save_npy", real)
     rc, err = run(capsys, *ingest_args(corpus, out))
     assert rc == 0, err
     assert Bank.open(out, verify=True).manifest["checksums"] == ref.manifest["checksums"]
@@ -373,7 +373,7 @@ def test_26_27_28_bad_encoders(tmp_path, capsys, corpus, encoder, words):
 
 SLOW_ENCODER_MAIN = """
 import pathlib, sys, time
-import vecrag.encode
+import vecrag.bank.encode
 from tests.test_hostile_ingest import FakeEncoder
 
 class Slow(FakeEncoder):
@@ -382,7 +382,7 @@ class Slow(FakeEncoder):
         time.sleep(float(sys.argv[2]))
         return super().encode(texts)
 
-vecrag.encode.load_encoder = lambda *a, **k: Slow()
+vecrag.bank.encode.load_encoder = lambda *a, **k: Slow()
 from vecrag.cli import main
 sys.exit(main(sys.argv[3:]))
 """

@@ -24,8 +24,9 @@ import yaml
 from tests.conftest import make_synthetic_bank
 from vecrag.cli import main
 from vecrag.fsutil import read_jsonl
+from vecrag.runs.layout import LOCK
+from vecrag.runs.lock import LockInfo, boot_id, proc_start
 from vecrag.train.checkpoint import state_order
-from vecrag.train.rundir import LOCK, LockInfo, boot_id, proc_start
 
 ROOT = Path(__file__).resolve().parents[1]
 RETR = ["--config", "retriever-tiny", "train.epochs=1", "train.val_max_queries=50"]

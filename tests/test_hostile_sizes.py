@@ -26,7 +26,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import make_synthetic_bank
-from vecrag.bank import Bank
+from vecrag.bank.store import Bank
 from vecrag.cli import main
 from vecrag.decode.cascade import Cascade, CascadeConfig, GuardedSearch
 from vecrag.errors import VecragError
@@ -46,8 +46,8 @@ CHILD = textwrap.dedent("""
     limit = int(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import numpy as np
-    import vecrag.encode
-    from vecrag.bank import EncoderInfo
+    import vecrag.bank.encode
+    from vecrag.bank.store import EncoderInfo
 
     class FakeEncoder:
         def __init__(self, name, dim):
@@ -57,7 +57,7 @@ CHILD = textwrap.dedent("""
             out = np.stack([np.random.default_rng(sum(t.encode())).standard_normal(self.dim) for t in texts])
             return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
-    vecrag.encode.load_encoder = lambda name=None, device="auto": FakeEncoder(name, int(sys.argv[2]))
+    vecrag.bank.encode.load_encoder = lambda name=None, device="auto": FakeEncoder(name, int(sys.argv[2]))
     from vecrag.cli import main
     sys.exit(main(sys.argv[3:]))
 """)
@@ -144,9 +144,9 @@ def test_row49_search_id_outside_the_bank(untouched: Bank, capsys: pytest.Captur
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])
 def test_row50_search_empty_text_is_refused(untouched: Bank, capsys: pytest.CaptureFixture[str], text: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import vecrag.encode
+    import vecrag.bank.encode
 
-    monkeypatch.setattr(vecrag.encode, "load_encoder", lambda *a, **k: pytest.fail("the encoder was loaded"))
+    monkeypatch.setattr(vecrag.bank.encode, "load_encoder", lambda *a, **k: pytest.fail("the encoder was loaded"))
     rc, out, err = cli(capsys, "search", untouched.path, text, "-k", "3")
     assert rc == 2 and out == "" and "the query text is empty" in error_line(err) and "--id N" in err
 
@@ -220,11 +220,11 @@ def test_eval_baselines_recall_at_a_billion_under_a_memory_limit(untouched: Bank
 def test_retrieve_ranks_drops_the_context_as_a_range_with_the_same_ranks(untouched: Bank, L: int) -> None:
     """The hit rules drop the context as the id range it is (memory O(k), was O(k L): 12.9 GB at L=10000);
     small batches (the memory bound) change nothing either."""
-    from vecrag.eval.baselines import retrieve_ranks
-    from vecrag.eval.heuristics import heuristic_query
-    from vecrag.eval.metrics import first_hit_rank
-    from vecrag.index import ExactTorchIndex
-    from vecrag.sequences import gather_context, make_samples
+    from vecrag.bank.sequences import gather_context, make_samples
+    from vecrag.index.search import ExactTorchIndex
+    from vecrag.scoring.heuristics import heuristic_query
+    from vecrag.scoring.metrics import first_hit_rank
+    from vecrag.scoring.ranks import retrieve_ranks
 
     samples = make_samples(untouched, "train")
     index = ExactTorchIndex(untouched.vectors)
@@ -237,10 +237,10 @@ def test_retrieve_ranks_drops_the_context_as_a_range_with_the_same_ranks(untouch
 
 def test_eval_baselines_text_rows_are_batched_and_unchanged(untouched: Bank) -> None:
     """BM25's ranks, batch by batch with the context dropped as a range, equal one batch with the old id rule."""
+    from vecrag.bank.sequences import make_samples
     from vecrag.eval.baselines import BM25Search, _text_rows, context_texts
-    from vecrag.eval.metrics import first_hit_rank, recall_table
-    from vecrag.index import ExactTorchIndex
-    from vecrag.sequences import make_samples
+    from vecrag.index.search import ExactTorchIndex
+    from vecrag.scoring.metrics import first_hit_rank, recall_table
 
     samples = make_samples(untouched, "train")
     L, ks = 4, (1, 10, 100)

@@ -1,4 +1,4 @@
-"""vecrag.index: FAISS flat/IVF/HNSW/IVF-PQ (+on-disk), exact torch search, save/load, errors."""
+"""vecrag.index.search: FAISS flat/IVF/HNSW/IVF-PQ (+on-disk), exact torch search, save/load, errors."""
 
 from __future__ import annotations
 
@@ -10,18 +10,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_synthetic_bank
-from vecrag.bank import Bank
+from vecrag.bank.store import Bank
 from vecrag.errors import VecragError
-from vecrag.index import (
-    AUTO_FLAT_MAX,
-    ExactTorchIndex,
-    FaissIndex,
-    build_index,
-    load_index,
-    open_index,
-    recall_vs_exact,
-)
-from vecrag.index_build import build_from_vectors, default_nlist, resolve_params
+from vecrag.index.build import build_from_vectors, build_index, default_nlist, resolve_params
+from vecrag.index.load import load_index, open_index
+from vecrag.index.search import AUTO_FLAT_MAX, ExactTorchIndex, FaissIndex, recall_vs_exact
 
 # Approximate-index bounds on a 3,000-vector 16-D random-walk bank (measured: ivf 0.94, hnsw 1.00, ivfpq 0.94)
 BOUNDS = {"ivf": 0.85, "hnsw": 0.95, "ivfpq": 0.85}
@@ -190,7 +183,7 @@ def test_manifest_index_record_is_json(bank3k: Bank, tmp_path: Path) -> None:
 
 
 def test_search_route_sends_k_above_the_gpu_limit_to_the_cpu(bank3k: Bank) -> None:
-    from vecrag.index_gpu import GPU_MAX_K, search_route
+    from vecrag.index.gpu import GPU_MAX_K, search_route
 
     assert GPU_MAX_K == 2048
     assert search_route(2048, has_gpu=True) == "gpu" and search_route(2049, has_gpu=True) == "cpu"

@@ -20,7 +20,7 @@ from tests.wiki_fixtures import (  # noqa: F401
     wiki_bank,
     wiki_jsonl,
 )
-from vecrag.bank import Bank
+from vecrag.bank.store import Bank
 from vecrag.cli import main
 
 

@@ -1,4 +1,4 @@
-"""vecrag.ivf_torch: spherical k-means and list assignment in torch (run here on the CPU), used as the IVF /
+"""vecrag.index.ivf_torch: spherical k-means and list assignment in torch (run here on the CPU), used as the IVF /
 IVF-PQ coarse quantizer of a faiss index with preassigned adds."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_synthetic_bank
-from vecrag import index_build, ivf_torch
 from vecrag.errors import VecragError
-from vecrag.index_build import make_empty, resolve_params, training_sample
+from vecrag.index import build as index_build
+from vecrag.index import ivf_torch
+from vecrag.index.build import make_empty, resolve_params, training_sample
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -57,7 +58,7 @@ def test_empty_clusters_are_reseeded(caplog: pytest.LogCaptureFixture) -> None:
     # empty in every iteration; each must come back as a unit training point, never zero / NaN
     base = _unit(np.random.default_rng(0).standard_normal((3, 16)))
     x = np.repeat(base, 100, axis=0)
-    caplog.set_level(logging.DEBUG, logger="vecrag.ivf_torch")
+    caplog.set_level(logging.DEBUG, logger="vecrag.index.ivf_torch")
     c = ivf_torch.spherical_kmeans(x, 6, seed=0)
     assert "3 empty clusters re-seeded" in caplog.text
     assert np.isfinite(c).all()
@@ -136,7 +137,7 @@ def test_ivfpq_with_torch_quantizer_matches_faiss_training(data20k) -> None:
 def test_cuda_without_faiss_gpu_resolves_to_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from vecrag import index_gpu
+    from vecrag.index import gpu as index_gpu
 
     monkeypatch.setattr(index_gpu, "faiss_gpu_count", lambda: 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

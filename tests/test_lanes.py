@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from tests.wiki_fixtures import real_encoder, wiki_bank, wiki_jsonl  # noqa: F401
-from vecrag.bank import Bank
+from vecrag.bank.lanes import PRESET, article_means, load_lane_descriptions, parse_lane_spec
+from vecrag.bank.store import Bank
 from vecrag.cli import main
 from vecrag.errors import VecragError
-from vecrag.lanes import PRESET, article_means, load_lane_descriptions, parse_lane_spec
 
 
 def test_preset_is_valid_and_realistic():
@@ -100,7 +100,7 @@ def test_ingest_with_kmeans_lanes(real_encoder, wiki_jsonl, tmp_path):  # noqa: 
 
 def test_context_lane_classifier_reuses_the_prototypes_that_labelled_the_articles(wiki_bank, real_encoder,  # noqa: F811
                                                                                    tmp_path):
-    from vecrag.lanes import context_lane_classifier, lane_codes_of, predict_lanes
+    from vecrag.bank.lanes import context_lane_classifier, lane_codes_of, predict_lanes
 
     bank, y = _two_lane_bank(wiki_bank, tmp_path)
     codes, names = lane_codes_of(bank.lanes)

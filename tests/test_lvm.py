@@ -11,14 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import make_synthetic_bank, steps_without_gpu_sync
-from vecrag.bank import EncoderInfo, write_bank
+from vecrag.bank.sequences import make_samples
+from vecrag.bank.store import EncoderInfo, write_bank
 from vecrag.config import load_config
 from vecrag.errors import VecragError
-from vecrag.eval.heuristics import heuristic_query_torch
-from vecrag.eval.lvm_eval import Evaluator, default_predictors, evaluate, fit_ridge, heuristic, load_lvm, ridge_solve
+from vecrag.eval.lvm_eval import Evaluator, default_predictors, evaluate, fit_ridge, heuristic, ridge_solve
 from vecrag.fsutil import read_jsonl
 from vecrag.models.lvm import LVM, LVM_KINDS, LVMModelConfig
-from vecrag.sequences import make_samples
+from vecrag.runs.load import load_lvm
+from vecrag.scoring.heuristics import heuristic_query_torch
 from vecrag.train.loop import Trainer, seed_everything
 from vecrag.train.lvm_task import LVMConfig, LVMLossConfig, LVMTask, lvm_loss, vector_groups
 

@@ -11,16 +11,16 @@ import pytest
 import torch
 
 from tests.conftest import make_synthetic_bank
+from vecrag.bank.sequences import make_samples
 from vecrag.config import from_dict, validate_config
 from vecrag.errors import VecragError
 from vecrag.fsutil import read_jsonl
 from vecrag.models.towers import QueryTower, TowerConfig
-from vecrag.sequences import make_samples
-from vecrag.train.async_miner import parse_faults
-from vecrag.train.curriculum import FilterConfig, Phase
 from vecrag.train.loop import Trainer
 from vecrag.train.losses import ChunkMeta, NegativeMasker
-from vecrag.train.miners import MiningCore, SyncMiner, make_searcher
+from vecrag.train.mining.async_miner import parse_faults
+from vecrag.train.mining.curriculum import FilterConfig, Phase
+from vecrag.train.mining.miners import MiningCore, SyncMiner, make_searcher
 from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
 
 
@@ -43,7 +43,7 @@ def test_sync_mining_obeys_band_filters_and_masks(bank, backend):
     res = SyncMiner(core).mine(tower, idx, phase, step=7)
     assert set(res.negatives) == set(idx.tolist()) and res.version == 7  # keyed by sample id
     with torch.no_grad():
-        from vecrag.sequences import gather_context
+        from vecrag.bank.sequences import gather_context
 
         ctx_ids = samples.context_ids(L, idx)
         ctx, mask = gather_context(bank.vectors, ctx_ids)
@@ -106,7 +106,7 @@ def test_resident_scoring_path_mines_the_same_negatives(bank):
 
 
 def test_exact_torch_index_gather_matches_the_bank_across_blocks(bank):
-    from vecrag.index import ExactTorchIndex
+    from vecrag.index.search import ExactTorchIndex
 
     ids = np.random.default_rng(2).integers(0, bank.n, 300)
     for block_rows in (1 << 20, 97):  # one block, and many blocks (ids spread over all of them)
@@ -213,7 +213,7 @@ def test_process_worker_on_cuda_warms_up_and_replays_its_first_job(bank, tmp_pat
     before "ready"; after it the child's jobs, replayed from the CUDA graph captured with the child's own initial
     weights, mine with the weights sent since. (What the warm-up saves, the first batches' fallbacks, is measured by
     negatives_cost: benchmarks.md, session 12.)"""
-    from vecrag.train.miner_process import ProcessCore, spec_for
+    from vecrag.train.mining.process import ProcessCore, spec_for
 
     cfg = from_dict(RetrieverConfig, {"train": {"context": 4, "device": "cuda", "batch_size": 16},
                                       "model": {"hidden": 16, "kind": "transformer", "layers": 2},
@@ -292,7 +292,7 @@ def test_cuda_graph_mining_matches_eager_mining(bank, kind, keep_back):
 def test_mining_graphs_replay_evict_and_fall_back_to_eager(caplog):
     """MiningGraphs: one capture per key, replays with new inputs, the least recently used graph dropped past
     max_graphs; a function that syncs with the host cannot be captured: one warning, then None (eager) for good."""
-    from vecrag.train.mine_graph import MiningGraphs
+    from vecrag.train.mining.graph import MiningGraphs
 
     graphs = MiningGraphs(max_graphs=2)
 
@@ -316,7 +316,7 @@ def test_mining_graphs_replay_evict_and_fall_back_to_eager(caplog):
 
 
 def test_exact_index_over_a_tensor_shares_its_memory(bank):
-    from vecrag.index import ExactTorchIndex
+    from vecrag.index.search import ExactTorchIndex
 
     t = torch.from_numpy(bank.vectors_f32())
     shared = ExactTorchIndex(t, block_rows=100)
@@ -358,7 +358,7 @@ def test_process_worker_mines_what_the_thread_core_mines(bank, kind):
     import dataclasses
 
     from vecrag.config import from_dict
-    from vecrag.train.miner_process import ProcessCore, spec_for
+    from vecrag.train.mining.process import ProcessCore, spec_for
 
     cfg = from_dict(RetrieverConfig, {"train": {"context": 4, "device": "cpu"},
                                       "model": {"hidden": 16, "kind": kind, "layers": 2},
@@ -396,7 +396,7 @@ def test_process_worker_mines_what_the_thread_core_mines(bank, kind):
 def test_async_store_hands_over_whole_batches_by_sample_ids():
     """The store holds mined batches; get() returns one only for exactly the same sample ids (aligned rows)
     with weights at most ttl steps old, and counts a miss or a stale drop otherwise."""
-    from vecrag.train.async_miner import AsyncConfig, AsyncMiner
+    from vecrag.train.mining.async_miner import AsyncConfig, AsyncMiner
 
     miner = AsyncMiner(lambda: None, QueryTower(8, TowerConfig(hidden=4)), lambda e, i: None, lambda e: None,
                        AsyncConfig(ttl=5, timeout=0.01))
@@ -468,7 +468,7 @@ def test_resumed_async_run_rebases_its_miner_and_finishes(bank, tmp_path):
 
 def test_no_float32_bank_copy_when_nothing_searches_with_torch(tmp_path):
     """The shared float32 copy is made lazily: faiss mining and faiss validation never ask for it."""
-    from vecrag.index import build_index
+    from vecrag.index.build import build_index
 
     small = make_synthetic_bank(tmp_path / "bank", n_articles=40, per_article=10)
     build_index(small, "flat")
@@ -489,7 +489,7 @@ def test_no_float32_bank_copy_when_nothing_searches_with_torch(tmp_path):
 
 def _batches_miner(per_job: int, lookahead: int, make_core=lambda: None):
     """An AsyncMiner over 6 micro-batches an epoch of 3 samples each; epoch 2 has no mining phase."""
-    from vecrag.train.async_miner import AsyncConfig, AsyncMiner
+    from vecrag.train.mining.async_miner import AsyncConfig, AsyncMiner
 
     def batch_at(e, i):
         return np.arange(3) + 10 * i + 100 * e
@@ -521,8 +521,8 @@ def test_async_jobs_take_several_batches_of_one_phase():
 
 def test_async_multi_batch_job_hands_each_batch_its_own_rows():
     """The miner thread splits one job's result into per-batch results, each aligned with its batch."""
-    from vecrag.train.curriculum import MiningStats
-    from vecrag.train.miners import MineResult
+    from vecrag.train.mining.curriculum import MiningStats
+    from vecrag.train.mining.miners import MineResult
 
     class Core:
         device = torch.device("cpu")
@@ -577,7 +577,7 @@ def test_refresh_on_the_miners_gpu_hands_over_a_device_clone(where):
     trainer's thread, which made it wait for its queued kernels); the miner thread loads them exactly, on its own
     stream (a tower on the GPU) or by waiting for the event and copying down (a tower on the host)."""
     from vecrag.runtime import to_device
-    from vecrag.train.async_miner import AsyncConfig, AsyncMiner
+    from vecrag.train.mining.async_miner import AsyncConfig, AsyncMiner
 
     tower = QueryTower(8, TowerConfig(hidden=4)).cuda()
     miner = AsyncMiner(lambda: None, tower, lambda e, i: None, lambda e: None, AsyncConfig())
@@ -603,7 +603,7 @@ def test_refresh_on_the_miners_gpu_hands_over_a_device_clone(where):
 def test_cuda_graph_setting_picks_which_cores_capture(bank):
     """mining.cuda_graph: auto gives the sync miner and a miner process CUDA graphs and a miner thread none (it ran
     slower beside the trainer with them on the H200); on / off apply to every core; other values are refused."""
-    from vecrag.train.miner_process import spec_for
+    from vecrag.train.mining.process import spec_for
 
     seen = {}
     for setting in ("auto", "on", "off"):

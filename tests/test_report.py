@@ -13,8 +13,8 @@ import pytest
 from tests.conftest import make_synthetic_bank
 from vecrag.cli import main
 from vecrag.errors import VecragError
-from vecrag.report import write_report
 from vecrag.serve.decode_views import decode_views
+from vecrag.serve.report import write_report
 from vecrag.serve.runs import RunInfo
 
 

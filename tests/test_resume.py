@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from tests.conftest import make_synthetic_bank
+from vecrag.bank.sequences import make_samples
 from vecrag.fsutil import read_jsonl
-from vecrag.sequences import make_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["train.epochs=3", "train.batch_size=16", "train.log_every=1", "train.ckpt_every=4",

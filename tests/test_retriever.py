@@ -17,14 +17,14 @@ import pytest
 import torch
 
 from tests.conftest import make_synthetic_bank, steps_without_gpu_sync
-from vecrag.bank import EncoderInfo, write_bank
+from vecrag.bank.sequences import Samples
+from vecrag.bank.store import EncoderInfo, write_bank
 from vecrag.cli import main
 from vecrag.config import from_dict, load_config, validate_config
 from vecrag.errors import VecragError
 from vecrag.eval.retriever_eval import evaluate_retriever, format_misses, where_misses
 from vecrag.fsutil import read_jsonl
-from vecrag.index import ExactTorchIndex
-from vecrag.sequences import Samples
+from vecrag.index.search import ExactTorchIndex
 from vecrag.train.checkpoint import load_file
 from vecrag.train.loop import Trainer
 from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_synthetic_bank
-from vecrag.bank import EncoderInfo, write_bank
+from vecrag.bank.store import EncoderInfo, write_bank
 from vecrag.cli import main
 from vecrag.decode.cascade import CascadeConfig
 from vecrag.decode.generate import Decoder
@@ -18,7 +18,7 @@ from vecrag.decode.policy import NOVEL, SNAP, Policy
 from vecrag.decode.predictors import HeuristicPredictor
 from vecrag.decode.profiles import PolicySet
 from vecrag.eval.rollout_eval import Prompt, make_prompts, rollout_articles, run_rollouts, score_rollout
-from vecrag.index import ExactTorchIndex
+from vecrag.index.search import ExactTorchIndex
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_import_vecrag_leaves_the_environment_unchanged():
     """Importing the package (and its light modules) sets nothing, the hub included."""
     code = ("import json, os; before = dict(os.environ); "
-            "import vecrag, vecrag.encode, vecrag.runtime, vecrag.errors; "
+            "import vecrag, vecrag.bank.encode, vecrag.runtime, vecrag.errors; "
             "after = dict(os.environ); "
             "print(json.dumps({k: [before.get(k), after.get(k)] for k in set(before) | set(after) "
             "if before.get(k) != after.get(k)})); print(json.dumps(vecrag.LATE_OMP_MODULES))")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_synthetic_bank
-from vecrag.bank import Bank
+from vecrag.bank.store import Bank
 from vecrag.cli import main
 
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import make_synthetic_bank
-from vecrag.bank import Bank, write_bank
+from vecrag.bank.store import Bank, write_bank
 from vecrag.fsutil import append_jsonl
 from vecrag.serve.app import create_app
 from vecrag.serve.state import load_state
@@ -37,7 +37,7 @@ TOPICS = [
 
 def make_text_bank(path: Path, n_articles: int = 16, per_article: int = 6) -> Bank:
     """A small bank encoded with the default encoder (real text in, real vectors)."""
-    from vecrag.encode import load_encoder
+    from vecrag.bank.encode import load_encoder
 
     enc = load_encoder(None, device="cpu")
     texts, arts, pos = [], [], []

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vecrag.topk import block_topk, fast_topk
+from vecrag.index.topk import block_topk, fast_topk
 
 
 def assert_exact(s: torch.Tensor, k: int, vals: torch.Tensor, ids: torch.Tensor) -> None:

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from tests.conftest import make_synthetic_bank
+from vecrag.bank.sequences import gather_context, make_samples
 from vecrag.errors import VecragError
-from vecrag.eval.baselines import retrieve_ranks
-from vecrag.eval.heuristics import heuristic_query
-from vecrag.index import ExactTorchIndex
+from vecrag.index.search import ExactTorchIndex
 from vecrag.models.towers import QUERY_TOWERS, DocTower, QueryTower, RetrieverModel, TowerConfig
-from vecrag.sequences import gather_context, make_samples
+from vecrag.scoring.heuristics import heuristic_query
+from vecrag.scoring.ranks import retrieve_ranks
 
 
 @pytest.fixture(scope="module")

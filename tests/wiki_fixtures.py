@@ -45,7 +45,7 @@ def ingest_args(src: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def real_encoder() -> Any:
-    from vecrag.encode import load_encoder
+    from vecrag.bank.encode import load_encoder
 
     if "encoder" not in _CACHE:
         _CACHE["encoder"] = load_encoder(None, device="cpu")
@@ -68,7 +68,7 @@ def wiki_bank(wiki_jsonl: Path, real_encoder: Any, tmp_path_factory: pytest.Temp
     """A real bank of the 15 short articles, built uninterrupted by `vecrag ingest` in a fresh process (CPU,
     fp16). A fresh process, like the SIGKILL test's runs: in a process that loaded the encoder before
     `runtime.set_threads()`, a few vectors differ in the last bits (docs/bugs-and-fixes.md)."""
-    from vecrag.bank import Bank
+    from vecrag.bank.store import Bank
 
     if "bank" not in _CACHE:
         out = tmp_path_factory.mktemp("wikibank") / "bank"

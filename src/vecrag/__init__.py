@@ -15,7 +15,7 @@ from vecrag.runtime_env import configure_runtime as configure_runtime
 __version__ = "0.1.0"
 
 # The public API (docs/api.md), imported on first use so that `import vecrag` stays light.
-_API = {"Bank": "vecrag.bank", "Hit": "vecrag.api", "LVM": "vecrag.api", "Retriever": "vecrag.api",
+_API = {"Bank": "vecrag.api", "Hit": "vecrag.api", "LVM": "vecrag.api", "Retriever": "vecrag.api",
         "Generator": "vecrag.api", "search": "vecrag.api", "train_retriever": "vecrag.api",
         "train_lvm": "vecrag.api", "evaluate": "vecrag.api", "VecragError": "vecrag.errors"}
 __all__ = ["__version__", "configure_runtime", *_API]

@@ -18,69 +18,35 @@ notebook is the result of the command.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vecrag.bank.store import Bank as _StoreBank
 from vecrag.errors import VecragError
+from vecrag.index.query import Hit as Hit
+from vecrag.index.query import search as search
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One search result: the chunk's id (its row in the bank), cosine score, article and text."""
+class Bank(_StoreBank):
+    """A bank (:class:`vecrag.bank.store.Bank`: ``Bank.open(path)``, vectors, tables, split, lanes) with the
+    library's two verbs: :meth:`build` a bank from a corpus and :meth:`search` it."""
 
-    id: int
-    score: float
-    article_id: int
-    title: str
-    position: int
-    text: str
+    @classmethod
+    def build(cls, sources: Any, out: str | Path, *, encoder: Any = None, **options: Any) -> Bank:
+        """Ingest ``sources`` (files, folders, globs) into a bank at ``out``, as `vecrag ingest` does; ``options``
+        are its keyword arguments (fmt, max_articles, lanes, dtype, split_seed, split_ratios, device, progress,
+        overwrite, ...: see :func:`vecrag.bank.ingest.ingest`). Resumable: call it again after an interruption."""
+        from vecrag.bank.ingest import ingest
 
+        built = ingest(sources, out, encoder=encoder, **options)
+        return cls(built.path, built.manifest, built.vectors)
 
-def _title_lookup(bank: Any) -> dict[int, str]:
-    arts = bank.articles
-    return dict(zip(arts.column("article_id").to_pylist(), arts.column("title").to_pylist(), strict=True))
-
-
-def search(bank: Any, query: str | Sequence[str] | np.ndarray, k: int = 10, *, device: str = "cpu",
-           backend: str = "auto") -> list[list[Hit]]:
-    """Top-``k`` chunks for each query: a text, a list of texts (embedded with the bank's encoder), or unit
-    vectors [n, D] / [D]. One list of hits per query, best first (``Bank.search`` calls this)."""
-    from vecrag.index import open_index
-
-    if isinstance(query, str) or (isinstance(query, Sequence) and query and isinstance(query[0], str)):
-        texts = [query] if isinstance(query, str) else list(query)
-        if any(not t.strip() for t in texts):
-            raise VecragError("a query text is empty (an empty text has no meaning to search for)")
-        from vecrag.encode import load_encoder
-
-        enc = load_encoder(bank.encoder["name"], device=device)
-        bank.check_encoder(enc.info.name, enc.info.dim)
-        q = enc.encode(texts)
-    else:
-        q = np.asarray(query, np.float32)
-        q = q[None] if q.ndim == 1 else q
-        if q.ndim != 2 or q.shape[1] != bank.dim:
-            raise VecragError(f"query vectors must be [n, {bank.dim}] (this bank's dimension), got {q.shape}")
-        if not np.isfinite(q).all():
-            raise VecragError("query vectors contain NaN or Inf")
-    if not 1 <= k:
-        raise VecragError(f"k must be >= 1, got {k}")
-    k = min(int(k), bank.n)
-    scores, ids = open_index(bank, backend=backend, device=device).search(np.ascontiguousarray(q, np.float32), k)
-    titles = _title_lookup(bank)
-    out = []
-    for srow, irow in zip(scores.tolist(), ids.tolist(), strict=True):
-        hits = []
-        for s, i in zip(srow, irow, strict=True):
-            if i < 0:
-                break
-            a = int(bank.article_of[i])
-            hits.append(Hit(int(i), float(s), a, titles.get(a, ""), int(bank.position_of[i]), bank.texts[i]))
-        out.append(hits)
-    return out
+    def search(self, query: Any, k: int = 10, *, device: str = "cpu", backend: str = "auto") -> list[list[Hit]]:
+        """Top-``k`` chunks for a text, a list of texts, or query vectors: one list of :class:`Hit` per query,
+        best first (:func:`search`)."""
+        return search(self, query, k, device=device, backend=backend)
 
 
 def _context(bank: Any, context: Any, dim: int, L: int) -> tuple[np.ndarray, np.ndarray]:
@@ -197,29 +163,23 @@ class Generator:
         return gen
 
     def _build(self, bank: Any, args: Any, *, profiles: Any = None, inverter: Any = None) -> None:
-        from vecrag.bank import Bank
-        from vecrag.decode import common
-        from vecrag.decode.generate import Decoder
+        from vecrag.bank.store import Bank
+        from vecrag.commands.common import build_decoder
 
         self.bank = bank if isinstance(bank, Bank) else Bank.open(bank)
-        self.lvm, self.tower = common.load_predictors(self.bank, args)
-        self.setup = common.decoder_setup(self.bank, args, self.lvm, self.tower, profiles=profiles)
+        self.lvm, self.tower, self.setup, self.decoder = build_decoder(self.bank, args, profiles=profiles,
+                                                                        inverter=inverter)
         self._args = args
         self._embed: Any = None
-        self.decoder = Decoder.for_bank(
-            self.bank, common.open_search(self.bank, args), self.lvm, self.tower, self.setup.policies,
-            self.setup.cascade, lane=getattr(args, "lane", None), never_back=getattr(args, "never_back", False),
-            inverter=inverter, K=args.K, exclude_context=not getattr(args, "keep_context_ids", False),
-            no_repeat=not getattr(args, "allow_repeats", False), feedback=self.setup.feedback)
 
     def prompt(self, prompt: str | Sequence[int]) -> tuple[list[np.ndarray], list[int] | None, list[str]]:
         """(vectors, bank ids or None, chunk texts) of a prompt: a text (chunked and embedded with the bank's
         chunker and encoder) or a list of bank chunk ids."""
-        from vecrag.decode import common
+        from vecrag.decode.prompt import prompt_embedder
 
         if isinstance(prompt, str):
             if self._embed is None:
-                self._embed = common.prompt_embedder(self.bank, self._args.device)
+                self._embed = prompt_embedder(self.bank, self._args.device)
             chunks, vecs = self._embed(prompt)
             return list(vecs), None, chunks
         ids = [int(i) for i in prompt]

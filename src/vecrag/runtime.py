@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from pathlib import Path
+
+from vecrag.runtime_env import openmp_runtimes as openmp_runtimes
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +50,6 @@ def tune_faiss_flat(faiss, threads: int) -> None:
     cv = faiss.cvar
     if getattr(cv, "distance_compute_blas_threshold", None) in (FAISS_BLAS_NQD, _faiss_tuned.get(id(cv))):
         _faiss_tuned[id(cv)] = cv.distance_compute_blas_threshold = 800 * max(1, int(threads))  # re-tunable
-
-
-def openmp_runtimes() -> list[str]:
-    """Distinct OpenMP runtime libraries mapped into this process (Linux; empty elsewhere)."""
-    maps = Path("/proc/self/maps")
-    if not maps.exists():
-        return []
-    names = set()
-    for line in maps.read_text().splitlines():
-        lib = line.rsplit(" ", 1)[-1]
-        base = os.path.basename(lib)
-        if any(k in base for k in ("libgomp", "libiomp", "libomp")):
-            names.add(lib)
-    return sorted(names)
 
 
 def report_openmp() -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def configure_runtime(*, offline: bool | None = None) -> dict[str, str]:
     """Set the environment variables vecrag's numeric work relies on, unless the user set them; return those set.
 
     Call it at the very top of a script or notebook, **before numpy, torch or faiss are imported** (before
-    ``import vecrag.bank`` or anything else that imports them): OpenMP runtimes read their settings once, when they
+    ``import vecrag.bank.store`` or any module that imports them): OpenMP runtimes read their settings once, when they
     load, so a later call has no effect on them (it logs one warning saying so). The ``vecrag`` command calls it
     for you. Each variable is set only when absent (``os.environ.setdefault``), so a value the user exported wins:
 
@@ -101,8 +102,6 @@ def configure_runtime(*, offline: bool | None = None) -> dict[str, str]:
 def _openmp_loaded(present: list[str]) -> list[str]:
     """The OpenMP runtimes already in the process (Linux: the mapped libraries; elsewhere: the modules of
     OMP_MODULES already imported, numpy aside, whose usual wheels bring no OpenMP)."""
-    from vecrag.runtime import openmp_runtimes
-
     if os.path.exists("/proc/self/maps"):
         return [os.path.basename(lib) for lib in openmp_runtimes()]
     return [m for m in present if m != "numpy"]
@@ -112,3 +111,17 @@ def policy_set_late() -> bool:
     """Whether configure_runtime set OMP_WAIT_POLICY after torch or faiss had loaded their OpenMP runtime (so the
     variable reads PASSIVE but the runtimes already running never saw it)."""
     return bool(_state["policy_late"])
+
+
+def openmp_runtimes() -> list[str]:
+    """Distinct OpenMP runtime libraries mapped into this process (Linux; empty elsewhere)."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        return []
+    names = set()
+    for line in maps.read_text().splitlines():
+        lib = line.rsplit(" ", 1)[-1]
+        base = os.path.basename(lib)
+        if any(k in base for k in ("libgomp", "libiomp", "libomp")):
+            names.add(lib)
+    return sorted(names)

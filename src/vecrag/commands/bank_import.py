@@ -106,8 +106,8 @@ def load_meta(path: Path) -> Any:
 def build_import(args: argparse.Namespace) -> Any:
     import numpy as np
 
-    from vecrag.bank import EncoderInfo, check_vectors, write_bank
-    from vecrag.ingest import install_bank, prepare_out
+    from vecrag.bank.ingest import install_bank, prepare_out
+    from vecrag.bank.store import EncoderInfo, check_vectors, write_bank
 
     out = Path(args.out)
     prepare_out(out, overwrite=args.overwrite)
@@ -182,7 +182,7 @@ def build_import(args: argparse.Namespace) -> Any:
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
-    from vecrag.bank import Bank
+    from vecrag.bank.store import Bank
 
     return Bank.open(out)
 

@@ -48,7 +48,7 @@ def format_info(info: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vecrag.bank import Bank
+    from vecrag.bank.store import Bank
 
     bank = Bank.open(args.bank, verify=args.verify)
     info = bank.info()

@@ -29,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vecrag.bank.lanes import relane_bank
     from vecrag.fsutil import fs_error
-    from vecrag.lanes import relane_bank
     from vecrag.runtime import set_threads
 
     set_threads()

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vecrag.bankops import merge_banks
+    from vecrag.bank.ops import merge_banks
 
     bank = merge_banks(args.banks, args.out, article_ids=args.article_ids,
                        duplicate_titles_rule="allow" if args.allow_duplicate_titles else "error",

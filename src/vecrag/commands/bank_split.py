@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vecrag.bank import Bank
+    from vecrag.bank.store import Bank
     from vecrag.fsutil import fs_error
 
     bank = Bank.open(args.bank)

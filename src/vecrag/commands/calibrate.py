@@ -24,7 +24,7 @@ Example: vecrag calibrate banks/wiki-300 --lvm runs/lvm --retriever runs/retriev
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from vecrag.decode.common import add_model_arguments
+    from vecrag.commands.common import add_model_arguments
 
     p.add_argument("bank", metavar="BANK", help="bank directory")
     add_model_arguments(p)
@@ -67,8 +67,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     """
     from pathlib import Path
 
-    from vecrag.bank import Bank
-    from vecrag.decode import common
+    from vecrag.bank.store import Bank
+    from vecrag.commands import common
     from vecrag.decode.calibration import calibration_path
     from vecrag.decode.profiles import load_profiles
     from vecrag.errors import VecragError

@@ -76,12 +76,12 @@ def evaluate(args: argparse.Namespace) -> dict:
     import sys
     from pathlib import Path
 
-    from vecrag.bank import Bank
+    from vecrag.bank.sequences import make_samples
+    from vecrag.bank.store import Bank
     from vecrag.eval.baselines import baselines_report, run_baselines
     from vecrag.fsutil import atomic_write_json, json_safe
-    from vecrag.index import open_index
+    from vecrag.index.load import open_index
     from vecrag.runtime import report_openmp, set_threads
-    from vecrag.sequences import make_samples
 
     check_arguments(args)
     set_threads()

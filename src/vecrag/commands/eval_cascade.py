@@ -20,7 +20,7 @@ that label saw the target chunk). Writes cascade_eval-SPLIT.json atomically.
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from vecrag.decode.common import add_eval_arguments, add_model_arguments
+    from vecrag.commands.common import add_eval_arguments, add_model_arguments
 
     p.add_argument("bank", metavar="BANK", help="bank directory")
     add_model_arguments(p, lvm_default=None, retriever_default=None)
@@ -56,7 +56,7 @@ def _grid(s: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vecrag.decode.common import print_report
+    from vecrag.commands.common import print_report
     from vecrag.eval.cascade_eval import format_cascade
 
     return print_report(evaluate(args), args, format_cascade)
@@ -67,8 +67,8 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     Returns the report the command prints, with ``written`` (the files it wrote); ``vecrag.evaluate`` calls this.
     """
-    from vecrag.bank import Bank
-    from vecrag.decode import common
+    from vecrag.bank.store import Bank
+    from vecrag.commands import common
     from vecrag.eval.cascade_eval import run_cascade_eval
     from vecrag.fsutil import atomic_write_json
 

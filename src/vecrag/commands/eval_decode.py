@@ -17,7 +17,7 @@ tau_snap x tau_novel. Writes decode_eval-SPLIT-PROFILE.json, decode_sweep-SPLIT-
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from vecrag.decode.common import add_cascade_arguments, add_eval_arguments, add_model_arguments
+    from vecrag.commands.common import add_cascade_arguments, add_eval_arguments, add_model_arguments
 
     p.add_argument("bank", metavar="BANK", help="bank directory")
     add_model_arguments(p, lvm_default=None, retriever_default=None)
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vecrag.decode.common import print_report
+    from vecrag.commands.common import print_report
     from vecrag.eval.decode_eval import format_decode
 
     return print_report(evaluate(args), args, format_decode)
@@ -43,8 +43,8 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     Returns the report the command prints, with ``written`` (the files it wrote); ``vecrag.evaluate`` calls this.
     """
-    from vecrag.bank import Bank
-    from vecrag.decode import common
+    from vecrag.bank.store import Bank
+    from vecrag.commands import common
     from vecrag.decode.profiles import load_profiles
     from vecrag.eval.decode_eval import collect, decode_report, plot_sweep, sweep_table
     from vecrag.fsutil import atomic_write_json, atomic_write_text

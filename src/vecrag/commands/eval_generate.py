@@ -26,7 +26,7 @@ Writes generate_eval-SPLIT.json atomically.
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from vecrag.decode.common import add_cascade_arguments, add_model_arguments
+    from vecrag.commands.common import add_cascade_arguments, add_model_arguments
 
     p.add_argument("bank", metavar="BANK", help="bank directory")
     add_model_arguments(p, lvm_default=None, retriever_default=None)
@@ -61,7 +61,7 @@ def _check(args: argparse.Namespace, bank: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vecrag.decode.common import print_report
+    from vecrag.commands.common import print_report
     from vecrag.eval.rollout_eval import format_rollouts
 
     return print_report(evaluate(args), args, format_rollouts)
@@ -72,9 +72,11 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     Returns the report the command prints, with ``written`` (the files it wrote); ``vecrag.evaluate`` calls this.
     """
-    from vecrag.bank import Bank
-    from vecrag.decode import common
+    from vecrag.bank.store import Bank
+    from vecrag.commands import common
+    from vecrag.decode.baselines import baseline_generators
     from vecrag.decode.generate import Decoder
+    from vecrag.decode.prompt import prompt_embedder
     from vecrag.eval.rollout_eval import make_prompts, rollout_articles, run_rollouts
     from vecrag.fsutil import atomic_write_json
 
@@ -87,7 +89,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if not len(starts):
         raise VecragError(f"the {args.split} split has no article with >= {args.P + args.S} chunks", path=bank.path,
                           hint="use a bigger bank, another --split, or fewer --prompt-chunks / --steps")
-    embed = common.prompt_embedder(bank, args.device) if args.text_prompts else None
+    embed = prompt_embedder(bank, args.device) if args.text_prompts else None
     prompts = make_prompts(bank, starts, args.P, args.S, embed)
     index = common.open_search(bank, args)
     gens: dict[str, Decoder | None] = {}
@@ -98,7 +100,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         gens[f"decoder:{profile}"] = Decoder.for_bank(bank, index, lvm, tower, setup.policies, setup.cascade,
                                                       feedback=setup.feedback)
     if not args.no_baselines:
-        gens.update(common.baseline_generators(bank, index, lvm, tower))
+        gens.update(baseline_generators(bank, index, lvm, tower))
         gens["true continuation"] = None
     try:
         rows = run_rollouts(bank, gens, prompts, args.S, progress=not args.quiet and sys.stderr.isatty())

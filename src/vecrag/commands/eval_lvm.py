@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def format_report(res: dict[str, Any]) -> str:
-    from vecrag.eval.metrics import format_table
+    from vecrag.scoring.metrics import format_table
 
     keys = ("cos", "cos_median", "R@1", "R@5", "R@10", "R@100", "R@500", "MRR@10", "contrast_acc", "copy")
     lines = [f"{res['n_queries']} queries, split {res['split']}, context {res['context']}, bank {res['bank']} "
@@ -118,13 +118,14 @@ def run(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> dict:
     """The LVM against copy-last / mean / ewma / ridge on the split: the report the command prints, with
     ``written`` (the files it wrote). ``vecrag.evaluate`` calls this."""
-    from vecrag.bank import Bank
+    from vecrag.bank.sequences import make_samples
+    from vecrag.bank.store import Bank
     from vecrag.errors import VecragError
-    from vecrag.eval.lvm_eval import RIDGE_LAMBDAS, default_predictors, fit_ridge, load_lvm
+    from vecrag.eval.lvm_eval import RIDGE_LAMBDAS, default_predictors, fit_ridge
     from vecrag.eval.lvm_eval import evaluate as evaluate_lvm
     from vecrag.fsutil import atomic_write_json, json_safe
+    from vecrag.runs.load import load_lvm
     from vecrag.runtime import pick_device, report_openmp, set_threads
-    from vecrag.sequences import make_samples
 
     check_arguments(args)
     set_threads(args.threads)

@@ -54,7 +54,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     import sys
     from pathlib import Path
 
-    from vecrag.bank import Bank
+    from vecrag.bank.store import Bank
     from vecrag.commands.sizes import at_least, check_seed
     from vecrag.eval.retriever_eval import evaluate_retriever
     from vecrag.fsutil import atomic_write_json, atomic_write_text, json_safe

@@ -34,7 +34,7 @@ Example: vecrag calibrate banks/wiki-500 --lvm runs/lvm --retriever runs/retriev
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from vecrag.decode.common import add_cascade_arguments, add_model_arguments
+    from vecrag.commands.common import add_cascade_arguments, add_model_arguments
 
     p.add_argument("bank", metavar="BANK", help="bank directory")
     src = p.add_mutually_exclusive_group(required=True)
@@ -92,12 +92,12 @@ def check_steps(args: argparse.Namespace, bank: Any, n_prompt_ids: int) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from vecrag.api import Generator
-    from vecrag.bank import Bank
-    from vecrag.decode import common
+    from vecrag.bank.store import Bank
+    from vecrag.commands import common
     from vecrag.decode.generate import continuation
     from vecrag.decode.inverter import load_inverter
     from vecrag.decode.profiles import check_lane, load_profiles
+    from vecrag.decode.prompt import embed_prompt, parse_ids, split_prompt
     from vecrag.fsutil import append_jsonl
 
     check_arguments(args)
@@ -112,14 +112,14 @@ def run(args: argparse.Namespace) -> int:
     inverter = load_inverter(args.inverter, bank.encoder)
     ids: list[int] | None = None
     if args.prompt_ids:
-        ids = common.parse_ids(bank, args.prompt_ids)
+        ids = parse_ids(bank, args.prompt_ids)
         prompt_vecs, chunks, how = bank.vectors_f32(np.asarray(ids)), [bank.texts[i] for i in ids], "bank ids"
     else:
-        chunks, how = common.split_prompt(bank, args.prompt)
-        prompt_vecs = common.embed_prompt(bank, chunks, args.device)
+        chunks, how = split_prompt(bank, args.prompt)
+        prompt_vecs = embed_prompt(bank, chunks, args.device)
     check_steps(args, bank, len(ids or []))
-    gen = Generator.from_args(bank, args, profiles=profiles, inverter=inverter)  # the library's generator
-    lvm, tower, setup, dec = gen.lvm, gen.tower, gen.setup, gen.decoder
+    # the library's vecrag.Generator builds its decoder with the same function
+    lvm, tower, setup, dec = common.build_decoder(bank, args, profiles=profiles, inverter=inverter)
     cfg = setup.cascade
     tele = Path(args.telemetry) if args.telemetry else None
     if tele:

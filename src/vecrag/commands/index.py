@@ -47,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from vecrag.bank import Bank
+    from vecrag.bank.store import Bank
     from vecrag.fsutil import fs_error, probe_writable
-    from vecrag.index import ExactTorchIndex, build_index, index_dir, recall_vs_exact
+    from vecrag.index.build import build_index
+    from vecrag.index.search import ExactTorchIndex, index_dir, recall_vs_exact
     from vecrag.runtime import report_openmp, set_threads
 
     set_threads(faiss_threads=args.threads)

@@ -78,7 +78,7 @@ def chunker_overrides(args: argparse.Namespace) -> dict[str, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vecrag.ingest import ingest
+    from vecrag.bank.ingest import ingest
     from vecrag.runtime import report_openmp, set_threads
 
     set_threads()
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                   batch_size=args.batch_size, device=args.device, progress=not args.quiet,
                   restart=args.restart, overwrite=args.overwrite, skip_bad_lines=args.skip_bad_lines)
     st = bank.manifest.get("ingest", {})
-    logging.getLogger("vecrag.ingest").info(
+    logging.getLogger("vecrag.bank.ingest").info(
         "bank %s: %d chunks, %d articles (%d empty skipped), %.1f chunks/s", bank.path, bank.n,
         bank.manifest["n_articles"], st.get("empty_skipped", 0), st.get("chunks_per_s", 0.0))
     print(json.dumps({"bank": str(bank.path), "n_chunks": bank.n, "n_articles": bank.manifest["n_articles"],

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vecrag.report import write_report
+    from vecrag.serve.report import write_report
 
     page = write_report(args.run, args.out)
     print(f"vecrag: wrote {page}")

@@ -33,17 +33,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def search_bank(bank, query, k: int, *, backend: str = "auto", device: str = "auto") -> list[dict]:  # noqa: ANN001
     """Results for one query vector: dicts with rank (1-based), id, score, article_id, title, position, text
-    (:func:`vecrag.api.search`, the library's search, as dicts)."""
+    (:func:`vecrag.index.query.search`, the library's search, as dicts)."""
     from dataclasses import asdict
 
-    from vecrag.api import search
+    from vecrag.index.query import search
 
     hits = search(bank, query, k, backend=backend, device=device)[0]
     return [{"rank": r + 1, **asdict(h)} for r, h in enumerate(hits)]
 
 
 def run(args: argparse.Namespace) -> int:
-    from vecrag.bank import Bank
+    from vecrag.bank.store import Bank
     from vecrag.runtime import set_threads
 
     if args.k <= 0:
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         query = bank.vectors_f32([args.id])[0]
         label = f"chunk {args.id}: {bank.texts[args.id]}"
     else:
-        from vecrag.encode import load_encoder
+        from vecrag.bank.encode import load_encoder
 
         enc = load_encoder(bank.encoder["name"], device=args.device)
         if enc.dim != bank.dim:

@@ -68,8 +68,8 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     """Train (or resume) as the command line says; the run's summary, or None on a non-main torchrun rank.
     ``vecrag.train_lvm`` calls this with a parsed command line."""
     from vecrag.config import command_overrides, load_config
+    from vecrag.runs import rundir
     from vecrag.runtime import set_threads
-    from vecrag.train import rundir
 
     bank_arg, overrides = command_overrides(args)
 
@@ -101,14 +101,14 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
 
     import torch
 
-    import vecrag.bank
+    import vecrag.bank.store
     from vecrag.runtime import pick_device
     from vecrag.train import distributed as dd
 
     dd.init_from_env(torch.device(pick_device(cfg.train.device)).type)  # torchrun; a no-op for plain runs
     dd.barrier()  # every rank has checked the run directory before rank 0 writes into it
     set_threads(cfg.train.torch_threads or dd.default_threads())
-    bank = vecrag.bank.Bank.open(cfg.bank)
+    bank = vecrag.bank.store.Bank.open(cfg.bank)
     run = rundir.RunDir(run_dir, "lvm")
     try:
         with run.claim(resume=bool(args.resume), bank=bank, config=cfg, allow_config_change=args.allow_config_change):

@@ -64,12 +64,12 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     ``vecrag.train_retriever`` calls this with a parsed command line."""
     from pathlib import Path
 
-    from vecrag.bank import Bank
+    from vecrag.bank.store import Bank
     from vecrag.config import command_overrides, load_config
     from vecrag.errors import VecragError
+    from vecrag.runs import rundir
     from vecrag.runtime import pick_device
     from vecrag.train import distributed as dd
-    from vecrag.train import rundir
     from vecrag.train.retriever_task import RetrieverConfig, resolve_config
 
     args.bank, overrides = command_overrides(args)
@@ -122,8 +122,8 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
 def _fit(args: argparse.Namespace, run: Any, bank: Any, cfg: Any) -> tuple[dict[str, Any], dict[str, float]]:
     """Build the task and the trainer (fresh or resumed) in the claimed run directory and train; (the loop's
     result, the task's counters)."""
-    from vecrag.eval.retriever_eval import BANK_INFO
     from vecrag.fsutil import atomic_write_json
+    from vecrag.runs.load import BANK_INFO
     from vecrag.train import distributed as dd
     from vecrag.train.retriever_task import RetrieverTask
 

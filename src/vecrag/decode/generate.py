@@ -32,7 +32,7 @@ context has visited up to the furthest chunk used there: generation never goes b
 the bank's order, so it is an option, never a default.
 
 The context lane is ``--lane`` when given; otherwise the lane predicted from the prompt's last L vectors by the
-bank's lane classifier (:func:`vecrag.lanes.context_lane_classifier`, the rule ``eval cascade`` / ``eval decode``
+bank's lane classifier (:func:`vecrag.bank.lanes.context_lane_classifier`, the rule ``eval cascade`` / ``eval decode``
 measure), or without one the lane of the bank chunk nearest to the last prompt vector; after that, the lane
 of the most recently used bank chunk (SNAP/BLEND).
 """
@@ -46,12 +46,12 @@ from typing import Any
 
 import numpy as np
 
+from vecrag.bank.lanes import lane_codes_of
 from vecrag.decode.cascade import BACK_DEPTH, Cascade, CascadeConfig, CascadeResult
 from vecrag.decode.policy import SNAP, Decision, decide, novel
 from vecrag.decode.predictors import Predictor
 from vecrag.decode.profiles import PolicySet
 from vecrag.errors import VecragError
-from vecrag.lanes import lane_codes_of
 
 
 @dataclass
@@ -186,7 +186,7 @@ class Decoder:
         """The decoder `vecrag generate`, `POST /generate` and `vecrag eval generate` use, over a Bank: its
         texts, lanes, text groups (no repeats by text) and, when no ``lane`` is fixed, its lane classifier; it feeds
         back the chunk each step shows unless ``feedback="emitted"``."""
-        from vecrag.lanes import context_lane_classifier
+        from vecrag.bank.lanes import context_lane_classifier
 
         kw.setdefault("exclude_context", True)
         kw.setdefault("feedback", "shown")
@@ -207,7 +207,7 @@ class Decoder:
         if not self.lane_lut or not prompt:
             return ""
         if self.lane_classifier is not None:
-            from vecrag.lanes import predict_lanes
+            from vecrag.bank.lanes import predict_lanes
 
             ctx, mask = self._ctx(prompt, max(self.lvm.context_len, self.tower.context_len))
             code = int(predict_lanes(ctx, mask, self.lane_classifier)[0])

@@ -5,10 +5,10 @@
     pred(ctx float32 [n, L, D], mask bool [n, L]) -> float32 unit vectors [n, D]
 
 Implementations: :class:`HeuristicPredictor` (``last`` / ``mean`` / ``ewma``, the anchors of
-:mod:`vecrag.eval.heuristics`) and :class:`TorchPredictor` (a trained ``torch.nn.Module``: an LVM from
+:mod:`vecrag.scoring.heuristics`) and :class:`TorchPredictor` (a trained ``torch.nn.Module``: an LVM from
 ``vecrag train lvm`` or a query tower from ``vecrag train retriever``, loaded by
-:func:`load_lvm_predictor` / :func:`load_tower_predictor`, which call ``vecrag.eval.lvm_eval.load_lvm``
-and ``vecrag.eval.retriever_eval.load_retriever``).
+:func:`load_lvm_predictor` / :func:`load_tower_predictor`, which call ``vecrag.runs.load.load_lvm``
+and ``vecrag.runs.load.load_retriever``).
 :func:`parse_predictor` turns a CLI spec (``heuristic:ewma``, ``heuristic:ewma:0.3``, ``RUN_DIR``) into one.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from vecrag.errors import VecragError
-from vecrag.eval.heuristics import HEURISTICS, heuristic_query
+from vecrag.scoring.heuristics import HEURISTICS, heuristic_query
 
 DEFAULT_EWMA_ALPHA = 0.5
 DEFAULT_CONTEXT_LEN = 16
@@ -93,9 +93,9 @@ def load_lvm_predictor(run: str | Path, *, device: str = "cpu", bank: Any = None
                        checkpoint: str = "best") -> Predictor:
     """The LVM of a `vecrag train lvm` run (``checkpoints/best.pt``, sha256-verified) as a Predictor.
 
-    Thin glue over :func:`vecrag.eval.lvm_eval.load_lvm`; the context length is the run's ``train.context``.
+    Thin glue over :func:`vecrag.runs.load.load_lvm`; the context length is the run's ``train.context``.
     """
-    from vecrag.eval.lvm_eval import load_lvm
+    from vecrag.runs.load import load_lvm
 
     p = _run_dir(run, "lvm")
     model, cfg = load_lvm(p, checkpoint, device)
@@ -113,10 +113,10 @@ def load_tower_predictor(run: str | Path, *, device: str = "cpu", bank: Any = No
                          checkpoint: str = "best") -> Predictor:
     """The query tower of a `vecrag train retriever` run (``checkpoints/best.pt``) as a Predictor.
 
-    Thin glue over :func:`vecrag.eval.retriever_eval.load_retriever`. The cascade searches the bank's own
+    Thin glue over :func:`vecrag.runs.load.load_retriever`. The cascade searches the bank's own
     index, so a run with a learned (non-identity) doc tower is refused.
     """
-    from vecrag.eval.retriever_eval import check_bank, load_retriever
+    from vecrag.runs.load import check_bank, load_retriever
 
     p = _run_dir(run, "retriever")
     cfg, model, _ = load_retriever(p, checkpoint, device)

@@ -1,6 +1,6 @@
 """The yardstick: the seed's query heuristics and two text-level peers, against the FULL bank.
 
-Every method is scored by :func:`retrieve_ranks` with the same hit rules (``vecrag.eval.metrics``): the
+Every method is scored by :func:`retrieve_ranks` with the same hit rules (``vecrag.scoring.metrics``): the
 context's own chunk ids are removed from the results (search ``k + L``, then drop them) unless
 ``include_context``; a chunk whose text equals the target's text counts as a hit unless ``text_hits`` is
 off. Later models (retrievers, LVMs) call :func:`retrieve_ranks` on the same samples, in the same process,
@@ -28,60 +28,18 @@ from typing import Any
 
 import numpy as np
 
-from vecrag.bank import Bank
+from vecrag.bank.sequences import Samples, gather_context
+from vecrag.bank.store import Bank
 from vecrag.errors import VecragError
-from vecrag.eval.heuristics import heuristic_query
-from vecrag.eval.metrics import DEFAULT_KS, first_hit_rank, format_table, recall_table
-from vecrag.sequences import Samples, gather_context
+from vecrag.scoring.heuristics import heuristic_query
+from vecrag.scoring.metrics import DEFAULT_KS, first_hit_rank, format_table, recall_table
+from vecrag.scoring.ranks import batch_rows, context_start, retrieve_ranks, search_depth
 
 log = logging.getLogger(__name__)
 
 EWMA_ALPHAS = (0.5, 0.1, 0.05)
-ROW_BUDGET = 1 << 23  # values per batch in a [rows, depth] result or [rows, L * D] context matrix (~32-64 MB)
 BM25_DIR = "bm25"
 BM25_STOPWORDS = "en"
-
-
-def retrieve_ranks(index: Any, queries: np.ndarray, samples: Samples, L: int, k: int, *,
-                   include_context: bool = False, text_hits: bool = True, bank: Bank | None = None,
-                   batch: int = 2048, on_ids: Callable[[slice, np.ndarray], None] | None = None) -> np.ndarray:
-    """0-based rank of each sample's target among ``index``'s results for ``queries`` (-1 = not in top ``k``),
-    with the hit rules applied. ``index`` is any object with ``search(queries, k) -> (scores, ids)``.
-    ``on_ids(rows, ids)`` sees each batch's raw results (``k + L`` deep unless ``include_context``)."""
-    if text_hits and bank is None:
-        raise ValueError("text_hits needs the bank (for its text groups)")
-    tg = bank.text_group if text_hits and bank is not None else None
-    n = len(samples)
-    if queries.shape[0] != n:
-        raise ValueError(f"{queries.shape[0]} queries for {n} samples")
-    ranks = np.full(n, -1, dtype=np.int64)
-    kk = search_depth(k if include_context else k + L, getattr(index, "ntotal", 0) or (bank.n if bank else 0))
-    step = batch_rows(batch, kk)
-    for s in range(0, n, step):
-        sl = slice(s, min(n, s + step))
-        _, ids = index.search(np.ascontiguousarray(queries[sl], dtype=np.float32), kk)
-        if on_ids is not None:
-            on_ids(sl, ids)
-        ranks[sl] = first_hit_rank(ids, samples.target[sl], text_group=tg,
-                                   start=None if include_context else context_start(samples, L, sl))
-    return ranks
-
-
-def search_depth(k: int, n: int) -> int:
-    """``k`` results, but never deeper than the ``n`` vectors searched (deeper results are only padding)."""
-    return min(k, n) if n > 0 else k
-
-
-def batch_rows(batch: int, per_row: int, budget: int = ROW_BUDGET) -> int:
-    """Rows per batch so that ``rows x per_row`` stays within ``budget`` values (at most ``batch``, at least 1)."""
-    return max(1, min(batch, budget // max(1, per_row)))
-
-
-def context_start(samples: Samples, L: int, rows: slice | None = None) -> np.ndarray:
-    """First chunk id of each sample's ``L``-chunk context: the context is the ids ``start .. target - 1`` (an
-    article's chunks are consecutive), so the hit rules drop it as a range, in memory ``O(k)`` not ``O(k L)``."""
-    sub = samples if rows is None else samples.subset(rows)
-    return np.maximum(sub.start, sub.target - L)
 
 
 def context_texts(bank: Bank, samples: Samples, last: int) -> list[str]:
@@ -165,11 +123,11 @@ def run_baselines(bank: Bank, samples: Samples, L: int, ks: tuple[int, ...] = DE
                   batch: int = 2048, progress: bool = True,
                   on_ids: dict[str, Callable[[slice, np.ndarray], None]] | None = None) -> dict[str, dict[str, Any]]:
     """Recall table per method (``recall_table`` plus ``elapsed_s``; ``skipped`` with a reason instead when
-    a text baseline cannot run). ``index`` defaults to ``vecrag.index.open_index(bank)``. ``on_ids[method](rows,
+    a text baseline cannot run). ``index`` defaults to ``vecrag.index.load.open_index(bank)``. ``on_ids[method](rows,
     ids)`` sees that vector method's raw results (as ``retrieve_ranks``' ``on_ids``, rows of ``samples``)."""
     from tqdm import tqdm
 
-    from vecrag.index import open_index
+    from vecrag.index.load import open_index
 
     if L < 1:
         raise VecragError(f"context length must be >= 1, got {L}", hint="--context 10")
@@ -225,7 +183,7 @@ def _text_rows(bank: Bank, samples: Samples, L: int, ks: tuple[int, ...], index:
     t = time.perf_counter()
     try:
         if encoder is None:
-            from vecrag.encode import load_encoder
+            from vecrag.bank.encode import load_encoder
 
             encoder = load_encoder(bank.encoder["name"])
         if int(encoder.dim) != bank.dim:

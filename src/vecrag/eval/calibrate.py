@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from vecrag.bank import Bank
+from vecrag.bank.sequences import Samples
+from vecrag.bank.store import Bank
 from vecrag.decode.calibration import (
     KIND,
     LANE_GRID,
@@ -38,7 +39,6 @@ from vecrag.decode.profiles import PolicySet, Profiles, intent_of
 from vecrag.eval.cascade_eval import fusion_grid
 from vecrag.eval.decode_eval import collect
 from vecrag.eval.rollout_eval import make_prompts, rollout_articles, run_generator, summarise
-from vecrag.sequences import Samples
 
 W_TOPIC_GRID = (0.0, 0.25, 0.5, 1.0)
 FEEDBACK_GRID = ("shown", "emitted")

@@ -12,8 +12,8 @@ target's text counts as a hit):
 - ``tower>lane(article)``  the same with the article's own lane label as the context lane: an upper bound
 - ``cascade``          fused + lane: the full cascade used by ``vecrag generate``
 
-The context lane is predicted from the context vectors alone (:func:`vecrag.lanes.predict_lanes` with
-:func:`vecrag.lanes.context_lane_classifier`: the lane prototypes for description-built lanes, else
+The context lane is predicted from the context vectors alone (:func:`vecrag.bank.lanes.predict_lanes` with
+:func:`vecrag.bank.lanes.context_lane_classifier`: the lane prototypes for description-built lanes, else
 centroids of TRAIN-split chunks), as ``vecrag generate`` does for a prompt. The article's own label is not
 used for the main rows: lanes built from vectors (``--lanes default``, ``kmeans:K``) are chosen from the
 mean of ALL the article's chunks, the target included, so the label leaks a little of the target into the
@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from vecrag.bank import Bank
+from vecrag.bank.lanes import context_lane_classifier, lane_codes_of, predict_lanes
+from vecrag.bank.sequences import Samples, gather_context
+from vecrag.bank.store import Bank
 from vecrag.decode.cascade import BACK_DEPTH, fuse, lane_bonus, top_by
 from vecrag.decode.predictors import HeuristicPredictor, Predictor
-from vecrag.eval.metrics import first_hit_rank, format_table, kept_results, recall_table
-from vecrag.lanes import context_lane_classifier, lane_codes_of, predict_lanes
-from vecrag.sequences import Samples, gather_context
+from vecrag.scoring.metrics import first_hit_rank, format_table, kept_results, recall_table
 
 HIT_KS = (1, 5, 10)
 HIT_RULES = "context ids excluded; a retrieved chunk with the target's text counts as a hit"

@@ -4,7 +4,7 @@ Every predictor maps a right-aligned context (``ctx`` float [n, L, D], ``mask`` 
 [n, D]. For each one, on the held-out split:
 - cosine to the true next vector: mean (95 % normal CI) and median;
 - in-bank rank of the true next chunk with the prediction as the query, exact search over the FULL bank
-  (``vecrag.index.ExactTorchIndex``), hit rules of ``vecrag.eval.baselines.retrieve_ranks`` (context ids
+  (``vecrag.index.search.ExactTorchIndex``), hit rules of ``vecrag.scoring.ranks.retrieve_ranks`` (context ids
   excluded, same text = hit): Recall@K with Wilson CIs, MRR@10, median rank;
 - contrastive accuracy: within fixed-seed shuffled batches of ``contrast_batch`` samples, the share whose
   prediction scores its own target (or an exact duplicate of it) above every other in-batch target (targets
@@ -25,18 +25,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vecrag.bank import Bank
+from vecrag.bank.sequences import Samples, make_samples
+from vecrag.bank.store import Bank
 from vecrag.errors import VecragError
-from vecrag.eval.heuristics import heuristic_query_torch
-from vecrag.eval.metrics import recall_table
-from vecrag.sequences import Samples, make_samples
+from vecrag.scoring.heuristics import heuristic_query_torch
+from vecrag.scoring.metrics import recall_table
 
 log = logging.getLogger(__name__)
 Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -122,7 +121,7 @@ class Evaluator:
 
     def __init__(self, bank: Bank, samples: Samples, L: int, *, device: str | torch.device = "cpu",
                  batch: int = 1024, contrast_batch: int = 256, ks: tuple[int, ...] = EVAL_KS, seed: int = 0):
-        from vecrag.index import ExactTorchIndex
+        from vecrag.index.search import ExactTorchIndex
 
         self.bank, self.samples, self.L, self.batch = bank, samples, L, batch
         self.device = torch.device(device)
@@ -169,7 +168,7 @@ class Evaluator:
         return correct / max(n, 1)
 
     def score(self, fn: Predictor) -> dict[str, Any]:
-        from vecrag.eval.baselines import retrieve_ranks
+        from vecrag.scoring.ranks import retrieve_ranks
 
         pred, copy = self.predict(fn)
         tgt = self.bank_t[torch.from_numpy(self.samples.target).to(self.device)]
@@ -220,39 +219,6 @@ def evaluate(bank: Bank, samples: Samples, L: int, predictors: dict[str, Predict
     if horizon > 0:
         out["rollout"] = {name: ev.rollout(fn, horizon) for name, fn in predictors.items()}
     return out
-
-
-# ---- the trained model ----------------------------------------------------------------------------------
-def load_lvm(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """(model in eval mode, LVMConfig) from a run directory; the checkpoint's sha256 is verified."""
-    from vecrag.config import load_config
-    from vecrag.models.lvm import LVM
-    from vecrag.train.checkpoint import CheckpointDir
-    from vecrag.train.lvm_task import LVMConfig
-
-    run = Path(run_dir)
-    if not (run / "config.yaml").exists():
-        raise VecragError("not an LVM run directory (no config.yaml)", path=run,
-                          hint="give the --out directory of `vecrag train lvm`")
-    cfg = load_config(LVMConfig, run / "config.yaml")
-    name = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
-    ck = CheckpointDir(run / "checkpoints")
-    if not ck.path(name).exists():
-        raise VecragError(f"checkpoint {name} not found", path=ck.root,
-                          hint="train longer, or choose --checkpoint last (available: "
-                               + ", ".join(sorted(ck.index)) + ")")
-    state = ck.load(name)
-    if state.get("task") != "lvm":
-        raise VecragError(f"checkpoint is for task {state.get('task')!r}, not an LVM", path=ck.path(name))
-    extra = state.get("extra", {})
-    model = LVM(int(extra.get("dim", 0)) or _dim_of(state["model"]), cfg.model, cfg.train.context)
-    model.load_state_dict(state["model"])
-    model.encoder = extra.get("encoder")  # type: ignore[attr-defined]
-    return model.to(device).eval(), cfg
-
-
-def _dim_of(sd: dict[str, torch.Tensor]) -> int:
-    return int(sd["head.weight"].shape[0])
 
 
 def default_predictors(model: Any, cfg: Any, ridge: RidgePredictor | None) -> dict[str, Predictor]:

@@ -1,6 +1,6 @@
 """Evaluate a trained two-tower retriever next to every baseline, on the same samples, in the same run.
 
-The tower's queries and each baseline's are scored by :func:`vecrag.eval.baselines.retrieve_ranks` with
+The tower's queries and each baseline's are scored by :func:`vecrag.scoring.ranks.retrieve_ranks` with
 the shared hit rules (context ids excluded from the results; a chunk with the target's text is a hit)
 against the FULL bank. With an ``mlp`` doc tower the bank is re-encoded first and searched exactly (see
 :mod:`vecrag.models.towers` for the cost); the baselines always search the raw bank.
@@ -16,51 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from vecrag.bank import Bank
+from vecrag.bank.sequences import Samples, before_target, gather_context
+from vecrag.bank.store import Bank
 from vecrag.errors import VecragError
-from vecrag.eval.metrics import DEFAULT_KS, recall_table
-from vecrag.sequences import Samples, before_target, gather_context
+from vecrag.runs.load import check_bank, load_retriever
+from vecrag.scoring.metrics import DEFAULT_KS, recall_table
 
 log = logging.getLogger(__name__)
-BANK_INFO = "bank.json"  # RUN/bank.json: path, n, dim and encoder of the training bank
-
-
-def load_retriever(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> tuple[Any, Any, dict]:
-    """(RetrieverConfig, RetrieverModel in eval mode, checkpoint summary) of a run directory."""
-    from vecrag.config import load_config
-    from vecrag.models.towers import RetrieverModel
-    from vecrag.train.checkpoint import CheckpointDir
-    from vecrag.train.retriever_task import RetrieverConfig
-
-    run = Path(run)
-    if not (run / "config.yaml").exists():
-        raise VecragError("not a retriever run directory (no config.yaml)", path=run,
-                          hint="train one with `vecrag train retriever BANK --out RUN`")
-    cfg = load_config(RetrieverConfig, run / "config.yaml")
-    ckpts = CheckpointDir(run / "checkpoints")
-    name = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
-    state = ckpts.load(name, map_location="cpu")
-    if state.get("task") != "retriever":
-        raise VecragError(f"checkpoint is for task {state.get('task')!r}, not 'retriever'", path=ckpts.path(name))
-    dim = int(state["model"]["query.head.weight"].shape[0])
-    model = RetrieverModel(dim, cfg.model)
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
-    return cfg, model, {"checkpoint": name, "step": int(state["step"]), "epoch": int(state["epoch"]),
-                        "best": state["trainer"].get("best"), "best_epoch": state["trainer"].get("best_epoch")}
-
-
-def check_bank(run: Path, bank: Bank, dim: int) -> None:
-    """Refuse a bank from another encoder than the one the run was trained on."""
-    import json
-
-    p = Path(run) / BANK_INFO
-    if p.exists():
-        info = json.loads(p.read_text(encoding="utf-8"))
-        bank.check_encoder(info["encoder"]["name"], int(info["encoder"]["dim"]), where=p)
-    if bank.dim != dim:
-        raise VecragError(f"the tower is {dim}-D but the bank is {bank.dim}-D", path=bank.path,
-                          hint="evaluate on a bank built with the run's encoder")
 
 
 @torch.no_grad()
@@ -76,7 +38,7 @@ def tower_queries(model, bank: Bank, samples: Samples, L: int, *, device: str = 
 
 def doc_index(model, bank: Bank, raw_index: Any, device: str = "cpu") -> Any:
     """The raw bank's index for an identity doc tower; else an exact index over the re-encoded bank."""
-    from vecrag.index import ExactTorchIndex
+    from vecrag.index.search import ExactTorchIndex
 
     if model.doc.is_identity:
         return raw_index
@@ -91,9 +53,10 @@ def evaluate_retriever(run: str | Path, bank: Bank | None = None, *, split: str 
                        backend: str = "auto", device: str = "cpu", baselines: bool = True,
                        text_baselines: bool = False, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """The report dict (``methods``: tower first, then every baseline) of ``vecrag eval retriever``."""
-    from vecrag.eval.baselines import baselines_report, retrieve_ranks, run_baselines, vector_methods
-    from vecrag.index import open_index
-    from vecrag.sequences import make_samples
+    from vecrag.bank.sequences import make_samples
+    from vecrag.eval.baselines import baselines_report, run_baselines, vector_methods
+    from vecrag.index.load import open_index
+    from vecrag.scoring.ranks import retrieve_ranks
 
     cfg, model, info = load_retriever(run, checkpoint, device)
     bank = bank if bank is not None else Bank.open(cfg.bank)
@@ -136,7 +99,7 @@ def evaluate_retriever(run: str | Path, bank: Bank | None = None, *, split: str 
 
 def anchor_queries(bank: Bank, samples: Samples, L: int, anchor: str, alpha: float) -> np.ndarray:
     """The anchor heuristic's query for every sample (4,096 contexts at a time)."""
-    from vecrag.eval.heuristics import heuristic_query
+    from vecrag.scoring.heuristics import heuristic_query
 
     return np.concatenate([heuristic_query(*gather_context(bank.vectors, samples.context_ids(L, slice(s, s + 4096))),
                                            anchor, alpha) for s in range(0, len(samples), 4096)])
@@ -164,7 +127,7 @@ class MissTally:
 
     def add(self, sl: slice, ids: np.ndarray) -> None:
         """Results ``ids`` [len(sl), >= depth] of the samples ``sl``, best first."""
-        from vecrag.eval.metrics import first_hit_rank, kept_results
+        from vecrag.scoring.metrics import first_hit_rank, kept_results
 
         smp, k, tg = self.samples, self.k, self.bank.text_group
         ids = ids[:, :self.depth]

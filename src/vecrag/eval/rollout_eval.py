@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from vecrag.bank import Bank
+from vecrag.bank.store import Bank
 from vecrag.decode.policy import KINDS
-from vecrag.eval.metrics import wilson
+from vecrag.scoring.metrics import wilson
 
 TRUTH = "TRUE"
 METRICS = ("coverage", "hit", "forward", "repeat", "echo", "cos", "collapse")

@@ -1,1 +1,1 @@
-"""vecrag.models"""
+"""The models: the LVM (next chunk vector) and the two towers of the retriever."""

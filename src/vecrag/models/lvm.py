@@ -1,7 +1,7 @@
 """Latent vector models (LVMs): the previous chunk vectors of an article -> the next chunk vector.
 
 Every architecture outputs ``normalize(anchor + residual)``. The anchor is a heuristic over the context
-(:func:`vecrag.eval.heuristics.heuristic_query_torch`: ``last``, ``mean`` or ``ewma`` with ``alpha``); the
+(:func:`vecrag.scoring.heuristics.heuristic_query_torch`: ``last``, ``mean`` or ``ewma`` with ``alpha``); the
 residual comes from a body that summarises the context into ``hidden`` features and a ZERO-initialised
 linear head, so at step 0 the model predicts exactly the anchor (DESIGN.md 4b: start from the baseline,
 learn the correction). Inputs are right-aligned contexts ``ctx`` float [n, L, D] with a bool ``mask``
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vecrag.errors import VecragError
-from vecrag.eval.heuristics import HEURISTICS, heuristic_query_torch
+from vecrag.scoring.heuristics import HEURISTICS, heuristic_query_torch
 
 LVM_KINDS = ("gru", "lstm", "transformer", "amn")
 

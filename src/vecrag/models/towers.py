@@ -1,14 +1,14 @@
 """Query towers and doc towers for the two-tower retriever.
 
 Every query tower outputs ``normalize(anchor + residual)``: the anchor is a heuristic query from
-:func:`vecrag.eval.heuristics.heuristic_query_torch` (``last`` vector by default, or ``ewma`` with
+:func:`vecrag.scoring.heuristics.heuristic_query_torch` (``last`` vector by default, or ``ewma`` with
 ``alpha``; ``mean`` also works) and the residual comes from a learned head whose last linear layer is
 zero-initialised. At step 0 the residual is exactly zero, so the tower's query equals the anchor and it
 scores the anchor heuristic's recall (DESIGN.md 4b: start from the baseline, learn the correction).
 
 Query towers (``kind``): ``gru`` (default), ``lstm``, ``transformer`` (causal, learned positions) and
 ``mean_mlp``. Inputs are right-aligned contexts ``ctx`` float [n, L, D] with a bool ``mask`` [n, L]
-(column L-1 is always the most recent chunk, see :mod:`vecrag.sequences`).
+(column L-1 is always the most recent chunk, see :mod:`vecrag.bank.sequences`).
 
 Doc towers: ``identity`` (default; bank vectors are used as they are, so the search index over the bank
 is the doc index) and ``mlp`` (``normalize(x + MLP(x))``, zero-initialised, so it starts as the
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vecrag.errors import VecragError
-from vecrag.eval.heuristics import HEURISTICS, heuristic_query_torch
+from vecrag.scoring.heuristics import HEURISTICS, heuristic_query_torch
 
 QUERY_TOWERS = ("gru", "lstm", "transformer", "mean_mlp")
 DOC_TOWERS = ("identity", "mlp")

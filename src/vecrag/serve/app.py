@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 
 from vecrag import __version__
 from vecrag.errors import VecragError
-from vecrag.serve.decode_views import decode_views
+from vecrag.serve.decode_views import decode_views, has_decode
 from vecrag.serve.metrics import ServeMetrics
 from vecrag.serve.middleware import BodyLimitMiddleware, MetricsMiddleware
 from vecrag.serve.runs import LOG, METRICS, RunNotFound, read_log, training_views
@@ -163,7 +163,7 @@ def create_app(bank_path: str | Path, lvm: str | Path | None = None, retriever: 
     @app.get("/api/runs", summary="run directories under --runs (and the --lvm/--retriever runs)")
     async def list_runs() -> dict[str, Any]:
         return {"root": str(st.runs.root) if st.runs.root else None,
-                "runs": [r.summary() for r in st.runs.list().values()]}
+                "runs": [{**r.summary(), "has_decode": has_decode(r)} for r in st.runs.list().values()]}
 
     @app.get("/api/runs/{name:path}/log", summary="parsed log.jsonl records and chart series")
     async def run_log(name: str, max_points: int = Query(5000, ge=2, le=100_000)) -> dict[str, Any]:

@@ -37,7 +37,7 @@ class Decoding:
     def __init__(self, state: Any, lvm: Any, tower: Any, profiles: Any, *, calibration: dict[str, Any] | None = None,
                  calibrate_command: str = "vecrag calibrate", default_profile: str | None = None,
                  timeout_ms: float | None = 50.0):
-        from vecrag.lanes import lane_codes_of
+        from vecrag.bank.lanes import lane_codes_of
 
         self.state, self.lvm, self.tower, self.profiles = state, lvm, tower, profiles
         self.calibration, self.calibrate_command = calibration, calibrate_command
@@ -142,8 +142,8 @@ class Decoding:
                             "timings_ms": res.timings_ms}}
 
     def generate(self, req: Any) -> dict[str, Any]:
-        from vecrag.decode.common import split_prompt
         from vecrag.decode.generate import continuation
+        from vecrag.decode.prompt import split_prompt
 
         profile = req.profile or self.default_profile
         dec = self._decoder(profile, req.never_back)

@@ -1,6 +1,6 @@
 """Run directories for the dashboard and `vecrag report`: safe lookup, log parsing, chart series.
 
-Pure Python (no FastAPI), shared by :mod:`vecrag.serve.app` and :mod:`vecrag.report`.
+Pure Python (no FastAPI), shared by :mod:`vecrag.serve.app` and :mod:`vecrag.serve.report`.
 
 Security model (the dashboard reads files named in requests):
 - a run is addressed by a *name*, never by a path; names match ``NAME_RE`` (one or two segments of
@@ -60,7 +60,6 @@ class RunInfo:
             "modified": max((p.stat().st_mtime for p, ok in ((log, has_log), (mdir, has_mdir)) if ok), default=0.0),
             "metrics": sorted(p.name for p in mdir.glob("*.json") if FILE_RE.match(p.name)
                               and _inside(p, self.base)) if has_mdir else [],
-            "has_decode": _has_decode(self),
         }
 
 
@@ -347,12 +346,3 @@ def training_views(recs: list[dict[str, Any]]) -> dict[str, Any]:
     views["meta"] = series_meta(*(views[g] for g in ("loss", "lr", "throughput", "memory", "miner",
                                                      "mining_rounds", "task")))
     return views
-
-
-# ---- decoding views ----------------------------------------------------------------------------------
-
-
-def _has_decode(run: RunInfo) -> bool:
-    from vecrag.serve.decode_views import has_decode
-
-    return has_decode(run)

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from vecrag.bank import Bank
+from vecrag.bank.store import Bank
 from vecrag.errors import VecragError
 from vecrag.serve.runs import RunRegistry
 
@@ -223,7 +223,7 @@ def load_state(bank_path: str | Path, *, lvm: str | Path | None = None, retrieve
     """Open the bank, its index, the encoder and (when the decoder is installed) the decoding stack."""
     bank = Bank.open(bank_path)
     t0 = time.perf_counter()
-    from vecrag.index import open_index
+    from vecrag.index.load import open_index
 
     index = open_index(bank, backend=backend, device=device)
     # materialise lazy tables now (cached_property is not safe to build from two threads at once)
@@ -251,7 +251,7 @@ def load_state(bank_path: str | Path, *, lvm: str | Path | None = None, retrieve
 def _load_encoder(bank: Bank, device: str) -> tuple[Any | None, str | None]:
     name = bank.encoder.get("name")
     try:
-        from vecrag.encode import load_encoder
+        from vecrag.bank.encode import load_encoder
 
         enc = load_encoder(name, device=device)
         bank.check_encoder(enc.info.name, enc.info.dim)

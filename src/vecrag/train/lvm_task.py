@@ -15,7 +15,7 @@ so no gradient crosses ranks) and a local row's label is ``offset + i`` (offset 
 
 Validation (each epoch, on the val split, against the FULL bank): mean cosine to the true next vector,
 Recall@{1,10,100} and MRR@10 with the prediction as query (exact search by matmul, context ids excluded,
-same-text hits; ``vecrag.eval.metrics.first_hit_rank``), plus the same numbers for the anchor heuristic,
+same-text hits; ``vecrag.scoring.metrics.first_hit_rank``), plus the same numbers for the anchor heuristic,
 copy-last and mean of context as ``baseline_*`` keys.
 """
 
@@ -30,15 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vecrag.bank import Bank
+from vecrag.bank.sequences import Samples, make_samples
+from vecrag.bank.store import Bank
 from vecrag.config import TrainConfig
 from vecrag.errors import VecragError
-from vecrag.eval.heuristics import heuristic_query_torch
-from vecrag.eval.metrics import first_hit_rank
-from vecrag.index import ExactTorchIndex
+from vecrag.index.search import ExactTorchIndex
 from vecrag.models.lvm import LVM, LVMModelConfig
 from vecrag.runtime import to_device
-from vecrag.sequences import Samples, make_samples
+from vecrag.scoring.heuristics import heuristic_query_torch
+from vecrag.scoring.metrics import first_hit_rank
 from vecrag.train import distributed as dd
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from vecrag.config import TrainConfig, check
 from vecrag.models.towers import TowerConfig
-from vecrag.train.curriculum import Curriculum
+from vecrag.train.mining.curriculum import Curriculum
 
 BIG_BANK = 100_000  # from this many bank vectors on, early stopping defaults to R@500 (else R@10)
 
@@ -34,7 +34,7 @@ class LossConfig:
 @dataclass
 class MiningConfig:
     mode: str = field(default="sync", metadata={"choices": ("none", "sync", "async")})
-    schedule: str = "0-1:none;2-30:8@0.3-0.95"   # see vecrag.train.curriculum
+    schedule: str = "0-1:none;2-30:8@0.3-0.95"   # see vecrag.train.mining.curriculum
     schedule_base: int = 0     # epochs in the schedule count from 0 (the Trainer's numbering) or 1
     k: int = 64                # candidates searched per query (plus the context length)
     backend: str = field(default="torch", metadata={"choices": ("torch", "faiss", "auto")})
@@ -47,7 +47,7 @@ class MiningConfig:
     lookahead: int = 8         # async: micro-batches mined ahead
     per_job: int = 4           # async: micro-batches mined in one search (<= lookahead; half the time a batch)
     worker: str = field(default="thread", metadata={"choices": ("thread", "process")})  # async: where mining runs
-    # GPU mining: replay each job's kernels from a CUDA graph (vecrag.train.mine_graph). auto: for sync mining
+    # GPU mining: replay each job's kernels from a CUDA graph (vecrag.train.mining.graph). auto: for sync mining
     # and a miner process, not a miner thread (H200, transformer tower: sync 62 -> 81 % of no mining, process
     # 89-90 -> 90-92 %, but thread 92-93 -> 86-87 %; docs/benchmarks.md, session 10)
     cuda_graph: str = field(default="auto", metadata={"choices": ("auto", "on", "off")})
@@ -75,7 +75,7 @@ class MiningConfig:
         check(self.mode != "async" or self.ttl >= self.refresh_every, "mining.ttl", self.ttl,
               f"must be >= mining.refresh_every ({self.refresh_every}) in async mode, else most mined batches "
               "arrive stale; e.g. ttl = 2 x refresh_every")
-        from vecrag.train.async_miner import parse_faults
+        from vecrag.train.mining.async_miner import parse_faults
 
         parse_faults(self.fault)
 

@@ -36,16 +36,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from vecrag.eval.heuristics import heuristic_query
-from vecrag.eval.metrics import recall_table
+from vecrag.bank.sequences import gather_context, make_samples
 from vecrag.models.towers import RetrieverModel
 from vecrag.runtime import to_device
-from vecrag.sequences import gather_context, make_samples
+from vecrag.scoring.heuristics import heuristic_query
+from vecrag.scoring.metrics import recall_table
 from vecrag.train import distributed as dd
-from vecrag.train.async_miner import AsyncConfig, AsyncMiner
-from vecrag.train.curriculum import Curriculum, FilterConfig, MiningStats
 from vecrag.train.losses import ChunkMeta, InfoNCELoss, MemoryBankQueue, NegativeMasker
-from vecrag.train.miners import MiningCore, SyncMiner, make_searcher
+from vecrag.train.mining.async_miner import AsyncConfig, AsyncMiner
+from vecrag.train.mining.curriculum import Curriculum, FilterConfig, MiningStats
+from vecrag.train.mining.miners import MiningCore, SyncMiner, make_searcher
 from vecrag.train.retriever_config import (  # noqa: F401  (re-exported: the config lives beside the task)
     BIG_BANK,
     LossConfig,
@@ -199,8 +199,8 @@ class RetrieverTask:
         acfg = AsyncConfig(ttl=m.ttl, timeout=m.timeout, refresh_every=m.refresh_every, lookahead=m.lookahead,
                            per_job=m.per_job, stall=m.stall, max_restarts=m.max_restarts)
         make_core = functools.partial(self._core, thread=True)
-        if m.worker == "process":  # no GIL shared with the trainer (vecrag.train.miner_process)
-            from vecrag.train.miner_process import ProcessCore, spec_for
+        if m.worker == "process":  # no GIL shared with the trainer (vecrag.train.mining.process)
+            from vecrag.train.mining.process import ProcessCore, spec_for
 
             spec = spec_for(self)
 
@@ -279,14 +279,15 @@ class RetrieverTask:
         return q, vc
 
     def _rank(self, index, q: np.ndarray, vc: dict) -> dict[str, float]:
-        from vecrag.eval.baselines import retrieve_ranks  # the shared hit rules
+        from vecrag.scoring.ranks import retrieve_ranks  # the shared hit rules
 
         ranks = retrieve_ranks(index, q, self.val, self.L, min(max(VAL_KS), self.bank.n), bank=self.bank)
         table = recall_table(ranks, VAL_KS)
         return {k2: float(v) for k2, v in table.items() if not k2.endswith("_ci")}
 
     def validate(self, epoch: int) -> dict[str, float]:
-        from vecrag.index import ExactTorchIndex, open_index
+        from vecrag.index.load import open_index
+        from vecrag.index.search import ExactTorchIndex
 
         self._flush_mining(epoch)
         if len(self.val) == 0:

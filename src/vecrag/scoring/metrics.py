@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vecrag.sequences import before_target
+from vecrag.bank.sequences import before_target
 
 DEFAULT_KS = (1, 5, 10, 50, 100, 500, 1000)
 

@@ -3,13 +3,13 @@
 ``MiningCore`` searches the FULL bank with the current query tower, takes the top ``k`` candidates, removes
 masked ones (the positive, its text/vector duplicates, same-article chunks within +-window, the sample's own
 context chunks, which the evaluation's hit rules also exclude), applies the positive-aware filters and the
-phase's cosine band (:func:`vecrag.train.curriculum.pack_selection`) and returns the negative chunk ids of
+phase's cosine band (:func:`vecrag.train.mining.curriculum.pack_selection`) and returns the negative chunk ids of
 each sample, keyed by sample id (the index of the training sample), never by batch position. With a resident
 searcher every step of that stays on the searcher's device until one host copy of the selected ids; on a GPU
-that device work is replayed from a CUDA graph (:mod:`vecrag.train.mine_graph`, ``mining.cuda_graph``).
+that device work is replayed from a CUDA graph (:mod:`vecrag.train.mining.graph`, ``mining.cuda_graph``).
 
 ``SyncMiner`` mines in the training step with the live tower (deterministic: exact resume holds). The
-asynchronous miner (a background thread, or a process) is :mod:`vecrag.train.async_miner`.
+asynchronous miner (a background thread, or a process) is :mod:`vecrag.train.mining.async_miner`.
 
 FAISS is never used inside DataLoader workers (there are none: data is in memory). Thread counts are set
 once per process by :func:`vecrag.runtime.set_threads`.
@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vecrag.bank.sequences import Samples, before_target
 from vecrag.errors import VecragError
 from vecrag.runtime import to_device
-from vecrag.sequences import Samples, before_target
-from vecrag.train.curriculum import FilterConfig, MiningStats, Phase, pack_selection, unpack_selection
 from vecrag.train.losses import NegativeMasker
-from vecrag.train.mine_graph import MiningGraphs
+from vecrag.train.mining.curriculum import FilterConfig, MiningStats, Phase, pack_selection, unpack_selection
+from vecrag.train.mining.graph import MiningGraphs
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ def make_searcher(bank, backend: str = "torch", device: str = "cpu", vectors=Non
     index, else an exact in-memory IndexFlatIP) or ``auto`` (saved index if any, else torch). ``vectors``: the
     bank as a tensor already on ``device`` for a torch searcher to share instead of copying (a handle of its
     own over read-only memory: safe from any thread), or a function returning one (called only for torch)."""
-    from vecrag.index import FaissIndex, _manifest_index, load_index, open_index
+    from vecrag.index.load import _manifest_index, load_index, open_index
+    from vecrag.index.search import FaissIndex
 
     if backend == "torch" or (backend == "auto" and _manifest_index(bank) is None):
         return open_index(bank, "torch", device, vectors=vectors)
@@ -65,7 +66,7 @@ class MineResult:
     neg: np.ndarray        # int64 [B, n_neg]: row j = sample ids[j]'s negatives (-1 padded)
     stats: MiningStats
     version: int           # optimizer step of the tower weights used
-    graphed: bool = False  # replayed from a CUDA graph (vecrag.train.mine_graph)
+    graphed: bool = False  # replayed from a CUDA graph (vecrag.train.mining.graph)
 
     @property
     def negatives(self) -> dict[int, np.ndarray]:
@@ -88,7 +89,7 @@ class MiningCore:
         self.searcher = searcher
         self.device = torch.device(device)
         self.use_resident: bool | None = None  # None = auto (see _resident)
-        # on a GPU with a resident searcher: the device work replayed from CUDA graphs (vecrag.train.mine_graph)
+        # on a GPU with a resident searcher: the device work replayed from CUDA graphs (vecrag.train.mining.graph)
         self.graphs = MiningGraphs() if cuda_graph else None
 
     @property

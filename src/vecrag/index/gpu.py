@@ -3,7 +3,7 @@
 Rules (DESIGN.md section 4, and FAISS's own documentation):
 
 - A FAISS GPU index is NOT thread-safe, not even for ``search``. Each GPU index built here is owned by
-  the :class:`vecrag.index.FaissIndex` that wraps it, and that wrapper serialises every call into it
+  the :class:`vecrag.index.search.FaissIndex` that wraps it, and that wrapper serialises every call into it
   with a lock; use the wrapper from one thread (e.g. the dedicated miner thread) and never share the raw
   GPU index. Never use it in forked DataLoader workers.
 - GPU search supports ``k <= 2048`` (and ``nprobe <= 2048``); larger ``k`` is answered by the CPU copy
@@ -17,7 +17,7 @@ Rules (DESIGN.md section 4, and FAISS's own documentation):
 Status: this GPU path needs a faiss build with GPU support (conda ``faiss-gpu``, or ``faiss-gpu-cu12``
 wheels). Our H200 machine cannot install one (only faiss-cpu wheels travel there), so this module is
 exercised only where such a build exists; on that machine faiss runs on the CPU cores and the *measured*
-GPU search path is :class:`vecrag.index.ExactTorchIndex` (torch matmul + top-k, fp16, in query chunks),
+GPU search path is :class:`vecrag.index.search.ExactTorchIndex` (torch matmul + top-k, fp16, in query chunks),
 see ``benchmarks/scaling.py`` and ``docs/scaling.md``.
 """
 

@@ -46,8 +46,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vecrag.bank import ARTICLES, CHUNKS, MANIFEST, VECTORS, Bank, forget_verified, write_bank
-from vecrag.bankcheck import RECORD
+from vecrag.bank.check import RECORD
+from vecrag.bank.store import ARTICLES, CHUNKS, MANIFEST, VECTORS, Bank, forget_verified, write_bank
 from vecrag.errors import VecragError
 from vecrag.fsutil import atomic_save_npy, atomic_write_json, atomic_write_parquet, fs_error, sha256_file
 
@@ -350,9 +350,9 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
            progress: bool = True, restart: bool = False, overwrite: bool = False,
            skip_bad_lines: bool = False) -> Bank:
     """Build (or finish building) the bank at ``out`` from ``sources``; see the module docstring."""
+    from vecrag.bank.encode import DEFAULT_BATCH_SIZE, DEFAULT_ENCODER, Encoder, load_encoder
+    from vecrag.bank.lanes import parse_lane_spec
     from vecrag.corpus import iter_articles
-    from vecrag.encode import DEFAULT_BATCH_SIZE, DEFAULT_ENCODER, Encoder, load_encoder
-    from vecrag.lanes import parse_lane_spec
     from vecrag.runtime import pick_device
 
     sources = [sources] if isinstance(sources, str | Path) else [str(s) for s in sources]
@@ -434,7 +434,7 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
 def _assemble(stage: Path, prog: Progress, enc: Any, lane_spec: Any, *, split_seed: int,
               split_ratios: tuple[float, float, float], dtype: str, sources: list[str], fmt: str | None,
               chunker: Any) -> None:
-    from vecrag.lanes import assign_lanes
+    from vecrag.bank.lanes import assign_lanes
 
     vecs, chunks, arts = _load_staged(stage, prog)
     ids, id_rule = _article_ids(arts)

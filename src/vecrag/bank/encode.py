@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vecrag.bank import EncoderInfo
+from vecrag.bank.store import EncoderInfo
 from vecrag.errors import VecragError
 
 log = logging.getLogger(__name__)

@@ -190,7 +190,7 @@ def pack_selection(cand_ids, cand_q, cand_pos, pos_q, masked, phase: Phase, filt
                    back=None):
     """:func:`select_negatives`' device work: a float64 tensor on the candidates' device holding the chosen ids
     (exact below 2**53), the removal counts and the score sums, for :func:`unpack_selection`. No host sync and
-    fixed shapes for fixed inputs: the GPU miner captures it in a CUDA graph (:mod:`vecrag.train.mine_graph`)."""
+    fixed shapes for fixed inputs: the GPU miner captures it in a CUDA graph (:mod:`vecrag.train.mining.graph`)."""
     import torch
 
     def t(a):

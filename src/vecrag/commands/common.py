@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from vecrag.decode.cascade import CascadeConfig
 from vecrag.errors import VecragError
@@ -128,46 +125,6 @@ def decoder_setup(bank: Any, args: argparse.Namespace, lvm: Any, tower: Any, *, 
                         (cal or {}).get("path"))
 
 
-def baseline_generators(bank: Any, index: Any, lvm: Any, tower: Any) -> dict[str, Any]:
-    """The rollout baselines, each a Decoder on the same bank and index: greedy retrieval-only generators (the
-    ewma heuristic, and the tower, as the query; always SNAP to the best chunk not yet used) and the LVM alone
-    (NOVEL every step, its own prediction fed back)."""
-    from vecrag.decode.generate import Decoder
-    from vecrag.decode.policy import NOVEL, SNAP, Policy
-    from vecrag.decode.predictors import HeuristicPredictor
-    from vecrag.decode.profiles import PolicySet
-
-    def always(kind: str) -> PolicySet:
-        return PolicySet(kind, Policy(force=kind), {})
-
-    greedy_cfg = CascadeConfig(K=500, k=1, w_tower=1.0, w_lvm=0.0, lane_lambda=0.0, timeout_ms=None)
-    ewma = HeuristicPredictor("ewma", 0.5, context_len=tower.context_len)
-    out = {"greedy: ewma query": Decoder.for_bank(bank, index, ewma, ewma, always(SNAP), greedy_cfg,
-                                                  lane="", feedback="shown")}
-    if tower.name != ewma.name:
-        out[f"greedy: {tower.name}"] = Decoder.for_bank(bank, index, tower, tower, always(SNAP), greedy_cfg,
-                                                        lane="", feedback="shown")
-    out[f"LVM alone ({lvm.name})"] = Decoder.for_bank(
-        bank, index, lvm, tower, always(NOVEL),
-        CascadeConfig(K=500, k=10, w_tower=1.0, w_lvm=0.0, lane_lambda=0.0, timeout_ms=None), lane="",
-        feedback="emitted")
-    return out
-
-
-def prompt_embedder(bank: Any, device: str = "cpu") -> Any:
-    """text -> (chunks, unit vectors), with the bank's chunker and encoder (loaded once)."""
-    from vecrag.encode import load_encoder
-
-    enc = load_encoder(bank.encoder["name"], device=device)
-    bank.check_encoder(enc.info.name, enc.info.dim)
-
-    def embed(text: str) -> tuple[list[str], np.ndarray]:
-        chunks, _ = split_prompt(bank, text)
-        return chunks, enc.encode(chunks)
-
-    return embed
-
-
 def setup_runtime(args: argparse.Namespace) -> None:
     from vecrag.commands.sizes import check_threads
     from vecrag.runtime import report_openmp, set_threads
@@ -209,7 +166,7 @@ def _check_profile_shortlists(policies: Any, args: argparse.Namespace) -> None:
 
 
 def open_search(bank: Any, args: argparse.Namespace) -> Any:
-    from vecrag.index import open_index
+    from vecrag.index.load import open_index
 
     kw = {"nprobe": args.nprobe} if args.nprobe and args.backend != "torch" else {}
     return open_index(bank, backend=args.backend, device="cpu" if args.device == "cpu" else "auto", **kw)
@@ -225,53 +182,6 @@ def load_predictors(bank: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     tower = parse_predictor(args.retriever, "retriever", device=args.device, bank=bank,
                             context_len=args.context_len)
     return lvm, tower
-
-
-def split_prompt(bank: Any, text: str) -> tuple[list[str], str]:
-    """Chunks of ``text`` with the bank's chunker settings; (chunks, how they were made)."""
-    settings = dict(bank.manifest.get("chunker") or {})
-    try:
-        import dataclasses
-
-        from vecrag.corpus import Chunker, ChunkerConfig
-
-        known = {f.name for f in dataclasses.fields(ChunkerConfig)}
-        dropped = sorted(set(settings) - known)  # descriptive keys (e.g. "kind") are not constructor args
-        if dropped:
-            log.debug("chunker settings not passed to ChunkerConfig: %s", dropped)
-        try:
-            chunker = Chunker(ChunkerConfig(**{k: v for k, v in settings.items() if k in known}))
-        except (TypeError, ValueError) as e:
-            raise VecragError(f"the bank's chunker settings {settings} are not usable ({e})", path=bank.path,
-                              hint="rebuild the bank, or pass --prompt-ids") from e
-        chunks = [c for c in chunker.chunk(text) if c.strip()]
-        how = "bank chunker" if settings else "default chunker (the bank records no chunker settings)"
-    except ImportError:
-        chunks = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
-        how = "simple sentence split (vecrag.corpus chunker not available)"
-        log.warning("the chunker is unavailable: prompt split on sentence ends instead")
-    if not chunks:
-        raise VecragError("the prompt is empty after chunking", hint='pass some text: --prompt "..."')
-    return chunks, how
-
-
-def embed_prompt(bank: Any, chunks: list[str], device: str = "cpu") -> np.ndarray:
-    from vecrag.encode import load_encoder
-
-    enc = load_encoder(bank.encoder["name"], device=device)
-    bank.check_encoder(enc.info.name, enc.info.dim)
-    return enc.encode(chunks)
-
-
-def parse_ids(bank: Any, spec: str) -> list[int]:
-    try:
-        ids = [int(x) for x in spec.replace(" ", "").split(",") if x]
-    except ValueError as e:
-        raise VecragError(f"--prompt-ids must be comma-separated chunk ids, got {spec!r}") from e
-    bad = [i for i in ids if not 0 <= i < bank.n]
-    if not ids or bad:
-        raise VecragError(f"--prompt-ids: ids must be in 0..{bank.n - 1}" + (f", got {bad[:5]}" if bad else ""))
-    return ids
 
 
 def print_report(rep: dict[str, Any], args: argparse.Namespace, fmt: Any) -> int:
@@ -308,7 +218,7 @@ def out_dir(args: argparse.Namespace, bank: Any) -> Any:
 
 
 def eval_samples(bank: Any, args: argparse.Namespace) -> Any:
-    from vecrag.sequences import make_samples
+    from vecrag.bank.sequences import make_samples
 
     s = make_samples(bank, args.split, min_context=args.min_context, max_samples=args.max_samples or None,
                      seed=args.seed)
@@ -316,3 +226,19 @@ def eval_samples(bank: Any, args: argparse.Namespace) -> Any:
         raise VecragError(f"the {args.split} split has no samples with >= {args.min_context} context chunks",
                           path=bank.path, hint="use a bigger bank or another --split")
     return s
+
+
+def build_decoder(bank: Any, args: argparse.Namespace, *, profiles: Any = None,
+                  inverter: Any = None) -> tuple[Any, Any, DecoderSetup, Any]:
+    """(lvm, tower, setup, Decoder) of a parsed `vecrag generate` command line: what `vecrag generate` and the
+    library's :class:`vecrag.api.Generator` run."""
+    from vecrag.decode.generate import Decoder
+
+    lvm, tower = load_predictors(bank, args)
+    setup = decoder_setup(bank, args, lvm, tower, profiles=profiles)
+    decoder = Decoder.for_bank(
+        bank, open_search(bank, args), lvm, tower, setup.policies, setup.cascade, lane=getattr(args, "lane", None),
+        never_back=getattr(args, "never_back", False), inverter=inverter, K=args.K,
+        exclude_context=not getattr(args, "keep_context_ids", False),
+        no_repeat=not getattr(args, "allow_repeats", False), feedback=setup.feedback)
+    return lvm, tower, setup, decoder

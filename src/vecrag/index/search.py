@@ -7,15 +7,15 @@ rows, so the inner product is the cosine.
 
 Files: ``BANK/index/<kind>.faiss`` (written atomically; IVF-PQ on disk adds ``BANK/index/<kind>-*.ivfdata``),
 with the parameters in ``manifest["index"]`` (type, file, params, ntotal, dim, build time). Build with
-:func:`build_index` (implementation in ``vecrag.index_build``), load with :func:`load_index`, or call
-:func:`open_index` to get the saved index or, when none is saved, an :class:`ExactTorchIndex`.
+``vecrag.index.build.build_index``, load with ``vecrag.index.load.load_index``, or call
+``vecrag.index.load.open_index`` to get the saved index or, when none is saved, an :class:`ExactTorchIndex`.
 
 Threading: CPU FAISS indexes may be searched from several threads; a GPU FAISS index may not (see
-``vecrag.index_gpu``), so :class:`FaissIndex` serialises GPU calls (search and parameter changes) with a
+``vecrag.index.gpu``), so :class:`FaissIndex` serialises GPU calls (search and parameter changes) with a
 lock: the index is owned by whichever thread holds it, one at a time.
 
-GPUs: FAISS GPU indexes need a faiss build with GPU support; our GPU machine has only faiss-cpu, so the
-GPU path we measure (benchmarks/scaling.py, docs/scaling.md) is :class:`ExactTorchIndex` on CUDA (fp16
+GPUs: FAISS GPU indexes need a faiss build with GPU support; without one, the
+GPU path measured (benchmarks/scaling.py, docs/scaling.md) is :class:`ExactTorchIndex` on CUDA (fp16
 bank resident on the GPU, matmul + top-k in query chunks); FAISS indexes run on the CPU cores beside it.
 
 Thread counts are set with ``faiss.omp_set_num_threads`` by ``build_index``/``load_index`` when
@@ -25,7 +25,6 @@ Thread counts are set with ``faiss.omp_set_num_threads`` by ``build_index``/``lo
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from vecrag.bank import Bank
+from vecrag.bank.store import Bank
 from vecrag.errors import VecragError
 
 log = logging.getLogger(__name__)
@@ -175,7 +174,7 @@ class ExactTorchIndex(SearchIndex):
         the GPU miner keeps working on them). ``k`` must be at most ``ntotal``; queries are one chunk."""
         import torch
 
-        from vecrag.topk import fast_topk
+        from vecrag.index.topk import fast_topk
 
         qt = qt.to(self.device, self.dtype)
         best_s = best_i = None
@@ -227,7 +226,7 @@ class FaissIndex(SearchIndex):
 
     def __init__(self, cpu_index: Any, kind: str, params: dict[str, Any] | None = None, *,
                  device: str = "cpu", vectors: np.ndarray | None = None, fp16: bool = False, shard: bool = True):
-        from vecrag.index_gpu import resolve_faiss_device, to_gpu
+        from vecrag.index.gpu import resolve_faiss_device, to_gpu
 
         self.cpu_index = cpu_index
         self.kind = kind
@@ -245,7 +244,7 @@ class FaissIndex(SearchIndex):
     def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
         import faiss
 
-        from vecrag.index_gpu import set_gpu_param
+        from vecrag.index.gpu import set_gpu_param
 
         if nprobe is not None and self.kind in ("ivf", "ivfpq"):
             faiss.extract_index_ivf(self.cpu_index).nprobe = int(nprobe)
@@ -258,8 +257,8 @@ class FaissIndex(SearchIndex):
             self.params["ef_search"] = int(ef_search)
 
     def route(self, k: int) -> str:
-        """``"gpu"`` or ``"cpu"`` for a search of ``k`` results (see :func:`vecrag.index_gpu.search_route`)."""
-        from vecrag.index_gpu import search_route
+        """``"gpu"`` or ``"cpu"`` for a search of ``k`` results (see :func:`vecrag.index.gpu.search_route`)."""
+        from vecrag.index.gpu import search_route
 
         kk = k * self.refine if self.refine else k
         return search_route(kk, has_gpu=self.gpu_index is not None, nprobe=self.params.get("nprobe"))
@@ -333,68 +332,6 @@ def read_faiss(path: Path, *, kind: str = "", on_disk: bool = False) -> Any:
         raise VecragError(f"index file is corrupt or truncated ({first})", path=path, hint=fix) from e
 
 
-def load_index(bank: Bank, device: str = "auto", *, threads: int | None = None, nprobe: int | None = None,
-               ef_search: int | None = None, fp16: bool = False, shard: bool = True) -> FaissIndex:
-    """Load the index recorded in ``manifest["index"]`` and check it against the bank."""
-    import faiss
-
-    if threads is not None:
-        faiss.omp_set_num_threads(int(threads))
-    rec = _manifest_index(bank)
-    if rec is None:
-        raise VecragError("the bank has no saved index", path=bank.path,
-                          hint=f"build one with `vecrag index {bank.path}`")
-    kind = rec.get("type", "")
-    path = bank.path / rec["file"]
-    cpu = read_faiss(path, kind=kind, on_disk=bool(rec.get("ivfdata")))
-    if int(cpu.d) != bank.dim:
-        raise VecragError(f"index holds {cpu.d}-D vectors but the bank is {bank.dim}-D", path=path,
-                          hint=f"rebuild it with `vecrag index {bank.path} --type {kind}`")
-    if int(cpu.ntotal) != bank.n:
-        raise VecragError(f"index holds {cpu.ntotal} vectors but the bank has {bank.n} (stale index)", path=path,
-                          hint=f"rebuild it with `vecrag index {bank.path} --type {kind}`")
-    params = dict(rec.get("params", {}))
-    idx = FaissIndex(cpu, kind, params, device=device, vectors=bank.vectors, fp16=fp16, shard=shard)
-    idx.set_search_params(nprobe=nprobe, ef_search=ef_search)
-    return idx
-
-
-def _manifest_index(bank: Bank) -> dict[str, Any] | None:
-    """The manifest's index record, re-read from disk (another process may have built one meanwhile)."""
-    try:
-        m = json.loads((bank.path / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        m = bank.manifest
-    return m.get("index") or None
-
-
-def open_index(bank: Bank, backend: str = "auto", device: str = "auto", *, vectors: Any = None,
-               **kwargs: Any) -> SearchIndex:
-    """The bank's saved FAISS index (``faiss``), an exact torch search (``torch``), or ``auto``: the saved
-    index when there is one and faiss imports, else exact search. ``vectors``: a tensor of the bank already
-    on ``device`` for exact search to share (ExactTorchIndex), or a function returning one (called only when
-    exact search is chosen: it may make a copy)."""
-    def exact() -> ExactTorchIndex:
-        src = vectors() if callable(vectors) else vectors
-        if src is None:
-            return ExactTorchIndex(bank.vectors, device=device)
-        return ExactTorchIndex(src, device=device, dtype=src.dtype)
-
-    if backend not in ("auto", "faiss", "torch"):
-        raise VecragError(f"unknown search backend {backend!r}", hint="choose auto, faiss or torch")
-    if backend == "torch":
-        return exact()
-    has_faiss = True
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        has_faiss = False
-    if backend == "faiss" or (has_faiss and _manifest_index(bank) is not None):
-        return load_index(bank, device=device, **kwargs)
-    log.info("no saved index%s: exact search with torch", "" if has_faiss else " usable (faiss not installed)")
-    return exact()
-
-
 def recall_vs_exact(index: SearchIndex, exact: SearchIndex, queries: np.ndarray, k: int = 10) -> float:
     """Mean fraction of the exact top-k ids that ``index`` also returns in its top-k."""
     _, approx_ids = index.search(queries, k)
@@ -402,10 +339,3 @@ def recall_vs_exact(index: SearchIndex, exact: SearchIndex, queries: np.ndarray,
     hits = [len(set(a[a >= 0].tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
             for a, t in zip(approx_ids, true_ids, strict=True)]
     return float(np.mean(hits)) if hits else 0.0
-
-
-def build_index(bank: Bank, kind: str = "auto", **kwargs: Any) -> FaissIndex:
-    """Build, save and record an index for ``bank``; see :func:`vecrag.index_build.build_index`."""
-    from vecrag.index_build import build_index as _build
-
-    return _build(bank, kind, **kwargs)

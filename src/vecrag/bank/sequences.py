@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vecrag.bank import Bank
+from vecrag.bank.store import Bank
 from vecrag.errors import VecragError
 
 

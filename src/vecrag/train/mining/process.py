@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from vecrag.errors import VecragError
-from vecrag.train.curriculum import Phase
-from vecrag.train.miners import WorkerGone
+from vecrag.train.mining.curriculum import Phase
+from vecrag.train.mining.miners import WorkerGone
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,13 @@ class CoreSpec:
 
 def build_core(spec: CoreSpec):
     """The MiningCore (and an untrained query tower) a spec describes; used in the child."""
-    from vecrag.bank import Bank
+    from vecrag.bank.sequences import make_samples
+    from vecrag.bank.store import Bank
     from vecrag.config import from_dict
     from vecrag.models.towers import QueryTower, TowerConfig
-    from vecrag.sequences import make_samples
-    from vecrag.train.curriculum import FilterConfig
     from vecrag.train.losses import ChunkMeta, NegativeMasker
-    from vecrag.train.miners import MiningCore, make_searcher
+    from vecrag.train.mining.curriculum import FilterConfig
+    from vecrag.train.mining.miners import MiningCore, make_searcher
 
     bank = Bank.open(spec.bank)
     samples = make_samples(bank, "train", min_context=spec.min_context)

@@ -1,5 +1,5 @@
 """The asynchronous hard-negative miner: ONE background thread (or, with ``mining.worker: process``, a thread
-that hands each job to a child process: :mod:`vecrag.train.miner_process`).
+that hands each job to a child process: :mod:`vecrag.train.mining.process`).
 
 ``AsyncMiner`` owns its own search index handle and its own copy of the query tower, refreshed from the
 trainer every ``refresh_every`` optimizer steps (the state_dict is copied under a lock; the copy's
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from vecrag.errors import VecragError
-from vecrag.train.curriculum import MiningStats, Phase
-from vecrag.train.miners import MiningCore, WorkerGone
+from vecrag.train.mining.curriculum import MiningStats, Phase
+from vecrag.train.mining.miners import MiningCore, WorkerGone
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class AsyncMiner:
 
     def _run(self, gen: int) -> None:
         try:
-            core = self.make_core()  # its own index handle (or its own process: vecrag.train.miner_process)
+            core = self.make_core()  # its own index handle (or its own process: vecrag.train.mining.process)
             self._cores.append(core)
             self._tower.to(core.device)  # the copy lives where the core feeds it inputs (cuda when training there)
             self._tower_device = core.device

@@ -1,5 +1,5 @@
 """Building FAISS indexes over a bank: parameter choice, deterministic training, batched adds, IVF-PQ with
-on-disk inverted lists, atomic saving and the manifest record. Searching lives in ``vecrag.index``.
+on-disk inverted lists, atomic saving and the manifest record. Searching lives in ``vecrag.index.search``.
 
 Parameters (recorded in ``manifest["index"]["params"]``):
 - ``auto``: ``flat`` below 200k vectors, else ``ivf`` with ``nlist ~ 4 sqrt(N)``.
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from vecrag.bank import Bank
+from vecrag.bank.store import Bank
 from vecrag.errors import VecragError
-from vecrag.index import AUTO_FLAT_MAX, INDEX_DIR, KINDS, FaissIndex, index_dir, quiet_stdout
+from vecrag.index.search import AUTO_FLAT_MAX, INDEX_DIR, KINDS, FaissIndex, index_dir, quiet_stdout
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ def _batches(vectors: np.ndarray, start: int, stop: int, progress: bool, desc: s
 def resolve_build_device(device: str, kind: str) -> tuple[str, str | None]:
     """(faiss device, torch device or None): ``--device cuda`` with a CUDA GPU that torch sees but a faiss
     without GPU support (our H200 machine) trains and assigns IVF / IVF-PQ lists with torch on ``cuda``
-    (``vecrag.ivf_torch``); the faiss index itself stays on the CPU. Else as ``resolve_faiss_device``."""
-    from vecrag.index_gpu import faiss_gpu_count, resolve_faiss_device
+    (``vecrag.index.ivf_torch``); the faiss index itself stays on the CPU. Else as ``resolve_faiss_device``."""
+    from vecrag.index.gpu import faiss_gpu_count, resolve_faiss_device
 
     if device == "cuda" and kind in ("ivf", "ivfpq") and faiss_gpu_count() == 0:
         import torch
@@ -143,7 +143,7 @@ def build_from_vectors(vectors: np.ndarray, kind: str = "auto", *, device: str =
     or ``torch-cuda``."""
     import faiss
 
-    from vecrag.index_gpu import gpu_train_index
+    from vecrag.index.gpu import gpu_train_index
 
     faiss.omp_set_num_threads(int(threads or os.cpu_count() or 1))
     n, dim = int(vectors.shape[0]), int(vectors.shape[1])
@@ -158,7 +158,7 @@ def build_from_vectors(vectors: np.ndarray, kind: str = "auto", *, device: str =
             trained_with = "faiss-gpu"
     centroids = None
     if torch_dev is not None:
-        from vecrag import ivf_torch
+        from vecrag.index import ivf_torch
 
         t = time.perf_counter()
         sample = training_sample(vectors, kind, params, seed)

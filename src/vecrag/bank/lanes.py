@@ -30,7 +30,7 @@ import numpy as np
 from vecrag.errors import VecragError
 
 log = logging.getLogger(__name__)
-PRESET = Path(__file__).resolve().parent / "presets" / "lanes.yaml"
+PRESET = Path(__file__).resolve().parents[1] / "presets" / "lanes.yaml"
 KMEANS_SEED = 1234
 _STOP = set("""a an and the of in on at to for from by with as or is are was were be de la le les du des el
 s its it this that these those into over under about after before between during new""".split())
@@ -217,7 +217,7 @@ def assign_lanes(spec: LaneSpec, *, vectors: np.ndarray, first_chunk: np.ndarray
 
 def relane_bank(bank_path: str | Path, spec_str: str, *, device: str = "auto", encoder: str | None = None) -> Any:
     """Recompute lanes of an existing bank and rewrite its tables (``vecrag bank lanes``)."""
-    from vecrag.bank import Bank
+    from vecrag.bank.store import Bank
 
     bank = Bank.open(bank_path)
     spec = parse_lane_spec(spec_str)
@@ -227,7 +227,7 @@ def relane_bank(bank_path: str | Path, spec_str: str, *, device: str = "auto", e
     t = bank.articles
     embed = None
     if spec.kind == "prototypes":
-        from vecrag.encode import load_encoder
+        from vecrag.bank.encode import load_encoder
 
         enc = load_encoder(encoder or bank.encoder["name"], device=device)
         # a local folder given with --encoder stands in for the bank's encoder by name; its dimension must agree
@@ -292,7 +292,7 @@ def context_lane_classifier(bank: Any) -> tuple[np.ndarray, str]:
         if path.is_file():
             desc = load_lane_descriptions(path)
             if set(names) <= set(desc):
-                from vecrag.encode import load_encoder
+                from vecrag.bank.encode import load_encoder
 
                 try:
                     enc = load_encoder(bank.encoder["name"], device="cpu")

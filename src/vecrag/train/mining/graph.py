@@ -1,6 +1,6 @@
 """The GPU miner's device work as CUDA graphs: one launch a job instead of ~250.
 
-A mining job on the GPU (:meth:`vecrag.train.miners.MiningCore._select`: gather the context rows, run the query
+A mining job on the GPU (:meth:`vecrag.train.mining.miners.MiningCore._select`: gather the context rows, run the query
 tower, search the bank, score, mask, filter, pack) is a few hundred small kernels whose shapes depend only on the
 job size and the curriculum phase. Launched one by one from Python they cost milliseconds of host time a job: for
 sync mining that is the trainer's own time, for a miner process a longer hold on the GPU. :class:`MiningGraphs`

@@ -7,13 +7,13 @@ Layout::
       vectors.npy        N x D unit vectors (float16 or float32); row i is chunk id i
       chunks.parquet     chunk_id, article_id, position, text, lane
       articles.parquet   article_id, title, n_chunks, first_chunk, lane, split
-      index/             FAISS index files (see vecrag.index)
-      .verified.json     the files' size/mtime/ctime when they last passed the full check (see vecrag.bankcheck)
+      index/             FAISS index files (see vecrag.index.search)
+      .verified.json     the files' size/mtime/ctime when they last passed the full check (see vecrag.bank.check)
 
 Chunk ids are dense 0..N-1 and equal row numbers; an article's chunks are contiguous and in order, so
 article ``a`` holds rows ``first_chunk[a] .. first_chunk[a] + n_chunks[a] - 1``.
 
-``Bank.open`` checks the bank before handing it out (``vecrag.bankcheck``): files present, shapes and table
+``Bank.open`` checks the bank before handing it out (``vecrag.bank.check``): files present, shapes and table
 row counts as the manifest says on every open; vectors finite and unit-norm, tables consistent and checksums
 equal once per change of the files. A damaged bank is a VecragError naming the file and the first bad row.
 """
@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vecrag.bankcheck import (  # noqa: F401  (re-exported: the bank's file names and vector check live there)
+from vecrag.bank.check import (  # noqa: F401  (re-exported: the bank's file names and vector check live there)
     ARTICLES,
     CHUNKS,
     MANIFEST,
@@ -47,7 +47,7 @@ from vecrag.bankcheck import (  # noqa: F401  (re-exported: the bank's file name
     open_checked,
     record_verified,
 )
-from vecrag.bankcheck import check_content as _check_content
+from vecrag.bank.check import check_content as _check_content
 from vecrag.errors import VecragError
 from vecrag.fsutil import atomic_save_npy, atomic_write_json, atomic_write_parquet, sha256_file
 
@@ -197,24 +197,8 @@ class Bank:
         self.vectors = vectors
 
     @classmethod
-    def build(cls, sources: Any, out: str | Path, *, encoder: Any = None, **options: Any) -> Bank:
-        """Ingest ``sources`` (files, folders, globs) into a bank at ``out``, as `vecrag ingest` does; ``options``
-        are its keyword arguments (fmt, max_articles, lanes, dtype, split_seed, split_ratios, device, progress,
-        overwrite, ...: see :func:`vecrag.ingest.ingest`). Resumable: call it again after an interruption."""
-        from vecrag.ingest import ingest
-
-        return ingest(sources, out, encoder=encoder, **options)
-
-    def search(self, query: Any, k: int = 10, *, device: str = "cpu", backend: str = "auto") -> list[Any]:
-        """Top-``k`` chunks for a text, a list of texts, or query vectors: one list of
-        :class:`vecrag.api.Hit` per query, best first (:func:`vecrag.api.search`)."""
-        from vecrag.api import search
-
-        return search(self, query, k, device=device, backend=backend)
-
-    @classmethod
     def open(cls, path: str | Path, *, check: bool = True, verify: bool = False) -> Bank:
-        """Open the bank at ``path`` after checking it (see ``vecrag.bankcheck``).
+        """Open the bank at ``path`` after checking it (see ``vecrag.bank.check``).
 
         ``check`` (default): files present, shapes and table row counts as the manifest says, and, unless a
         record says these exact files passed before, every vector finite and unit-norm, tables consistent and

@@ -3,7 +3,7 @@
 A corpus is cut into shards, each shard is ingested into its own bank (e.g. on its own machine), and
 ``vecrag bank merge B1 B2 ... --out BANK`` joins them in the given order:
 
-- **Checks**: every input is opened with the bank checks (``vecrag.bankcheck``: files, shapes, finite
+- **Checks**: every input is opened with the bank checks (``vecrag.bank.check``: files, shapes, finite
   unit-norm vectors, consistent tables, checksums; ``verify`` re-reads every file even when a record says it
   passed), so a damaged input is refused before anything is written and never re-checksummed into the output.
 - **Compatibility**: every input must have the same encoder (name, dim, pooling, normalisation, max sequence
@@ -20,7 +20,7 @@ A corpus is cut into shards, each shard is ingested into its own bank (e.g. on i
 - **Duplicate titles** across inputs (the same shard merged twice, overlapping shards) are an error by
   default; ``duplicate_titles="allow"`` keeps them and counts them in ``manifest["merge"]``. Empty titles
   and duplicates within one input are not checked.
-- **Split**: recomputed for the merged ids with the bank split rule (:func:`vecrag.bank.split_of`) and the
+- **Split**: recomputed for the merged ids with the bank split rule (:func:`vecrag.bank.store.split_of`) and the
   inputs' split seed/ratios (they must agree unless ``split_seed``/``split_ratios`` are given). With
   ``keep`` ids the split of every article is the one it had in its input.
 - **Atomicity**: everything is written into ``.<OUT>.merge-<pid>/`` beside ``OUT``, the manifest last (with
@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vecrag.bank import ARTICLES, CHUNKS, FORMAT_VERSION, MANIFEST, VECTORS, Bank, record_verified, split_of
+from vecrag.bank.store import ARTICLES, CHUNKS, FORMAT_VERSION, MANIFEST, VECTORS, Bank, record_verified, split_of
 from vecrag.errors import VecragError
 from vecrag.fsutil import atomic_write_json, fs_error, fsync_dir, fsync_path, sha256_file
 
