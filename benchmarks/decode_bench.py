@@ -83,10 +83,10 @@ def bench_steps(index: object, vecs: np.ndarray, steps: int, K: int, no_repeat: 
     from vecrag.decode.cascade import CascadeConfig
     from vecrag.decode.generate import Decoder
     from vecrag.decode.policy import Policy
-    from vecrag.decode.predictors import TorchPredictor
     from vecrag.decode.profiles import PolicySet
     from vecrag.models.lvm import LVM, LVMModelConfig
     from vecrag.models.towers import QueryTower, TowerConfig
+    from vecrag.scoring.predictors import TorchPredictor
 
     torch.manual_seed(0)
     d = vecs.shape[1]

@@ -78,7 +78,7 @@ def main() -> None:
     print(format_rollouts({"bank": str(bank.path), "split": args.split, "n_articles": len(prompts), "P": args.P,
                            "S": args.S, "prompts": "bank ids", "lvm": lvm.name, "retriever": tower.name,
                            "hit_rules": "same text counts", "rows": rows}))
-    from vecrag.decode.predictors import HeuristicPredictor
+    from vecrag.scoring.predictors import HeuristicPredictor
 
     print(f"\nretrieval ceiling: the {args.S} best chunks for the prompt alone, no feedback (coverage, 95 % CI):")
     for name, pred in (("tower", tower), ("ewma query", HeuristicPredictor("ewma", 0.5, tower.context_len)),

@@ -90,8 +90,9 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     task.reuse_query = "noreuse" not in parts
     try:
         trainer = Trainer(task, cfg.train, run_dir, run_config=cfg, quiet=True)
-        if task._async is not None:  # the async miner starts with the trainer: time the steps, not its start-up
-            task._async._ready.wait(300)
+        # the async miner starts with the trainer: time the steps, not its start-up
+        if getattr(task.negatives, "async_miner", None) is not None:
+            task.negatives.async_miner._ready.wait(300)
         if args.profile_out:
             run_profiled(trainer, args, Path(args.profile_out) / f"profile-{bank.n}-{mode}.txt")
         else:

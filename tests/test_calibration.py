@@ -20,11 +20,11 @@ from vecrag.decode.calibration import (
     threshold_for_precision,
     thresholds,
 )
-from vecrag.decode.predictors import HeuristicPredictor
 from vecrag.decode.profiles import load_profiles
 from vecrag.errors import VecragError
 from vecrag.eval.cascade_eval import fusion_grid
 from vecrag.index.search import ExactTorchIndex
+from vecrag.scoring.predictors import HeuristicPredictor
 
 HEUR = ["--lvm", "heuristic:ewma", "--retriever", "heuristic:last"]
 

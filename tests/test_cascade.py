@@ -10,10 +10,10 @@ import pytest
 from vecrag.decode.cascade import Cascade, CascadeConfig, GuardedSearch, fuse, lane_bonus
 from vecrag.decode.generate import Decoder
 from vecrag.decode.policy import NOVEL
-from vecrag.decode.predictors import HeuristicPredictor
 from vecrag.decode.profiles import load_profiles
 from vecrag.errors import VecragError
 from vecrag.index.search import ExactTorchIndex
+from vecrag.scoring.predictors import HeuristicPredictor
 
 D = 4
 

@@ -15,12 +15,12 @@ from vecrag.bank.store import Bank, EncoderInfo, write_bank
 from vecrag.cli import main
 from vecrag.decode.cascade import CascadeConfig
 from vecrag.decode.policy import alpha
-from vecrag.decode.predictors import HeuristicPredictor
 from vecrag.decode.profiles import load_profiles
 from vecrag.eval.cascade_eval import run_cascade_eval
 from vecrag.eval.decode_eval import collect, decode_report, drop_context, sweep
 from vecrag.index.search import ExactTorchIndex
 from vecrag.scoring.metrics import first_hit_rank
+from vecrag.scoring.predictors import HeuristicPredictor
 
 D = 32
 COS = [0.95, 0.93, 0.90, 0.88, 0.5, 0.3]       # cos(context chunk, next chunk) per article

@@ -133,8 +133,8 @@ def test_generate_never_repeats_or_echoes_the_prompt(lane_bank, profile: str, ca
 def _decoder(bank, lvm, policies, cfg=None, **kw):
     from vecrag.decode.cascade import CascadeConfig
     from vecrag.decode.generate import Decoder
-    from vecrag.decode.predictors import HeuristicPredictor
     from vecrag.index.search import ExactTorchIndex
+    from vecrag.scoring.predictors import HeuristicPredictor
 
     return Decoder(bank.vectors, bank.texts, bank.lanes, ExactTorchIndex(bank.vectors), lvm,
                    HeuristicPredictor("last"), policies, cfg or CascadeConfig(K=50, k=5, timeout_ms=None), **kw)
@@ -142,8 +142,8 @@ def _decoder(bank, lvm, policies, cfg=None, **kw):
 
 def test_generate_emitted_vectors_extend_context(lane_bank) -> None:
     """With a 'last' LVM, each step's prediction is the previous step's emitted vector."""
-    from vecrag.decode.predictors import HeuristicPredictor
     from vecrag.decode.profiles import load_profiles
+    from vecrag.scoring.predictors import HeuristicPredictor
 
     policies = load_profiles().policy_set("gtr-t5")
     prompt = [lane_bank.vectors_f32(np.array([5]))[0]]
@@ -177,8 +177,8 @@ def test_feedback_shown_or_emitted(lane_bank) -> None:
     """'last' LVM, prompt chunk 5 (banned by id): every step is NOVEL under gtr-t5 on this bank, emitting the
     prediction. 'emitted' feeds that prediction back (the context collapses on chunk 5's vector); 'shown' feeds
     the chunk each step shows, which is the next step's prediction."""
-    from vecrag.decode.predictors import HeuristicPredictor
     from vecrag.decode.profiles import load_profiles
+    from vecrag.scoring.predictors import HeuristicPredictor
 
     policies = load_profiles().policy_set("gtr-t5")
     v5 = lane_bank.vectors_f32(np.array([5]))[0]
@@ -215,8 +215,8 @@ def test_feedback_shown_or_emitted(lane_bank) -> None:
 
 def test_generate_excludes_context_chunks(lane_bank) -> None:
     """exclude_context (the CLI default): chunks already in the context never come back in the shortlist."""
-    from vecrag.decode.predictors import HeuristicPredictor
     from vecrag.decode.profiles import load_profiles
+    from vecrag.scoring.predictors import HeuristicPredictor
 
     for no_repeat in (False, True):  # without the no-repeat rule, exclude_context alone keeps them out
         dec = _decoder(lane_bank, HeuristicPredictor("ewma", 0.5), load_profiles().policy_set("gtr-t5"),
@@ -238,9 +238,9 @@ def test_no_repeat_bans_chunks_with_the_prompts_text(tmp_path: Path) -> None:
     the prompt's text when the decoder has no text groups."""
     from vecrag.decode.cascade import CascadeConfig
     from vecrag.decode.generate import Decoder
-    from vecrag.decode.predictors import HeuristicPredictor
     from vecrag.decode.profiles import load_profiles
     from vecrag.index.search import ExactTorchIndex
+    from vecrag.scoring.predictors import HeuristicPredictor
 
     vecs, arts, pos = random_walk_vectors(30, 12, 32)
     vecs[40] = vecs[5]
@@ -289,9 +289,9 @@ def test_generate_never_back_skips_the_articles_earlier_chunks(tmp_path, never_b
     from tests.conftest import make_back_bank
     from vecrag.decode.cascade import CascadeConfig
     from vecrag.decode.generate import Decoder
-    from vecrag.decode.predictors import HeuristicPredictor
     from vecrag.decode.profiles import load_profiles
     from vecrag.index.search import ExactTorchIndex
+    from vecrag.scoring.predictors import HeuristicPredictor
 
     bank = make_back_bank(tmp_path / "b")
     vecs = bank.vectors_f32(np.arange(8))

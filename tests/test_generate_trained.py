@@ -11,8 +11,9 @@ import pytest
 from tests.conftest import make_synthetic_bank
 from vecrag.bank.sequences import gather_context, make_samples
 from vecrag.cli import main
-from vecrag.decode.predictors import HeuristicPredictor, TorchPredictor, load_lvm_predictor, load_tower_predictor
+from vecrag.decode.predictors import load_lvm_predictor, load_tower_predictor
 from vecrag.errors import VecragError
+from vecrag.scoring.predictors import HeuristicPredictor, TorchPredictor
 
 
 @pytest.fixture(scope="module")

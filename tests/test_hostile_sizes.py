@@ -263,11 +263,11 @@ def test_row55_generate_K_a_billion_is_clamped_under_a_memory_limit(untouched: B
 
 
 def test_generate_huge_context_len_and_threads_are_clamped_under_a_memory_limit(untouched: Bank) -> None:
-    """--threads 100000 exhausted the address space with thread stacks; --context-len 10^9 is the whole article."""
+    """--threads 100000 exhausted the address space with thread stacks; --context 10^9 is the whole article."""
     proc = limited("generate", untouched.path, "--prompt-ids", "0,1", "--steps", "2", "--profile", "greedy",
-                   "--context-len", HUGE, "--threads", "100000", "--json")
+                   "--context", HUGE, "--threads", "100000", "--json")
     assert proc.returncode == 0 and len(json.loads(proc.stdout)["steps"]) == 2
-    assert f"--context-len {HUGE} is longer than the bank's longest article ({LONGEST} chunks)" in proc.stderr
+    assert f"--context {HUGE} is longer than the bank's longest article ({LONGEST} chunks)" in proc.stderr
     assert f"--threads 100000 is more than this machine's {os.cpu_count()} cores" in proc.stderr
 
 
@@ -278,7 +278,7 @@ def test_generate_huge_context_len_and_threads_are_clamped_under_a_memory_limit(
     (["--seed", "-1"], "--seed must be in 0..4294967295, got -1"),                    # was a numpy traceback
     (["--K", "0"], "--K must be >= 1, got 0"),
     (["--k", "0"], "--k must be >= 1, got 0"),
-    (["--context-len", "0"], "--context-len must be >= 1, got 0"),
+    (["--context", "0"], "--context must be >= 1, got 0"),
     (["--threads", "0"], "--threads must be >= 1, got 0"),                            # was a torch traceback
     (["--nprobe", "0"], "--nprobe must be >= 1, got 0"),
     (["--timeout-ms", "nan"], "--timeout-ms must be a finite number and >= 0 and <= 3.6e+06, got nan"),
@@ -368,7 +368,7 @@ HEUR = ("--lvm", "heuristic:ewma", "--retriever", "heuristic:last")
 
 def test_eval_cascade_K_and_context_len_a_billion_under_a_memory_limit(untouched: Bank, tmp_path: Path) -> None:
     proc = limited("eval", "cascade", untouched.path, *HEUR, "--split", "val", "--K", HUGE, "--k", HUGE,
-                   "--context-len", HUGE, "--out", tmp_path, "--quiet", "--json")
+                   "--context", HUGE, "--out", tmp_path, "--quiet", "--json")
     assert proc.returncode == 0
     rep = json.loads(proc.stdout)
     assert rep["K"] == untouched.n and rep["k"] == untouched.n and rep["context_len"] == LONGEST

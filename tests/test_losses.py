@@ -103,3 +103,22 @@ def test_memory_bank_queue_ring_and_state():
     with pytest.raises(ValueError):
         MemoryBankQueue(8).load_state_dict(qb.state_dict())
     MemoryBankQueue(0).push(np.array([1]))  # size 0 = off, never grows
+
+
+def test_the_lvm_contrastive_term_is_the_one_infonce():
+    """The LVM's in-batch term is info_nce with the other targets as negatives and the positive's exact
+    duplicates excluded: it equals a hand-built cross entropy with those columns masked."""
+    from vecrag.train.lvm_task import LVMLossConfig, lvm_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    tgt = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    groups = torch.tensor([0, 1, 2, 1, 3, 4])  # targets 1 and 3 are byte-identical duplicates
+    cfg = LVMLossConfig(w_cos=0.0, w_mse=0.0, w_nce=1.0, tau=0.1)
+    loss, st = lvm_loss(pred, tgt, cfg, groups)
+    logits = pred @ tgt.T / 0.1
+    dup = (groups[:, None] == groups[None, :]) & ~torch.eye(6, dtype=torch.bool)
+    ref = torch.nn.functional.cross_entropy(logits.masked_fill(dup, float("-inf")), torch.arange(6))
+    assert float(loss) == pytest.approx(float(ref), abs=1e-6) and float(st["loss_nce"]) == pytest.approx(float(ref))
+    plain, _ = lvm_loss(pred, tgt, cfg)  # without groups the duplicate is an ordinary negative: a higher loss
+    assert float(plain) > float(loss)

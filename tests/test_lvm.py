@@ -15,13 +15,15 @@ from vecrag.bank.sequences import make_samples
 from vecrag.bank.store import EncoderInfo, write_bank
 from vecrag.config import load_config
 from vecrag.errors import VecragError
-from vecrag.eval.lvm_eval import Evaluator, default_predictors, evaluate, fit_ridge, heuristic, ridge_solve
+from vecrag.eval.lvm_eval import default_predictors, evaluate, fit_ridge, ridge_solve
 from vecrag.fsutil import read_jsonl
 from vecrag.models.lvm import LVM, LVM_KINDS, LVMModelConfig
 from vecrag.runs.load import load_lvm
+from vecrag.scoring.evaluators import NextVectorEvaluator, vector_groups
 from vecrag.scoring.heuristics import heuristic_query_torch
+from vecrag.scoring.predictors import HeuristicPredictor
 from vecrag.train.loop import Trainer, seed_everything
-from vecrag.train.lvm_task import LVMConfig, LVMLossConfig, LVMTask, lvm_loss, vector_groups
+from vecrag.train.lvm_task import LVMConfig, LVMLossConfig, LVMTask, lvm_loss
 
 
 def contexts(n: int, L: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,11 +122,12 @@ def test_training_never_ends_below_its_anchor(tmp_path):
     vals = [r for r in read_jsonl(tmp_path / "run" / "log.jsonl") if r["kind"] == "val"]
     anchor = vals[0]["baseline_anchor_ewma_cos"]
     assert vals[0]["cos"] == pytest.approx(anchor, abs=1e-6)  # step 0 = the anchor
-    assert res["best"] >= anchor
+    assert res["best"] >= anchor - 1e-6  # float noise: the model and the heuristic take different kernels
     assert {"R@1", "R@10", "MRR@10", "baseline_last_cos", "baseline_mean_R@10"} <= set(vals[0])
     model, _ = load_lvm(tmp_path / "run", "best")
-    ev = Evaluator(bank, task.val, cfg.train.context)
-    assert ev.score(model)["cos"] == pytest.approx(res["best"], abs=1e-5)
+    # `vecrag eval lvm`'s evaluator is the validation's: the same object gives the same number
+    ev = NextVectorEvaluator(bank, task.val, cfg.train.context)
+    assert ev.primary == "cos" and ev(model)["cos"] == pytest.approx(res["best"], abs=1e-5)
     # the validation's search and hit rules are `eval baselines`': same recall for the same heuristic queries
     from vecrag.eval.baselines import run_baselines
 
@@ -183,9 +186,9 @@ def test_ridge_baseline_is_exact_on_a_linear_problem(tmp_path):
     # on a bank whose next vector is R @ last, ridge predicts it; copy-last does not
     bank = rotation_bank(tmp_path / "rot")
     samples = make_samples(bank, "test")
-    ev = Evaluator(bank, samples, 4)
+    ev = NextVectorEvaluator(bank, samples, 4)
     ridge = fit_ridge(bank, 4, lam=1e-6)
-    r, last = ev.score(ridge), ev.score(heuristic("last"))
+    r, last = ev.score(ridge), ev.score(HeuristicPredictor("last", context_len=4))
     assert r["cos"] > 0.999 and r["R@1"] == 1.0
     assert last["cos"] < 0.5
     roll = ev.rollout(ridge, 4)
@@ -198,7 +201,7 @@ def test_ridge_penalty_is_chosen_on_the_val_split(tmp_path):
     assert len(make_samples(bank, "val")) > 0
     ridge = fit_ridge(bank, 4, lam=(1e-6, 1e3))
     assert ridge.lam == 1e-6
-    assert Evaluator(bank, make_samples(bank, "test"), 4).score(ridge)["cos"] > 0.999
+    assert NextVectorEvaluator(bank, make_samples(bank, "test"), 4).score(ridge)["cos"] > 0.999
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")

@@ -199,8 +199,8 @@ def test_mining_on_cuda_uses_the_gpu_and_mines(bank, tmp_path, mode, graphs):
     elif mode == "async":  # auto: a miner thread launches its kernels one by one (faster beside the trainer)
         assert st["miner_graph_jobs"] == 0 and st["miner_jobs"] > 0
     else:
-        assert task._sync.core.graphs.failed is None
-        assert st["mining_mined_sync_graph"] == st["mining_mined_sync"] == task._sync.core.graphs.replays
+        assert task.negatives.miner.core.graphs.failed is None
+        assert st["mining_mined_sync_graph"] == st["mining_mined_sync"] == task.negatives.miner.core.graphs.replays
     core = task._core()
     assert core.searcher.device.startswith("cuda") and core.device.type == "cuda"
     # one copy of the bank on the GPU: the miner's searcher and the validation index are views of bank_t
@@ -340,7 +340,7 @@ def test_async_process_worker_mines_and_survives_a_crash(bank, tmp_path):
     task = RetrieverTask(bank, cfg)
     try:
         trainer = Trainer(task, cfg.train, tmp_path / "run", run_config=cfg, quiet=True)  # starts the miner
-        assert task._async._ready.wait(120), "the miner process did not start"
+        assert task.negatives.async_miner._ready.wait(120), "the miner process did not start"
         result = trainer.fit()
     finally:
         task.close()
@@ -348,7 +348,7 @@ def test_async_process_worker_mines_and_survives_a_crash(bank, tmp_path):
     assert result["step"] == 2 * task.trainer.steps_per_epoch
     assert st["miner_errors"] == 1 and st["miner_worker_restarts"] == 1
     assert st["miner_hits"] >= 15 and st["mining_mined_sync"] + st["mining_mined_async"] == result["step"]
-    assert all(not c.proc.is_alive() for c in task._async._cores)  # close() stopped the child
+    assert all(not c.proc.is_alive() for c in task.negatives.async_miner._cores)  # close() stopped the child
 
 
 @pytest.mark.parametrize("kind", ["gru", "transformer"])  # transformer: the retriever-gpu preset's tower
@@ -424,7 +424,7 @@ def test_validation_and_miners_share_one_bank_copy_on_the_cpu(bank, tmp_path):
     _, task, _ = _run(bank, tmp_path / "run", {"mode": "async", "timeout": 1.0, "ttl": 50, "fallback": "sync"},
                       {"epochs": 1})
     ptrs = {task._val_index._whole.data_ptr(), task._core().searcher._whole.data_ptr(),
-            task._async._cores[0].searcher._whole.data_ptr(), task._bank_f32.data_ptr()}
+            task.negatives.async_miner._cores[0].searcher._whole.data_ptr(), task._bank_f32.data_ptr()}
     assert len(ptrs) == 1
 
 
@@ -457,7 +457,7 @@ def test_resumed_async_run_rebases_its_miner_and_finishes(bank, tmp_path):
     task = RetrieverTask(bank, cfg)
     try:
         trainer = Trainer.resume(tmp_path / "run", task, cfg.train, run_config=cfg, quiet=True)
-        assert trainer.step > 0 and task._async._min_version == trainer.step
+        assert trainer.step > 0 and task.negatives.async_miner._min_version == trainer.step
         result = trainer.fit()
     finally:
         task.close()
@@ -480,7 +480,7 @@ def test_no_float32_bank_copy_when_nothing_searches_with_torch(tmp_path):
     resolve_config(cfg, small)
     task = RetrieverTask(small, cfg)
     Trainer(task, cfg.train, tmp_path / "run", run_config=cfg, quiet=True).fit()
-    assert task.counters["mined_sync"] > 0 and task._sync.core.searcher.kind == "flat"
+    assert task.counters["mined_sync"] > 0 and task.negatives.miner.core.searcher.kind == "flat"
     assert task._bank_f32 is None
     task.cfg.val_backend, task._val_index = "torch", None  # exact validation does make (one) copy
     task.validate(1)
@@ -651,3 +651,18 @@ def test_cpu_sync_mining_with_the_training_queries_trains_the_same_weights(bank,
     assert evals[False] - evals[True] == 30
     for k, v in weights[True].items():
         assert torch.equal(v, weights[False][k]), k
+
+
+@pytest.mark.parametrize("mode, kind", [("none", "NoNegatives"), ("sync", "SyncNegatives"),
+                                        ("async", "AsyncNegatives")])
+def test_the_negative_source_is_built_once_from_the_mode(bank, mode, kind):
+    from vecrag.train.mining.negatives import MiningMode
+
+    cfg = from_dict(RetrieverConfig, {"train": {"context": 4, "device": "cpu"}, "model": {"hidden": 8},
+                                      "mining": {"mode": mode}})
+    task = RetrieverTask(bank, cfg)
+    try:
+        assert type(task.negatives).__name__ == kind and task.negatives.mode is MiningMode(mode)
+        assert task._reuse_query() is (mode == "sync")  # only the sync miner may reuse the step's queries
+    finally:
+        task.close()

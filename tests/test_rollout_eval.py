@@ -15,10 +15,10 @@ from vecrag.cli import main
 from vecrag.decode.cascade import CascadeConfig
 from vecrag.decode.generate import Decoder
 from vecrag.decode.policy import NOVEL, SNAP, Policy
-from vecrag.decode.predictors import HeuristicPredictor
 from vecrag.decode.profiles import PolicySet
 from vecrag.eval.rollout_eval import Prompt, make_prompts, rollout_articles, run_rollouts, score_rollout
 from vecrag.index.search import ExactTorchIndex
+from vecrag.scoring.predictors import HeuristicPredictor
 
 
 @pytest.fixture

@@ -145,7 +145,7 @@ class Generator:
         if bad:
             raise VecragError(f"unknown Generator option(s): {', '.join(bad)}",
                               hint="K, k, w_tower, w_lvm, lane_lambda, w_topic, feedback")
-        args = argparse.Namespace(lvm=str(lvm), retriever=str(retriever), context_len=None, backend="auto",
+        args = argparse.Namespace(lvm=str(lvm), retriever=str(retriever), context=None, backend="auto",
                                   nprobe=None, device=device, threads=None, profile=profile, profiles=None,
                                   calibration=str(calibration) if calibration else None, K=cascade.get("K"),
                                   k=cascade.get("k", 10), w_tower=cascade.get("w_tower", 1.0),

@@ -13,7 +13,8 @@ The machinery is generic: any (possibly nested) dataclass works. A run config ne
 Override values are parsed with ``yaml.safe_load`` and then coerced to the field's annotated type (so
 ``1e-3``, which YAML 1.1 reads as a string, still becomes a float). A field may declare
 ``metadata={"choices": (...)}``. A dataclass may define ``validate(self)`` raising ``VecragError``; it runs
-after every load. Unknown keys and ill-typed values raise ``VecragError`` listing the valid keys.
+after every load. Unknown keys and ill-typed values raise ``VecragError`` listing the valid keys. Each field
+carries its help in ``metadata={"help": ...}``; :func:`config_fields` walks a config with it (``vecrag config show``).
 ``path`` may name a shipped preset (``lvm-tiny`` or ``lvm-tiny.yaml`` in ``vecrag/presets``).
 """
 
@@ -23,10 +24,10 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import yaml
 
@@ -42,31 +43,46 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 class TrainConfig:
     """Everything the shared training loop (vecrag.train.loop.Trainer) reads."""
 
-    epochs: int = 3
-    batch_size: int = 64
-    grad_accum: int = 1                # micro-batches per optimizer step
-    lr: float = 1e-3
-    lr_min: float = 1e-5               # cosine floor
-    warmup_steps: int = 0              # optimizer steps of linear warm-up ...
-    warmup_ratio: float = 0.0          # ... or a fraction of all steps (the larger wins)
-    weight_decay: float = 0.01
-    clip_norm: float = 1.0             # 0 = no clipping
-    seed: int = 0
-    device: str = "auto"               # auto | cpu | cuda | cuda:N | mps
-    amp: str = field(default="auto", metadata={"choices": ("auto", "bf16", "off")})  # auto = bf16 on CUDA
-    log_every: int = 50                # optimizer steps between train records
-    ckpt_every: int = 0                # optimizer steps between step checkpoints (0 = per epoch only)
-    keep_last: int = 3                 # step checkpoints kept
-    early_stop_metric: str = "cos"     # a key of task.validate()'s dict
-    early_stop_mode: str = field(default="max", metadata={"choices": ("max", "min")})
-    patience: int = 0                  # epochs without improvement before stopping (0 = never stop early)
-    swa_last: int = 0                  # average the weights of the last K epoch checkpoints at the end (0 = off)
-    max_steps: int = 0                 # stop after this many optimizer steps (0 = no limit; for tests)
-    torch_threads: int = 0             # 0 = all cores
-    context: int = 10                  # L, chunks of context
-    val_max_queries: int = 2000        # validation queries drawn from the val split (0 = all)
-    tensorboard: bool = True           # write TensorBoard scalars when tensorboard is installed
-    deterministic: bool = False        # torch.use_deterministic_algorithms(True)
+    epochs: int = field(default=3, metadata={"help": "passes over the training samples"})
+    batch_size: int = field(default=64, metadata={"help": "samples per micro-batch (per process under torchrun)"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW), reached after the warm-up"})
+    lr_min: float = field(default=1e-5, metadata={"help": "cosine floor: the learning rate at the last step"})
+    warmup_steps: int = field(default=0, metadata={"help": "optimizer steps of linear warm-up (or see warmup_ratio; "
+                                                           "the larger wins)"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "warm-up as a fraction of all optimizer steps (or see "
+                                                               "warmup_steps; the larger wins)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    clip_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0 = no clipping)"})
+    seed: int = field(default=0, metadata={"help": "seed of the model initialisation, the shuffling and dropout"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N | mps (auto: CUDA, then MPS, "
+                                                          "then CPU)"})
+    amp: str = field(default="auto", metadata={"choices": ("auto", "bf16", "off"),
+                                               "help": "mixed precision: auto = bf16 autocast on CUDA, off elsewhere"})
+    log_every: int = field(default=50, metadata={"help": "optimizer steps between train records in log.jsonl"})
+    ckpt_every: int = field(default=0, metadata={"help": "optimizer steps between step checkpoints (0 = per epoch "
+                                                         "only)"})
+    keep_last: int = field(default=3, metadata={"help": "step checkpoints kept (older ones are deleted)"})
+    early_stop_metric: str = field(default="cos", metadata={"help": "validation metric that picks best.pt and "
+                                                                    "drives early stopping (a key of the task's "
+                                                                    "validate())"})
+    early_stop_mode: str = field(default="max", metadata={"choices": ("max", "min"),
+                                                          "help": "whether a larger (max) or smaller (min) "
+                                                                  "early_stop_metric is better"})
+    patience: int = field(default=0, metadata={"help": "epochs without improvement before stopping (0 = never stop "
+                                                       "early)"})
+    swa_last: int = field(default=0, metadata={"help": "average the weights of the last K epoch checkpoints at the "
+                                                       "end, kept if they validate better (0 = off)"})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0 = no limit; for "
+                                                        "tests)"})
+    torch_threads: int = field(default=0, metadata={"help": "CPU threads torch uses (0 = all cores)"})
+    context: int = field(default=10, metadata={"help": "L: chunks of context before the predicted chunk"})
+    val_max_queries: int = field(default=2000, metadata={"help": "validation queries drawn from the val split "
+                                                                 "(0 = all)"})
+    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard scalars under RUN/tb when "
+                                                              "tensorboard is installed"})
+    deterministic: bool = field(default=False, metadata={"help": "torch.use_deterministic_algorithms(True): "
+                                                                 "deterministic GPU kernels, slower"})
 
     def validate(self) -> None:
         check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
@@ -110,6 +126,47 @@ def valid_keys(cls: type, prefix: str = "") -> list[str]:
         else:
             out.append(f"{prefix}{f.name}")
     return out
+
+
+class ConfigField(NamedTuple):
+    """One leaf of a config, as :func:`config_fields` yields it."""
+
+    key: str                    # dotted key, e.g. "train.lr"
+    type: str                   # the annotated type's name: "int", "float", "str", "bool", "list[int]", ...
+    value: Any                  # the config's value
+    default: Any                # the value in the dataclass built with no arguments
+    help: str                   # metadata["help"] ("" when the field has none)
+    choices: tuple | None       # metadata["choices"]
+
+    @property
+    def changed(self) -> bool:
+        return self.value != self.default
+
+
+def type_name(tp: Any) -> str:
+    """``int`` -> "int", ``list[int]`` -> "list[int]", ``str | None`` -> "str | None"."""
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def config_fields(cfg: Any, prefix: str = "", defaults: Any = None) -> Iterator[ConfigField]:
+    """Walk a (nested) dataclass, instance or type, and yield every leaf key with its type, value, default, help
+    and choices, in declaration order. Defaults come from the dataclass built with no arguments, so a section's
+    defaults are what its parent's ``default_factory`` builds (LVMConfig's ``train.early_stop_metric`` is "cos")."""
+    cls = cfg if isinstance(cfg, type) else type(cfg)
+    if defaults is None:
+        defaults = cls()
+    if isinstance(cfg, type):
+        cfg = defaults
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, value, default = hints[f.name], getattr(cfg, f.name), getattr(defaults, f.name)
+        if dataclasses.is_dataclass(tp):
+            yield from config_fields(value, f"{prefix}{f.name}.", default)
+        else:
+            yield ConfigField(prefix + f.name, type_name(tp), value, default, f.metadata.get("help", ""),
+                              f.metadata.get("choices"))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

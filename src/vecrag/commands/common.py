@@ -20,7 +20,7 @@ def add_model_arguments(p: argparse.ArgumentParser, *, lvm_default: str | None =
                    help="LVM run directory (`vecrag train lvm`), or a heuristic predictor")
     p.add_argument("--retriever", default=retriever_default, metavar="RUN|heuristic:KIND[:ALPHA]",
                    help="retriever run directory (`vecrag train retriever`; its query tower), or a heuristic")
-    p.add_argument("--context-len", type=int, default=None, metavar="L",
+    p.add_argument("--context", type=int, default=None, metavar="L",
                    help="context chunks for heuristic predictors (trained runs use their own; default 16)")
     p.add_argument("--backend", default="auto", choices=("auto", "faiss", "torch"),
                    help="search: the bank's saved FAISS index, or exact torch search")
@@ -139,8 +139,8 @@ def check_sizes(args: argparse.Namespace, bank: Any, *, K_default: int | None = 
     can give or a documented cap (the rules: :mod:`vecrag.commands.sizes`); clamped values are set in ``args``."""
     from vecrag.commands import sizes
 
-    if args.context_len is not None:
-        args.context_len = sizes.clamp_context("--context-len", args.context_len, bank)
+    if args.context is not None:
+        args.context = sizes.clamp_context("--context", args.context, bank)
     sizes.at_least("--nprobe", args.nprobe, 1)
     if args.K is not None:
         args.K = sizes.check_shortlist("--K", args.K, bank, default=K_default)
@@ -178,9 +178,9 @@ def load_predictors(bank: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     if not args.lvm or not args.retriever:
         raise VecragError("both --lvm and --retriever are needed",
                           hint="pass run directories, or heuristic:ewma / heuristic:last")
-    lvm = parse_predictor(args.lvm, "lvm", device=args.device, bank=bank, context_len=args.context_len)
+    lvm = parse_predictor(args.lvm, "lvm", device=args.device, bank=bank, context_len=args.context)
     tower = parse_predictor(args.retriever, "retriever", device=args.device, bank=bank,
-                            context_len=args.context_len)
+                            context_len=args.context)
     return lvm, tower
 
 

@@ -4,7 +4,7 @@ One rule per kind of size, the same in every command:
 
 - below its minimum (``-k 0``, ``--steps -1``, a negative seed or sample count): an error;
 - a result count or a context window beyond what the bank holds (``-k``/``--k``/``--K`` > the bank's chunks,
-  ``--context``/``--context-len`` > its longest article): clamped to it, with one ``vecrag: note:`` line on
+  ``--context`` > its longest article): clamped to it, with one ``vecrag: note:`` line on
   stderr. The results are the same as with the larger value (a bank cannot return more chunks than it has,
   and no sample has more context than its article);
 - an amount of work the bank cannot give (``generate --steps`` beyond the chunks left to show, ``eval generate``

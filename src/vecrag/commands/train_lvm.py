@@ -40,6 +40,9 @@ Examples:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from vecrag.config import FlagWithOverrides, OptionWithOverrides
 
+    p.epilog = ("Every config key with its value, type, default and help: `vecrag config show lvm-default "
+                "[KEY=VALUE ...]` (any preset, YAML file or run directory); `vecrag config list` names the "
+                "presets.")
     p.add_argument("bank", metavar="BANK", nargs="?", help="bank directory (not needed with --resume)")
     p.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="config overrides, e.g. train.lr=1e-3")
     p.add_argument("--config", default="lvm-default", action=OptionWithOverrides, metavar="CONFIG [KEY=VALUE ...]",

@@ -34,6 +34,9 @@ Several processes (DDP, docs/distributed.md): torchrun --nproc_per_node N -m vec
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from vecrag.config import FlagWithOverrides, OptionWithOverrides
 
+    p.epilog = ("Every config key with its value, type, default and help: `vecrag config show retriever-default "
+                "[KEY=VALUE ...]` (any preset, YAML file or run directory); `vecrag config list` names the "
+                "presets.")
     p.add_argument("bank", metavar="BANK", nargs="?", help="bank directory (optional with --resume)")
     p.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="config overrides, e.g. train.lr=1e-4")
     p.add_argument("--config", default="retriever-default", action=OptionWithOverrides,

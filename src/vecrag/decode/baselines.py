@@ -13,8 +13,8 @@ def baseline_generators(bank: Any, index: Any, lvm: Any, tower: Any) -> dict[str
     (NOVEL every step, its own prediction fed back)."""
     from vecrag.decode.generate import Decoder
     from vecrag.decode.policy import NOVEL, SNAP, Policy
-    from vecrag.decode.predictors import HeuristicPredictor
     from vecrag.decode.profiles import PolicySet
+    from vecrag.scoring.predictors import HeuristicPredictor
 
     def always(kind: str) -> PolicySet:
         return PolicySet(kind, Policy(force=kind), {})

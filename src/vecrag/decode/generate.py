@@ -49,9 +49,9 @@ import numpy as np
 from vecrag.bank.lanes import lane_codes_of
 from vecrag.decode.cascade import BACK_DEPTH, Cascade, CascadeConfig, CascadeResult
 from vecrag.decode.policy import SNAP, Decision, decide, novel
-from vecrag.decode.predictors import Predictor
 from vecrag.decode.profiles import PolicySet
 from vecrag.errors import VecragError
+from vecrag.scoring.predictors import Predictor
 
 
 @dataclass

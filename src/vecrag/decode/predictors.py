@@ -1,83 +1,23 @@
-"""Predictors: anything that maps a context to a unit vector (LVM prediction or tower query).
+"""Trained runs and CLI specs as predictors (the one :class:`vecrag.scoring.predictors.Predictor` type).
 
-``Predictor`` is the small interface the cascade and the generator use::
-
-    pred(ctx float32 [n, L, D], mask bool [n, L]) -> float32 unit vectors [n, D]
-
-Implementations: :class:`HeuristicPredictor` (``last`` / ``mean`` / ``ewma``, the anchors of
-:mod:`vecrag.scoring.heuristics`) and :class:`TorchPredictor` (a trained ``torch.nn.Module``: an LVM from
-``vecrag train lvm`` or a query tower from ``vecrag train retriever``, loaded by
-:func:`load_lvm_predictor` / :func:`load_tower_predictor`, which call ``vecrag.runs.load.load_lvm``
-and ``vecrag.runs.load.load_retriever``).
+:func:`load_lvm_predictor` / :func:`load_tower_predictor` wrap the model of a ``vecrag train lvm`` /
+``vecrag train retriever`` run (loaded by ``vecrag.runs.load``) in a :class:`TorchPredictor`;
 :func:`parse_predictor` turns a CLI spec (``heuristic:ewma``, ``heuristic:ewma:0.3``, ``RUN_DIR``) into one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from typing import Any
 
 from vecrag.errors import VecragError
-from vecrag.scoring.heuristics import HEURISTICS, heuristic_query
-
-DEFAULT_EWMA_ALPHA = 0.5
-DEFAULT_CONTEXT_LEN = 16
-
-
-@runtime_checkable
-class Predictor(Protocol):
-    """context -> unit vector. ``context_len`` is how many context chunks it wants (right-aligned)."""
-
-    name: str
-    context_len: int
-
-    def __call__(self, ctx: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
-
-
-class HeuristicPredictor:
-    """A heuristic over the context (``last``, ``mean`` or ``ewma`` with ``alpha``)."""
-
-    def __init__(self, kind: str = "ewma", alpha: float = DEFAULT_EWMA_ALPHA,
-                 context_len: int = DEFAULT_CONTEXT_LEN):
-        if kind not in HEURISTICS:
-            raise VecragError(f"unknown heuristic {kind!r}", hint=f"choose one of {', '.join(HEURISTICS)}")
-        if not 0.0 < alpha <= 1.0:
-            raise VecragError(f"ewma alpha must be in (0, 1], got {alpha}")
-        self.kind, self.alpha, self.context_len = kind, float(alpha), int(context_len)
-        self.name = f"heuristic:{kind}" + (f":{alpha:g}" if kind == "ewma" else "")
-
-    def __call__(self, ctx: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return heuristic_query(np.asarray(ctx, np.float32), np.asarray(mask, bool), self.kind, self.alpha)
-
-    def __repr__(self) -> str:
-        return f"HeuristicPredictor({self.name})"
-
-
-class TorchPredictor:
-    """A trained module ``model(ctx, mask) -> [n, D]``, run under ``torch.inference_mode`` in eval mode."""
-
-    def __init__(self, model: Any, name: str, context_len: int = DEFAULT_CONTEXT_LEN, device: str = "cpu",
-                 batch_size: int = 1024):
-        self.model = model.eval().to(device)
-        self.name, self.context_len, self.device, self.batch_size = name, int(context_len), device, batch_size
-
-    def __call__(self, ctx: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
-        outs = []
-        with torch.inference_mode():
-            for s in range(0, len(ctx), self.batch_size):
-                c = torch.from_numpy(np.ascontiguousarray(ctx[s:s + self.batch_size], np.float32)).to(self.device)
-                m = torch.from_numpy(np.ascontiguousarray(mask[s:s + self.batch_size], bool)).to(self.device)
-                outs.append(F.normalize(self.model(c, m).float(), dim=-1).cpu().numpy())
-        d = ctx.shape[-1]
-        return np.concatenate(outs) if outs else np.zeros((0, d), np.float32)
-
-    def __repr__(self) -> str:
-        return f"TorchPredictor({self.name})"
+from vecrag.scoring.predictors import (
+    DEFAULT_CONTEXT_LEN,
+    DEFAULT_EWMA_ALPHA,
+    HeuristicPredictor,
+    Predictor,
+    TorchPredictor,
+)
 
 
 def _run_dir(run: str | Path, what: str) -> Path:

@@ -34,11 +34,11 @@ from vecrag.decode.calibration import (
 )
 from vecrag.decode.cascade import CascadeConfig
 from vecrag.decode.policy import Policy
-from vecrag.decode.predictors import Predictor
 from vecrag.decode.profiles import PolicySet, Profiles, intent_of
 from vecrag.eval.cascade_eval import fusion_grid
 from vecrag.eval.decode_eval import collect
 from vecrag.eval.rollout_eval import make_prompts, rollout_articles, run_generator, summarise
+from vecrag.scoring.predictors import Predictor
 
 W_TOPIC_GRID = (0.0, 0.25, 0.5, 1.0)
 FEEDBACK_GRID = ("shown", "emitted")

@@ -36,8 +36,8 @@ from vecrag.bank.lanes import context_lane_classifier, lane_codes_of, predict_la
 from vecrag.bank.sequences import Samples, gather_context
 from vecrag.bank.store import Bank
 from vecrag.decode.cascade import BACK_DEPTH, fuse, lane_bonus, top_by
-from vecrag.decode.predictors import HeuristicPredictor, Predictor
 from vecrag.scoring.metrics import first_hit_rank, format_table, kept_results, recall_table
+from vecrag.scoring.predictors import HeuristicPredictor, Predictor
 
 HIT_KS = (1, 5, 10)
 HIT_RULES = "context ids excluded; a retrieved chunk with the target's text counts as a hit"

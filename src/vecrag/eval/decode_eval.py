@@ -25,10 +25,10 @@ from vecrag.bank.sequences import Samples, gather_context
 from vecrag.bank.store import Bank
 from vecrag.decode.cascade import BACK_DEPTH, Cascade, CascadeConfig
 from vecrag.decode.policy import KINDS, NOVEL, SNAP, Policy, alpha, decide_batch
-from vecrag.decode.predictors import Predictor
 from vecrag.decode.profiles import PolicySet
 from vecrag.eval.cascade_eval import context_len, predict
 from vecrag.scoring.metrics import kept_results
+from vecrag.scoring.predictors import Predictor
 
 SWEEP_SNAP = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))          # 0.80 .. 0.99
 # wiki-full and wiki-300 both peaked at the old lower edge (0.70), so the grid reaches down to 0.0 (with

@@ -20,7 +20,7 @@ from vecrag.bank.sequences import Samples, before_target, gather_context
 from vecrag.bank.store import Bank
 from vecrag.errors import VecragError
 from vecrag.runs.load import check_bank, load_retriever
-from vecrag.scoring.metrics import DEFAULT_KS, recall_table
+from vecrag.scoring.metrics import DEFAULT_KS
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def evaluate_retriever(run: str | Path, bank: Bank | None = None, *, split: str 
     from vecrag.bank.sequences import make_samples
     from vecrag.eval.baselines import baselines_report, run_baselines, vector_methods
     from vecrag.index.load import open_index
-    from vecrag.scoring.ranks import retrieve_ranks
+    from vecrag.scoring.evaluators import RetrievalEvaluator
 
     cfg, model, info = load_retriever(run, checkpoint, device)
     bank = bank if bank is not None else Bank.open(cfg.bank)
@@ -79,10 +79,11 @@ def evaluate_retriever(run: str | Path, bank: Bank | None = None, *, split: str 
     deep = baselines and ks[-1] + L >= MissTally(samples, L, bank).depth
     tally = MissTally(samples, L, bank) if deep else None
     atally = MissTally(samples, L, bank) if deep and anchor in vector_methods() else None
-    ranks = retrieve_ranks(dindex, q, samples, L, ks[-1], bank=bank, on_ids=tally.add if tally else None)
+    # the evaluator training validation scores with, on this split's samples
+    table = RetrievalEvaluator(bank, samples, L, dindex, ks=ks)(q, on_ids=tally.add if tally else None)
     name = f"tower-{cfg.model.kind}({info['checkpoint'].removesuffix('.pt')})"
     elapsed = round(time.perf_counter() - t, 3)
-    rows: dict[str, dict[str, Any]] = {name: {**recall_table(ranks, ks), "elapsed_s": elapsed}}
+    rows: dict[str, dict[str, Any]] = {name: {**table, "elapsed_s": elapsed}}
     if baselines:
         rows.update(run_baselines(bank, samples, L, ks, index=raw, text_baselines=text_baselines, progress=progress,
                                   on_ids={anchor: atally.add} if atally else None))

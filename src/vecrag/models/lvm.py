@@ -19,7 +19,7 @@ Bodies (``kind``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +33,17 @@ LVM_KINDS = ("gru", "lstm", "transformer", "amn")
 
 @dataclass
 class LVMModelConfig:
-    kind: str = "gru"
-    anchor: str = "ewma"
-    alpha: float = 0.5
-    hidden: int = 256
-    layers: int = 2
-    heads: int = 4
-    dropout: float = 0.0
+    """The LVM's shape (YAML section ``model``): ``normalize(anchor + residual)`` from a body of ``kind``."""
+
+    kind: str = field(default="gru", metadata={"help": "the body: gru | lstm | transformer | amn"})
+    anchor: str = field(default="ewma", metadata={"help": "the heuristic the residual corrects: last | mean | ewma"})
+    alpha: float = field(default=0.5, metadata={"help": "ewma anchor: the chunk j steps before the end weighs "
+                                                        "(1 - alpha)^j, in (0, 1] (1 = the last vector)"})
+    hidden: int = field(default=256, metadata={"help": "features of the body's summary (divisible by heads for "
+                                                       "transformer and amn)"})
+    layers: int = field(default=2, metadata={"help": "stacked recurrent or attention layers"})
+    heads: int = field(default=4, metadata={"help": "attention heads (transformer, amn)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout in the body, in [0, 1)"})
 
     def validate(self) -> None:
         if self.kind not in LVM_KINDS:

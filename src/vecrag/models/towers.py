@@ -22,7 +22,7 @@ raw bank (an approximation of the doc-side geometry), as does the memory bank's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -39,16 +39,21 @@ DOC_TOWERS = ("identity", "mlp")
 class TowerConfig:
     """Query and doc tower shape. ``anchor``/``alpha`` choose the heuristic the residual corrects."""
 
-    kind: str = "gru"
-    anchor: str = "last"
-    alpha: float = 0.5
-    hidden: int = 256
-    layers: int = 1
-    heads: int = 4
-    dropout: float = 0.0
-    max_len: int = 1024
-    doc: str = "identity"
-    doc_hidden: int = 256
+    kind: str = field(default="gru", metadata={"help": "the query tower: gru | lstm | transformer | mean_mlp"})
+    anchor: str = field(default="last", metadata={"help": "the heuristic query the residual corrects: last | mean | "
+                                                          "ewma"})
+    alpha: float = field(default=0.5, metadata={"help": "ewma anchor: the chunk j steps before the end weighs "
+                                                        "(1 - alpha)^j, in (0, 1] (1 = the last vector)"})
+    hidden: int = field(default=256, metadata={"help": "features of the query tower (divisible by heads for "
+                                                       "transformer)"})
+    layers: int = field(default=1, metadata={"help": "recurrent or attention layers of the query tower"})
+    heads: int = field(default=4, metadata={"help": "attention heads (transformer)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout in the query tower"})
+    max_len: int = field(default=1024, metadata={"help": "learned positions of the transformer tower (>= "
+                                                         "train.context)"})
+    doc: str = field(default="identity", metadata={"help": "the doc tower: identity (bank vectors as they are) | mlp "
+                                                           "(normalize(x + MLP(x)); re-encodes the bank to evaluate)"})
+    doc_hidden: int = field(default=256, metadata={"help": "hidden features of the mlp doc tower"})
 
     def validate(self) -> None:
         if self.kind not in QUERY_TOWERS:

@@ -156,21 +156,29 @@ class InfoNCELoss(nn.Module):
 
     def forward(self, q: torch.Tensor, pos: torch.Tensor, neg_sets: list[tuple[torch.Tensor, torch.Tensor]]
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``q``, ``pos``: [B, D] unit. ``neg_sets``: (vectors [K, D] shared or [B, K, D] per sample,
-        mask [B, K] bool, True = excluded). Returns the mean loss and stats (0-d tensors on q's device: the
-        trainer reads them only when it logs, so a step never waits for the GPU)."""
-        pos_cos = (q * pos).sum(-1)
-        cols = [(pos_cos - self.margin)[:, None]]
-        for vecs, mask in neg_sets:
-            if vecs.numel() == 0:
-                continue
-            cos = q @ vecs.T if vecs.dim() == 2 else torch.einsum("bd,bkd->bk", q, vecs)
-            cols.append(cos.masked_fill(mask, float("-inf")))
-        # one scaling, one logsumexp and the stats over all sets at once (the step is launch-bound on a GPU)
-        z = torch.cat(cols, dim=1).float() / self.tau
-        loss = (torch.logsumexp(z, dim=1) - z[:, 0]).mean()
-        negs = z[:, 1:].detach()  # -inf where masked
-        best = negs.max(1).values if negs.shape[1] else torch.full_like(z[:, 0], float("-inf"))
-        stats = {"pos_cos": pos_cos.detach().mean(), "n_neg": torch.isfinite(negs).sum(1).float().mean(),
-                 "acc": (pos_cos.detach().float() / self.tau > best).float().mean()}
-        return loss, stats
+        return info_nce(q, pos, neg_sets, tau=self.tau, margin=self.margin)
+
+
+def info_nce(q: torch.Tensor, pos: torch.Tensor, neg_sets: list[tuple[torch.Tensor, torch.Tensor]], *,
+             tau: float, margin: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The one InfoNCE of both tasks (the retriever's loss, the LVM's contrastive term).
+
+    ``q``, ``pos``: [B, D] unit. ``neg_sets``: (vectors [K, D] shared or [B, K, D] per sample, mask [B, K]
+    bool, True = excluded). Returns the mean loss and stats (0-d tensors on q's device: the trainer reads them
+    only when it logs, so a step never waits for the GPU): ``pos_cos``, ``n_neg`` (unmasked negatives per
+    query) and ``acc`` (share of queries whose positive beats every negative)."""
+    pos_cos = (q * pos).sum(-1)
+    cols = [(pos_cos - margin)[:, None]]
+    for vecs, mask in neg_sets:
+        if vecs.numel() == 0:
+            continue
+        cos = q @ vecs.T if vecs.dim() == 2 else torch.einsum("bd,bkd->bk", q, vecs)
+        cols.append(cos.masked_fill(mask, float("-inf")))
+    # one scaling, one logsumexp and the stats over all sets at once (the step is launch-bound on a GPU)
+    z = torch.cat(cols, dim=1).float() / tau
+    loss = (torch.logsumexp(z, dim=1) - z[:, 0]).mean()
+    negs = z[:, 1:].detach()  # -inf where masked
+    best = negs.max(1).values if negs.shape[1] else torch.full_like(z[:, 0], float("-inf"))
+    stats = {"pos_cos": pos_cos.detach().mean(), "n_neg": torch.isfinite(negs).sum(1).float().mean(),
+             "acc": (pos_cos.detach().float() / tau > best).float().mean()}
+    return loss, stats

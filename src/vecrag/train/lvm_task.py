@@ -23,23 +23,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from vecrag.bank.sequences import Samples, make_samples
+from vecrag.bank.sequences import make_samples
 from vecrag.bank.store import Bank
 from vecrag.config import TrainConfig
 from vecrag.errors import VecragError
 from vecrag.index.search import ExactTorchIndex
 from vecrag.models.lvm import LVM, LVMModelConfig
 from vecrag.runtime import to_device
-from vecrag.scoring.heuristics import heuristic_query_torch
-from vecrag.scoring.metrics import first_hit_rank
+from vecrag.scoring.evaluators import NextVectorEvaluator, vector_groups
+from vecrag.scoring.predictors import DEFAULT_EWMA_ALPHA, HeuristicPredictor
 from vecrag.train import distributed as dd
+from vecrag.train.losses import info_nce
 
 log = logging.getLogger(__name__)
 VAL_KS = (1, 10, 100)
@@ -47,10 +48,11 @@ VAL_KS = (1, 10, 100)
 
 @dataclass
 class LVMLossConfig:
-    w_cos: float = 1.0
-    w_mse: float = 0.0
-    w_nce: float = 0.0
-    tau: float = 0.05          # InfoNCE temperature (logits = cosine / tau)
+    w_cos: float = field(default=1.0, metadata={"help": "weight of the cosine loss 1 - cos(prediction, next vector)"})
+    w_mse: float = field(default=0.0, metadata={"help": "weight of the mean squared error to the next vector"})
+    w_nce: float = field(default=0.0, metadata={"help": "weight of the in-batch InfoNCE loss (the other targets are "
+                                                        "negatives; keeps predictions retrievable)"})
+    tau: float = field(default=0.05, metadata={"help": "InfoNCE temperature (logits = cosine / tau)"})
 
     def validate(self) -> None:
         if min(self.w_cos, self.w_mse, self.w_nce) < 0 or self.w_cos + self.w_mse + self.w_nce <= 0:
@@ -62,18 +64,11 @@ class LVMLossConfig:
 
 @dataclass
 class LVMConfig:
-    bank: str = ""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(early_stop_metric="cos"))
-    model: LVMModelConfig = field(default_factory=LVMModelConfig)
-    loss: LVMLossConfig = field(default_factory=LVMLossConfig)
-
-
-def vector_groups(vectors: np.ndarray) -> np.ndarray:
-    """Group id per row; rows with byte-identical vectors share a group (int64, length N)."""
-    v = np.ascontiguousarray(np.asarray(vectors))
-    rows = v.view(np.dtype((np.void, v.dtype.itemsize * v.shape[1]))).ravel()
-    _, inverse = np.unique(rows, return_inverse=True)
-    return inverse.astype(np.int64).ravel()
+    bank: str = field(default="", metadata={"help": "the bank trained on (set from BANK by vecrag train lvm)"})
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(early_stop_metric="cos"),
+                               metadata={"help": "the shared training loop"})
+    model: LVMModelConfig = field(default_factory=LVMModelConfig, metadata={"help": "the LVM architecture"})
+    loss: LVMLossConfig = field(default_factory=LVMLossConfig, metadata={"help": "the training loss"})
 
 
 def lvm_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LVMLossConfig,
@@ -92,20 +87,19 @@ def lvm_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LVMLossConfig,
     # 0-d tensors: the trainer reads them when it logs (a float() here would wait for the GPU every step)
     stats = {"cos": cos.detach().mean(), "loss_cos": l_cos.detach(), "loss_mse": l_mse.detach()}
     if cfg.w_nce > 0:
+        # in-batch InfoNCE: every other target (all ranks' under torchrun) is a negative, and so is none of the
+        # positive's exact duplicates; row i's positive is candidate offset + i
         cands = target if cands is None else cands.float()
         cand_groups = groups if cand_groups is None else cand_groups
-        logits = pred @ cands.T / cfg.tau
-        n = logits.shape[0]
-        labels = torch.arange(n, device=logits.device) + offset
+        rows = torch.arange(pred.shape[0], device=pred.device) + offset
         # a comparison, not own[rows, labels] = True: that index_put waits for the GPU (found on the H200)
-        own = labels[:, None] == torch.arange(logits.shape[1], device=logits.device)[None, :]
+        excluded = rows[:, None] == torch.arange(cands.shape[0], device=pred.device)[None, :]
         if groups is not None:
-            dup = (groups[:, None] == cand_groups[None, :]) & ~own
-            logits = logits.masked_fill(dup, float("-inf"))
-        l_nce = F.cross_entropy(logits, labels)
+            excluded = excluded | (groups[:, None] == cand_groups[None, :])
+        l_nce, nce = info_nce(pred, target, [(cands, excluded)], tau=cfg.tau)
         loss = loss + cfg.w_nce * l_nce
         stats["loss_nce"] = l_nce.detach()
-        stats["nce_acc"] = (logits.detach().argmax(1) == labels).float().mean()
+        stats["nce_acc"] = nce["acc"]
     return loss, stats
 
 
@@ -129,6 +123,7 @@ class LVMTask:
         self.bank_t: torch.Tensor | None = None
         self.index: Any = None  # exact search over bank_t (views of it, no copy), for validation
         self._baselines: dict[str, float] | None = None
+        self._evaluator: NextVectorEvaluator | None = None
         self._seen = 0
 
     # ---- Task protocol -------------------------------------------------------------------------------
@@ -165,40 +160,26 @@ class LVMTask:
                             cands=self.bank_t[all_t], cand_groups=self.groups[all_t], offset=dd.offset(sizes))
         return lvm_loss(pred, self.bank_t[tgt_ids], self.cfg.loss, self.groups[tgt_ids])
 
-    def predict(self, samples: Samples, fn: Any = None, batch: int = 1024) -> torch.Tensor:
-        """Predictions [n, D] for ``samples`` (by the model, or by ``fn(ctx, mask)``)."""
-        fn = fn or self.model
-        out = []
-        for s in range(0, len(samples), batch):
-            ctx, mask = self.context(torch.from_numpy(samples.context_ids(self.L, slice(s, s + batch))))
-            out.append(fn(ctx, mask).float())
-        return torch.cat(out) if out else torch.zeros(0, self.bank.dim, device=self.device)
-
-    def score(self, pred: torch.Tensor, samples: Samples) -> dict[str, float]:
-        tgt = self.bank_t[torch.from_numpy(samples.target).to(self.device)]
-        cos = (pred * tgt).sum(-1)
-        ids = self.index.search(pred.cpu().numpy(), max(VAL_KS) + self.L)[1]
-        ranks = first_hit_rank(ids, samples.target, ctx_ids=samples.context_ids(self.L),
-                               text_group=self.bank.text_group)
-        out = {"cos": float(cos.mean())}
-        for k in VAL_KS:
-            out[f"R@{k}"] = float(np.mean((ranks >= 0) & (ranks < k)))
-        hit10 = (ranks >= 0) & (ranks < 10)
-        out["MRR@10"] = float(np.mean(np.where(hit10, 1.0 / np.maximum(ranks + 1.0, 1.0), 0.0)))
-        return out
+    def evaluator(self) -> NextVectorEvaluator:
+        """The val split's evaluator (the same object `vecrag eval lvm` scores with), sharing the device bank."""
+        if self._evaluator is None:
+            self._evaluator = NextVectorEvaluator(self.bank, self.val, self.L, device=self.device, ks=VAL_KS,
+                                                  full=False, bank_t=self.bank_t, index=self.index,
+                                                  groups=self.groups_np)
+        return self._evaluator
 
     def validate(self, epoch: int) -> dict[str, float]:
         if len(self.val) == 0:
             raise VecragError("the bank's val split has no article with 2 or more chunks", path=self.bank.path,
                               hint="re-split the bank with a larger val share")
-        metrics = self.score(self.predict(self.val), self.val)
+        ev = self.evaluator()
+        metrics = _scalars(ev(self.model))
         if self._baselines is None:  # the heuristics do not change during training: measure once
             self._baselines = {}
             m = self.cfg.model
             for name, kind in ((f"anchor_{m.anchor}", m.anchor), ("last", "last"), ("mean", "mean")):
-                def fn(c: torch.Tensor, mk: torch.Tensor, kind: str = kind) -> torch.Tensor:
-                    return heuristic_query_torch(c, mk, kind, m.alpha)
-                for k, v in self.score(self.predict(self.val, fn), self.val).items():
+                pred = HeuristicPredictor(kind, m.alpha if kind == "ewma" else DEFAULT_EWMA_ALPHA, self.L)
+                for k, v in _scalars(ev(pred)).items():
                     self._baselines[f"baseline_{name}_{k}"] = v
         return {**metrics, **self._baselines, "n_val": float(len(self.val))}
 
@@ -214,3 +195,9 @@ class LVMTask:
 
     def close(self) -> None:
         self.bank_t = None
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The log's numbers: an evaluator's scalar metrics (its CIs and sample counts left out)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)
+            and not k.endswith("_ci") and k not in ("n_queries", "n", "median_rank")}

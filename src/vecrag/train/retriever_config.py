@@ -17,12 +17,16 @@ BIG_BANK = 100_000  # from this many bank vectors on, early stopping defaults to
 
 @dataclass
 class LossConfig:
-    tau: float = 0.05          # InfoNCE temperature
-    margin: float = 0.0        # COSINE units, subtracted from the positive's cosine before / tau
-    inbatch: bool = True       # other samples' positives are negatives
-    queue: int = 0             # memory-bank size (recent positives' chunk ids; 0 = off)
-    window: int = 2            # mask same-article chunks within +-window positions of the positive (-1 = off)
-    dup_eps: float = 1e-6      # cos(cand, pos) >= 1 - dup_eps counts as an identical vector (masked)
+    tau: float = field(default=0.05, metadata={"help": "InfoNCE temperature (logits = cosine / tau)"})
+    margin: float = field(default=0.0, metadata={"help": "subtracted from the positive's cosine before / tau, in "
+                                                         "COSINE units, in [0, 1)"})
+    inbatch: bool = field(default=True, metadata={"help": "other samples' positives are negatives"})
+    queue: int = field(default=0, metadata={"help": "memory-bank size: recent positives' chunk ids used as "
+                                                    "negatives (0 = off)"})
+    window: int = field(default=2, metadata={"help": "mask same-article chunks within +-window positions of the "
+                                                     "positive (-1 = off)"})
+    dup_eps: float = field(default=1e-6, metadata={"help": "cos(cand, pos) >= 1 - dup_eps counts as an identical "
+                                                           "vector (masked)"})
 
     def validate(self) -> None:
         check(self.tau > 0, "loss.tau", self.tau, "must be > 0")
@@ -33,28 +37,52 @@ class LossConfig:
 
 @dataclass
 class MiningConfig:
-    mode: str = field(default="sync", metadata={"choices": ("none", "sync", "async")})
-    schedule: str = "0-1:none;2-30:8@0.3-0.95"   # see vecrag.train.mining.curriculum
-    schedule_base: int = 0     # epochs in the schedule count from 0 (the Trainer's numbering) or 1
-    k: int = 64                # candidates searched per query (plus the context length)
-    backend: str = field(default="torch", metadata={"choices": ("torch", "faiss", "auto")})
-    rel: float = 0.95          # drop cos(q, c) > rel * cos(q, pos) (NV-Retriever); 0 = off
-    dup: float = 0.98          # drop cos(c, pos) > dup (near-duplicate); 1 = off
-    keep_back: bool = False    # the target article's chunks before the context are exempt from rel
-    ttl: int = 20              # async: max age in optimizer steps of the weights behind a result
-    timeout: float = 2.0       # async: seconds to wait for a result
-    refresh_every: int = 10    # async: optimizer steps between weight copies (must be <= ttl)
-    lookahead: int = 8         # async: micro-batches mined ahead
-    per_job: int = 4           # async: micro-batches mined in one search (<= lookahead; half the time a batch)
-    worker: str = field(default="thread", metadata={"choices": ("thread", "process")})  # async: where mining runs
+    mode: str = field(default="sync", metadata={"choices": ("none", "sync", "async"),
+                                                "help": "hard-negative mining: none, sync (in the training step) or "
+                                                        "async (in the background, with mined batches ahead)"})
+    schedule: str = field(default="0-1:none;2-30:8@0.3-0.95",
+                          metadata={"help": "curriculum: ;-separated FIRST-LAST:none or FIRST-LAST:N@LO-HI phases (N "
+                                            "negatives whose cosine to the query lies in [LO, HI]; see "
+                                            "vecrag.train.mining.curriculum)"})
+    schedule_base: int = field(default=0, metadata={"help": "epochs in the schedule count from 0 (the Trainer's "
+                                                            "numbering) or 1"})
+    k: int = field(default=64, metadata={"help": "candidates searched per query (plus the context length)"})
+    backend: str = field(default="torch", metadata={"choices": ("torch", "faiss", "auto"),
+                                                    "help": "the mining search: exact torch, the bank's FAISS index, "
+                                                            "or auto (the index when there is one)"})
+    rel: float = field(default=0.95, metadata={"help": "drop cos(q, c) > rel * cos(q, pos) (NV-Retriever); 0 = off"})
+    dup: float = field(default=0.98, metadata={"help": "drop cos(c, pos) > dup (a near-duplicate of the positive); "
+                                                       "1 = off"})
+    keep_back: bool = field(default=False, metadata={"help": "the target article's chunks before the context are "
+                                                             "exempt from rel"})
+    ttl: int = field(default=20, metadata={"help": "async: max age in optimizer steps of the weights behind a "
+                                                   "result (>= refresh_every)"})
+    timeout: float = field(default=2.0, metadata={"help": "async: seconds to wait for a result"})
+    refresh_every: int = field(default=10, metadata={"help": "async: optimizer steps between weight copies to the "
+                                                             "miner (<= ttl)"})
+    lookahead: int = field(default=8, metadata={"help": "async: micro-batches mined ahead"})
+    per_job: int = field(default=4, metadata={"help": "async: micro-batches mined in one search (<= lookahead; half "
+                                                      "the time a batch)"})
+    worker: str = field(default="thread", metadata={"choices": ("thread", "process"),
+                                                    "help": "async: where mining runs (a thread, or a process with "
+                                                            "no GIL shared with the trainer)"})
     # GPU mining: replay each job's kernels from a CUDA graph (vecrag.train.mining.graph). auto: for sync mining
     # and a miner process, not a miner thread (H200, transformer tower: sync 62 -> 81 % of no mining, process
     # 89-90 -> 90-92 %, but thread 92-93 -> 86-87 %; docs/benchmarks.md, session 10)
-    cuda_graph: str = field(default="auto", metadata={"choices": ("auto", "on", "off")})
-    fallback: str = field(default="sync", metadata={"choices": ("sync", "inbatch")})
-    stall: float = 60.0        # async: replace a thread whose job runs longer than this (s)
-    max_restarts: int = 3
-    fault: str = ""            # fault injection for tests: "raise@N", "crash@N", "hang@N:SECONDS" (comma-sep.)
+    cuda_graph: str = field(default="auto", metadata={"choices": ("auto", "on", "off"),
+                                                      "help": "GPU mining: replay each job's kernels from a CUDA "
+                                                              "graph; auto = for sync mining and a miner process, "
+                                                              "not a miner thread"})
+    fallback: str = field(default="sync", metadata={"choices": ("sync", "inbatch"),
+                                                    "help": "async: when no fresh mined result is ready, mine the "
+                                                            "batch in the step (sync) or train it on in-batch "
+                                                            "negatives only (inbatch)"})
+    stall: float = field(default=60.0, metadata={"help": "async: replace a miner whose job runs longer than this "
+                                                         "(seconds)"})
+    max_restarts: int = field(default=3, metadata={"help": "async: miner restarts before mining is disabled (every "
+                                                           "batch then falls back)"})
+    fault: str = field(default="", metadata={"help": "fault injection for tests: \"raise@N\", \"crash@N\", "
+                                                     "\"hang@N:SECONDS\" (comma-separated)"})
 
     def graphs_for(self, thread: bool) -> bool:
         """Whether a mining core captures CUDA graphs under ``cuda_graph`` (``thread``: an async miner thread's
@@ -84,23 +112,31 @@ class MiningConfig:
 class RetrieverTrainConfig(TrainConfig):
     """The shared TrainConfig with retriever defaults (early stopping on recall, chosen by bank size)."""
 
-    epochs: int = 10
-    lr: float = 3e-4
-    lr_min: float = 1e-6
-    warmup_ratio: float = 0.05
-    early_stop_metric: str = "auto"   # auto = R@10 below 100k bank vectors, R@500 above
-    patience: int = 3
+    epochs: int = field(default=10, metadata={"help": "passes over the training samples"})
+    lr: float = field(default=3e-4, metadata={"help": "peak learning rate (AdamW), reached after the warm-up"})
+    lr_min: float = field(default=1e-6, metadata={"help": "cosine floor: the learning rate at the last step"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "warm-up as a fraction of all optimizer steps (or "
+                                                                "see warmup_steps; the larger wins)"})
+    early_stop_metric: str = field(default="auto", metadata={"help": "validation metric that picks best.pt and "
+                                                                     "drives early stopping; auto = R@10 below 100k "
+                                                                     "bank vectors, R@500 above"})
+    patience: int = field(default=3, metadata={"help": "epochs without improvement before stopping (0 = never "
+                                                       "stop early)"})
 
 
 @dataclass
 class RetrieverConfig:
-    bank: str = ""
-    min_context: int = 1
-    val_backend: str = field(default="auto", metadata={"choices": ("torch", "faiss", "auto")})
-    train: RetrieverTrainConfig = field(default_factory=RetrieverTrainConfig)
-    model: TowerConfig = field(default_factory=TowerConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    mining: MiningConfig = field(default_factory=MiningConfig)
+    bank: str = field(default="", metadata={"help": "the bank trained on (set from BANK by vecrag train retriever)"})
+    min_context: int = field(default=1, metadata={"help": "chunks of context a sample needs at least (earlier "
+                                                          "positions of an article are not samples)"})
+    val_backend: str = field(default="auto", metadata={"choices": ("torch", "faiss", "auto"),
+                                                       "help": "validation search: exact torch, the bank's FAISS "
+                                                               "index, or auto (the index when there is one)"})
+    train: RetrieverTrainConfig = field(default_factory=RetrieverTrainConfig,
+                                        metadata={"help": "the shared training loop"})
+    model: TowerConfig = field(default_factory=TowerConfig, metadata={"help": "the query and doc towers"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "the contrastive loss"})
+    mining: MiningConfig = field(default_factory=MiningConfig, metadata={"help": "hard-negative mining"})
 
     def validate(self) -> None:
         check(self.min_context >= 1, "min_context", self.min_context, "must be >= 1")

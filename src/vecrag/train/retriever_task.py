@@ -27,7 +27,6 @@ each rank mines its own samples. Mining stats and counters in the log are rank 0
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import threading
 import warnings
@@ -40,12 +39,11 @@ from vecrag.bank.sequences import gather_context, make_samples
 from vecrag.models.towers import RetrieverModel
 from vecrag.runtime import to_device
 from vecrag.scoring.heuristics import heuristic_query
-from vecrag.scoring.metrics import recall_table
 from vecrag.train import distributed as dd
 from vecrag.train.losses import ChunkMeta, InfoNCELoss, MemoryBankQueue, NegativeMasker
-from vecrag.train.mining.async_miner import AsyncConfig, AsyncMiner
 from vecrag.train.mining.curriculum import Curriculum, FilterConfig, MiningStats
-from vecrag.train.mining.miners import MiningCore, SyncMiner, make_searcher
+from vecrag.train.mining.miners import MiningCore, make_searcher
+from vecrag.train.mining.negatives import MiningMode, build_negatives
 from vecrag.train.retriever_config import (  # noqa: F401  (re-exported: the config lives beside the task)
     BIG_BANK,
     LossConfig,
@@ -103,10 +101,8 @@ class RetrieverTask:
         self.counters = {"mined_sync": 0, "mined_async": 0, "fallback_inbatch": 0, "mined_sync_graph": 0}
         self.trainer = None
         self.device = torch.device("cpu")
-        self._sync: SyncMiner | None = None
         self.reuse_query = True  # sync mining on a CPU mines with the training step's queries (_reuse_query)
-        self._async: AsyncMiner | None = None
-        self._refreshed = -1
+        self.negatives = build_negatives(self)  # mining.mode: none / sync / async
         self.bank_t = bank_tensor(bank.vectors, torch.device("cpu"))  # moved to the training device by attach()
         self._val_cache: dict | None = None
         self._bank_f32: torch.Tensor | None = None
@@ -118,8 +114,7 @@ class RetrieverTask:
         self.trainer = trainer
         self.device = trainer.device
         self.bank_t = bank_tensor(self.bank.vectors, self.device)
-        if self.cfg.mining.mode == "async" and self._async is None:
-            self._start_async(trainer.step)  # now: it opens its index (or process) while the first epochs run
+        self.negatives.start(trainer.step)  # an async miner opens its index (or process) while the first epochs run
 
     def _rows(self, *id_arrays: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(ids, float32 bank rows) on the training device for each array of ids (any shape; -1 reads row 0,
@@ -160,57 +155,9 @@ class RetrieverTask:
         ``queries``: the batch's query vectors for the sync miner (see :meth:`_reuse_query`)."""
         epoch = self.trainer.epoch if self.trainer is not None else 0
         phase = self.curriculum.phase_for(epoch)
-        m = self.cfg.mining
-        if phase is None or m.mode == "none":
+        if phase is None:
             return None
-        if m.mode == "async":
-            if self._async is None:
-                self._start_async(step)
-            assert self._async is not None
-            if step - self._refreshed >= m.refresh_every:
-                self._async.refresh(self.model.query, step)
-                self._refreshed = step
-            self._async.advance(epoch, self.trainer.batch if self.trainer is not None else 0)
-            got = self._async.get(idx, step, epoch)
-            if got is not None:
-                self.counters["mined_async"] += 1
-                return got
-            if m.fallback == "inbatch":
-                self.counters["fallback_inbatch"] += 1
-                return None
-        if self._sync is None:
-            self._sync = SyncMiner(self._core())
-        res = self._sync.mine(self.model.query, idx, phase, step, queries)
-        self.round.merge(res.stats)
-        self.counters["mined_sync"] += 1
-        self.counters["mined_sync_graph"] += int(res.graphed)  # replayed from a CUDA graph
-        return res.neg
-
-    def _start_async(self, step: int) -> None:
-        m, tr = self.cfg.mining, self.trainer
-        n_batches = tr.n_batches if tr is not None else 0
-        last_epoch = self.cfg.train.epochs - 1
-
-        def batch_at(e: int, i: int) -> np.ndarray | None:
-            if tr is None or e > last_epoch or i >= n_batches:
-                return None
-            return tr.batch_at(e, i)
-
-        acfg = AsyncConfig(ttl=m.ttl, timeout=m.timeout, refresh_every=m.refresh_every, lookahead=m.lookahead,
-                           per_job=m.per_job, stall=m.stall, max_restarts=m.max_restarts)
-        make_core = functools.partial(self._core, thread=True)
-        if m.worker == "process":  # no GIL shared with the trainer (vecrag.train.mining.process)
-            from vecrag.train.mining.process import ProcessCore, spec_for
-
-            spec = spec_for(self)
-
-            def make_core() -> ProcessCore:
-                return ProcessCore(spec, stall=m.stall, max_restarts=m.max_restarts)
-
-        self._async = AsyncMiner(make_core, self.model.query, batch_at, self.curriculum.phase_for, acfg,
-                                 fault=m.fault or None, version=step, n_batches=n_batches)
-        self._refreshed = step
-        self._async.start()
+        return self.negatives.get(idx, step, epoch, phase, queries)
 
     def _reuse_query(self) -> bool:
         """Sync mining on a CPU reads the training step's own query vectors instead of running the tower again
@@ -218,7 +165,7 @@ class RetrieverTask:
         the miner's: no dropout, no autocast (the miner scores in float32). The GRU / LSTM / mean-MLP towers give
         bit-identical queries either way (a test); the transformer's training path differs from its eval fast
         path by ~1e-7."""
-        return (self.reuse_query and self.cfg.mining.mode == "sync" and self.device.type == "cpu"
+        return (self.reuse_query and self.negatives.mode is MiningMode.SYNC and self.device.type == "cpu"
                 and self.cfg.model.dropout == 0 and not torch.is_autocast_enabled("cpu"))
 
     def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -279,10 +226,10 @@ class RetrieverTask:
         return q, vc
 
     def _rank(self, index, q: np.ndarray, vc: dict) -> dict[str, float]:
-        from vecrag.scoring.ranks import retrieve_ranks  # the shared hit rules
+        """Recall of ``q`` on the val split by the same evaluator `vecrag eval retriever` scores with."""
+        from vecrag.scoring.evaluators import RetrievalEvaluator
 
-        ranks = retrieve_ranks(index, q, self.val, self.L, min(max(VAL_KS), self.bank.n), bank=self.bank)
-        table = recall_table(ranks, VAL_KS)
+        table = RetrievalEvaluator(self.bank, self.val, self.L, index, ks=VAL_KS)(q)
         return {k2: float(v) for k2, v in table.items() if not k2.endswith("_ci")}
 
     def validate(self, epoch: int) -> dict[str, float]:
@@ -314,10 +261,7 @@ class RetrieverTask:
     def _flush_mining(self, epoch: int) -> None:
         st = MiningStats()
         st.merge(self.round)
-        if self._async is not None:
-            with self._async._lock:
-                st.merge(self._async.round_stats)
-                self._async.round_stats = MiningStats()
+        st.merge(self.negatives.take_round())
         self.round = MiningStats()
         if st.n_samples == 0:
             return
@@ -335,17 +279,14 @@ class RetrieverTask:
         self.counters.update({k: int(v) for k, v in d.get("counters", {}).items()})
         if "round" in d:
             self.round = MiningStats(**d["round"])
-        if self._async is not None and self.trainer is not None:  # resumed: the weights (and step) just changed
-            self._async.rebase(self.model.query, self.trainer.step)
-            self._refreshed = self.trainer.step
+        if self.trainer is not None:  # resumed: the weights (and step) just changed
+            self.negatives.rebase(self.trainer.step)
 
     def stats(self) -> dict[str, float]:
         out = {f"mining_{k}": float(v) for k, v in self.counters.items()}
         out["queue_len"] = float(len(self.queue))
-        if self._async is not None:
-            out.update(self._async.stats())
+        out.update(self.negatives.stats())
         return out
 
     def close(self) -> None:
-        if self._async is not None:
-            self._async.close()  # kept (stopped) so that stats() still reports its counters
+        self.negatives.close()

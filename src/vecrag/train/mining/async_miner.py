@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -55,13 +55,18 @@ def parse_faults(spec: str | None) -> dict[int, tuple[str, float]]:
 
 @dataclass
 class AsyncConfig:
-    ttl: int = 20               # max age (optimizer steps) of the weights a used result was mined with
-    timeout: float = 2.0        # seconds the trainer waits for a result
-    refresh_every: int = 10     # optimizer steps between weight copies to the miner (<= ttl: MiningConfig)
-    lookahead: int = 8          # micro-batches mined ahead of the trainer (bounds the result store)
-    per_job: int = 4            # micro-batches mined together in one job (<= lookahead)
-    stall: float = 60.0         # a job running longer than this is abandoned and the thread replaced
-    max_restarts: int = 3       # then the miner is disabled (every batch falls back)
+    ttl: int = field(default=20, metadata={"help": "max age (optimizer steps) of the weights a used result was "
+                                                   "mined with"})
+    timeout: float = field(default=2.0, metadata={"help": "seconds the trainer waits for a result"})
+    refresh_every: int = field(default=10, metadata={"help": "optimizer steps between weight copies to the miner "
+                                                             "(<= ttl: MiningConfig)"})
+    lookahead: int = field(default=8, metadata={"help": "micro-batches mined ahead of the trainer (bounds the result "
+                                                        "store)"})
+    per_job: int = field(default=4, metadata={"help": "micro-batches mined together in one job (<= lookahead)"})
+    stall: float = field(default=60.0, metadata={"help": "a job running longer than this is abandoned and the thread "
+                                                         "replaced"})
+    max_restarts: int = field(default=3, metadata={"help": "thread replacements after stalls or errors before the "
+                                                           "miner is disabled (every batch falls back)"})
 
 
 class AsyncMiner:

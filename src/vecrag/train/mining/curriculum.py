@@ -110,9 +110,10 @@ class Curriculum:
 
 @dataclass
 class FilterConfig:
-    rel: float = 0.95  # drop cos(q, c) > rel * cos(q, pos); <= 0 disables
-    dup: float = 0.98  # drop cos(c, pos) > dup; >= 1 disables
-    keep_back: bool = False  # the target article's chunks before the context skip ``rel``: known true negatives
+    rel: float = field(default=0.95, metadata={"help": "drop cos(q, c) > rel * cos(q, pos); <= 0 disables"})
+    dup: float = field(default=0.98, metadata={"help": "drop cos(c, pos) > dup; >= 1 disables"})
+    keep_back: bool = field(default=False, metadata={"help": "the target article's chunks before the context skip "
+                                                             "rel: known true negatives"})
 
 
 RULES = ("mask", "dup", "rel", "band")
