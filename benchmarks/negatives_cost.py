@@ -80,7 +80,7 @@ def main() -> int:
                         "load (static + the miner's search kernels in a thread) and gil (static + a thread of "
                         "CPU torch ops and Python in bursts: the miner's host side without its GPU work)")
     p.add_argument("--gil-busy", type=float, default=0.008, help="gil mode: seconds of each burst (a 4-batch job "
-                   "took 7-8 ms on the H200 in session 7)")
+                   "took 7-8 ms on an H200)")
     p.add_argument("--load-sleep", type=float, default=0.03, help="load mode: seconds between two searches")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch", type=int, default=64)

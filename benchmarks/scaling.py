@@ -11,7 +11,7 @@ Bank vectors are random unit vectors (``--data clustered``: Gaussian blobs, clos
 generated with torch (on the GPU when ``--device cuda``) in chunks. Part (1) reuses the real trainer path of
 ``benchmarks/train_retriever.py`` (Trainer + RetrieverTask, ``measure``) on a random bank written once to
 ``--workdir`` (fp16, 20 chunks an article) and reused by later commands. Part (2) uses ``vecrag.index.search``:
-FAISS indexes are searched on the CPU (faiss-cpu: our GPU machine has no faiss-gpu); with ``--device cuda``
+FAISS indexes are searched on the CPU (faiss-cpu: faiss-gpu has no pip wheels); with ``--device cuda``
 IVF / IVF-PQ are built through ``build_from_vectors(device="cuda")``, i.e. k-means and list assignment in
 torch on the GPU (``vecrag.index.ivf_torch``; faiss-gpu instead where installed), and each row's params say which
 path trained it (``train=torch-cuda``, ``faiss-gpu`` or ``faiss-cpu``); ``torch`` is

@@ -3,7 +3,7 @@
 Banks of random unit vectors (throughput only; 20 chunks per article) at the sizes given, e.g.::
 
     python benchmarks/train_retriever.py --sizes 100000,1000000 --device cpu
-    python benchmarks/train_retriever.py --sizes 100000 --batch 8 --accum 2      # the seed's CPU-test shape
+    python benchmarks/train_retriever.py --sizes 100000 --batch 8 --accum 2      # the original design's CPU-test shape
 
 Each cell runs the real Trainer + RetrieverTask for ``--steps`` optimizer steps and reports the median
 ``samples_per_s`` of the train records (the first record, warm-up, is dropped), plus the async miner's

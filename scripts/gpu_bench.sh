@@ -6,9 +6,9 @@
 # Environment:
 #   STAGES   which stages, in order (default: all of "train big_train big_index cpu_train lvm index profile")
 #     train      retriever training samples/s at SIZE: no mining / sync / async thread / async process (400 steps)
-#     big_train  the same at BIG vectors (issue 7)
+#     big_train  the same at BIG vectors
 #     big_index  index at BIG: exact torch, IVF and IVF-PQ (torch k-means on the GPU when faiss has no GPU)
-#     cpu_train  the training cells at SIZE on this machine's CPU cores (issue 7: the same code on the CPU)
+#     cpu_train  the training cells at SIZE on this machine's CPU cores (the same code on the CPU)
 #     lvm        LVM train samples/s and step latency
 #     index      index at SIZE: torch, flat, IVF, IVF-PQ
 #     profile    torch.profiler op tables of the training cells at SIZE (no mining / async thread / process)

@@ -16,7 +16,7 @@
 # MAX_SAMPLES (cascade/decode test samples, 10000), SKIP_TRAIN (1: evaluate existing runs only),
 # INGEST_ARGS (extra ingest flags, e.g. --max-articles 40), RET_ONLY (1: retrievers only: no LVM, cascade or
 # decode; with LVM_NCE=""), BANK_NAME (the bank directory under WORK, wiki-full).
-# At the end WORK/results.tgz holds what a GPU lease should bring back (a few hundred KB: logs, eval tables,
+# At the end WORK/results.tgz holds what to bring back from the GPU machine (a few hundred KB: logs, eval tables,
 # each run's log.jsonl, metrics and config); WORK itself also holds the banks and checkpoints (GBs).
 set -uo pipefail
 W="$1"; shift

@@ -212,7 +212,7 @@ def test_process_worker_on_cuda_warms_up_and_replays_its_first_job(bank, tmp_pat
     """On a GPU spec_for asks the child for one warm-up job of the first mining phase's shape (batch x per_job)
     before "ready"; after it the child's jobs, replayed from the CUDA graph captured with the child's own initial
     weights, mine with the weights sent since. (What the warm-up saves, the first batches' fallbacks, is measured by
-    negatives_cost: benchmarks.md, session 12.)"""
+    negatives_cost: docs/benchmarks.md.)"""
     from vecrag.train.mining.process import ProcessCore, spec_for
 
     cfg = from_dict(RetrieverConfig, {"train": {"context": 4, "device": "cuda", "batch_size": 16},
@@ -240,7 +240,7 @@ def test_process_worker_on_cuda_warms_up_and_replays_its_first_job(bank, tmp_pat
         proc.close()
     assert got.graphed and want.stats.neg_n > 0
     # two processes on a GPU need not agree to the last bit: on the H200 one row of 32 differed, a candidate at a
-    # filter's edge (session 12, before the perturbation above); stale weights would change most rows
+    # filter's edge (before the perturbation above); stale weights would change most rows
     same = (got.neg == want.neg).all(1)
     assert same.sum() >= 29, f"{same.sum()} of 32 rows agree"
 

@@ -85,9 +85,9 @@ def test_presets_load_and_mirror_the_seed():
     assert gpu.mining.mode == "async" and gpu.train.epochs == 30 and gpu.loss.margin == 0.03
     assert gpu.train.batch_size * gpu.train.grad_accum >= 64
     assert gpu.mining.ttl >= gpu.mining.refresh_every
-    assert gpu.mining.worker == "process"  # no GIL shared with the trainer (docs/benchmarks.md, session 7)
+    assert gpu.mining.worker == "process"  # no GIL shared with the trainer (docs/benchmarks.md)
     assert (gpu.model.kind, gpu.model.layers) == ("transformer", 2)  # beat the GRU on wiki-full (results.md)
-    assert gpu.loss.tau == 0.03 and default.loss.tau == 0.05  # 0.03 beat 0.05 on wiki-full (session 11)
+    assert gpu.loss.tau == 0.03 and default.loss.tau == 0.05  # 0.03 beat 0.05 on wiki-full (docs/results.md)
 
 
 def test_context_beyond_the_transformers_positions_is_rejected_at_load():

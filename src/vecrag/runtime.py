@@ -111,7 +111,7 @@ def priority_stream(device):
     """Run the block on a new highest-priority CUDA stream of ``device`` (elsewhere: do nothing).
 
     The training loop runs in one: a background miner's kernels (its own stream, default priority) then take only
-    the GPU time training leaves idle instead of delaying the trainer's kernels (docs/benchmarks.md, session 5:
+    the GPU time training leaves idle instead of delaying the trainer's kernels (docs/benchmarks.md:
     +23 % async while a step still had a sync, no change without one). The
     stream waits for the work queued before it, and the caller's stream for the block's work after it."""
     import torch

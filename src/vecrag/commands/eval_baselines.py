@@ -1,4 +1,4 @@
-"""`vecrag eval baselines BANK --split test`: the seed's heuristics and two text peers, against the full bank."""
+"""`vecrag eval baselines BANK --split test`: the query heuristics and two text peers, against the full bank."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ Scores (all cosines, since bank rows and queries are unit vectors)::
 showed): a candidate on the passage's topic ranks higher, so a rollout does not drift away after one wrong
 step. It uses vectors only (no article ids, no bank order).
 
-With ``w_tower = 0`` it is the seed's cascade (re-rank purely by the LVM); with ``w_lvm = 0`` the tower's
+With ``w_tower = 0`` it is the original design's cascade (re-rank purely by the LVM); with ``w_lvm = 0`` the tower's
 own order. Candidates with id -1 (FAISS padding) never rank.
 
 **Fallback guard** (:class:`GuardedSearch`): the index is searched in ONE dedicated worker thread that owns

@@ -2,7 +2,7 @@
 
 Pure, deterministic functions of their arguments (no clocks, no randomness, no global state).
 
-With ``c`` = max cos(v_hat, shortlist) and ``n*`` its argmax (DESIGN.md section 2):
+With ``c`` = max cos(v_hat, shortlist) and ``n*`` its argmax (docs/design.md):
 
 - ``SNAP``  if ``c >= tau_snap``: emit ``n*`` (the bank vector itself);
 - ``NOVEL`` if ``c <= tau_novel``: emit ``v_hat``;

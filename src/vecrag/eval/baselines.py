@@ -1,4 +1,4 @@
-"""The yardstick: the seed's query heuristics and two text-level peers, against the FULL bank.
+"""The yardstick: the query heuristics and two text-level peers, against the FULL bank.
 
 Every method is scored by :func:`retrieve_ranks` with the same hit rules (``vecrag.scoring.metrics``): the
 context's own chunk ids are removed from the results (search ``k + L``, then drop them) unless

@@ -6,7 +6,7 @@ target's text counts as a hit):
 - ``baseline:last`` / ``baseline:ewma``  heuristic query -> top-k
 - ``tower``            query tower -> top-k (also ``R@K``: the ceiling of every re-rank below)
 - ``lvm-query``        the LVM prediction used as the query -> top-k
-- ``tower>lvm-rerank`` tower top-K re-ranked by cos(v_hat, cand) alone (the seed's cascade)
+- ``tower>lvm-rerank`` tower top-K re-ranked by cos(v_hat, cand) alone (the original design's cascade)
 - ``tower>fused``      tower top-K re-ranked by w_tower * tower score + w_lvm * cos(v_hat, cand)
 - ``tower>lane``       tower top-K with only the lane bonus (+lambda in the context's lane)
 - ``tower>lane(article)``  the same with the article's own lane label as the context lane: an upper bound

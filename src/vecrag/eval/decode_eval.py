@@ -1,4 +1,4 @@
-"""Teacher-forced decoding evaluation on held-out articles (DESIGN.md section 5, "Decoding").
+"""Teacher-forced decoding evaluation on held-out articles (docs/design.md, decoding metrics).
 
 For every sample (true context -> true next chunk): v_hat = LVM(context), shortlist = the cascade's final
 top-k (tower top-K, fused re-rank, lane bonus for the lane predicted from the context alone; FULL bank),

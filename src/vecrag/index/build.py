@@ -122,7 +122,7 @@ def _batches(vectors: np.ndarray, start: int, stop: int, progress: bool, desc: s
 
 def resolve_build_device(device: str, kind: str) -> tuple[str, str | None]:
     """(faiss device, torch device or None): ``--device cuda`` with a CUDA GPU that torch sees but a faiss
-    without GPU support (our H200 machine) trains and assigns IVF / IVF-PQ lists with torch on ``cuda``
+    without GPU support (faiss-cpu beside a CUDA torch) trains and assigns IVF / IVF-PQ lists with torch on ``cuda``
     (``vecrag.index.ivf_torch``); the faiss index itself stays on the CPU. Else as ``resolve_faiss_device``."""
     from vecrag.index.gpu import faiss_gpu_count, resolve_faiss_device
 

@@ -1,6 +1,6 @@
 """FAISS on GPUs: move a CPU index to one GPU or shard it over all visible GPUs.
 
-Rules (DESIGN.md section 4, and FAISS's own documentation):
+Rules (docs/design.md, and FAISS's own documentation):
 
 - A FAISS GPU index is NOT thread-safe, not even for ``search``. Each GPU index built here is owned by
   the :class:`vecrag.index.search.FaissIndex` that wraps it, and that wrapper serialises every call into it
@@ -15,7 +15,7 @@ Rules (DESIGN.md section 4, and FAISS's own documentation):
 - Which device answers a search is decided by :func:`search_route` (pure, tested on the CPU).
 
 Status: this GPU path needs a faiss build with GPU support (conda ``faiss-gpu``, or ``faiss-gpu-cu12``
-wheels). Our H200 machine cannot install one (only faiss-cpu wheels travel there), so this module is
+wheels). Where none can be installed (only faiss-cpu wheels), this module is
 exercised only where such a build exists; on that machine faiss runs on the CPU cores and the *measured*
 GPU search path is :class:`vecrag.index.search.ExactTorchIndex` (torch matmul + top-k, fp16, in query chunks),
 see ``benchmarks/scaling.py`` and ``docs/scaling.md``.

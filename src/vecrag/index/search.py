@@ -92,7 +92,7 @@ def _finish(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
 class ExactTorchIndex(SearchIndex):
     """Exact inner-product top-k by matmul, in query chunks and bank blocks (no FAISS needed).
 
-    This is vecrag's measured GPU search and mining path (faiss-gpu is not installable on our GPU machine).
+    This is vecrag's measured GPU search and mining path (where faiss-gpu is not installable).
     ``vectors`` may be a memory-mapped fp16/fp32 bank. On CUDA the bank is copied to the GPU once, in blocks
     of ``block_rows`` (fp16 by default: 2 bytes a value, 7.7 GB for 10M x 384; scores within ~1e-3, so
     near-ties may swap order); on CPU it is held as fp32, or, with ``resident=False``, converted block by

@@ -1,7 +1,7 @@
 """Exact row-wise top-k over many columns by group maxima: one cheap pass instead of a radix select over all.
 
 ``torch.topk(s, k)`` over rows of ~1M scores is a radix select with several passes over the whole row; on the
-H200 it was 58 % of the async miner's GPU time (7.3 ms for 1,024 queries x 1M, docs/benchmarks.md, session 5).
+H200 it was 58 % of the async miner's GPU time (7.3 ms for 1,024 queries x 1M, docs/benchmarks.md).
 :func:`block_topk` instead splits the columns into groups of ``width`` and
 
 1. takes the maximum of every group (one read of the scores),

@@ -1,4 +1,4 @@
-"""The seed's query heuristics over a context of chunk vectors (numpy and torch versions agree).
+"""The query heuristics (copy-last, mean, ewma) over a context of chunk vectors (numpy and torch versions agree).
 
 All take right-aligned contexts ``ctx`` [n, L, D] with a bool ``mask`` [n, L] (True = real chunk) and return
 unit vectors [n, D]. ``ewma(alpha)`` weights the chunk ``j`` steps before the end by ``(1 - alpha) ** j``

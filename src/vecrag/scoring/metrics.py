@@ -1,4 +1,4 @@
-"""Retrieval metrics with vecrag's hit rules (DESIGN.md section 5).
+"""Retrieval metrics with vecrag's hit rules (docs/design.md, metrics).
 
 Hit rules, applied identically to every method:
 - the context's own chunk ids are removed from the results before ranking (``exclude_context``);

@@ -6,7 +6,7 @@ the event loop and ``await`` the compute call on that thread. Why not a lock aro
 - a FAISS GPU index is not thread-safe even for search, and torch models / tokenizers are not meant to be
   driven from many threads at once; a single owner thread makes all of them safe at once;
 - CPU FAISS and torch already use every core per call (OpenMP / intra-op threads); running several calls
-  concurrently only oversubscribes the cores (DESIGN.md section 4), so serial compute gives the same or
+  concurrently only oversubscribes the cores (docs/design.md), so serial compute gives the same or
   better throughput and far steadier tail latency;
 - the queue in front of the thread is bounded (``max_pending``): beyond it the server answers 503 with
   ``Retry-After`` instead of growing memory and latency without bound;

@@ -1,4 +1,4 @@
-"""The ONE training loop, shared by the LVM and the two-tower retriever (docs/architecture.md, "Training contract").
+"""The ONE training loop, shared by the LVM and the two-tower retriever (docs/design.md, "The one training loop").
 
 Read top to bottom: ``Trainer.fit`` validates the untrained model (epoch 0: the anchor/baseline is the first
 "best"), then for each epoch walks a deterministic permutation of ``range(task.n_train)`` in micro-batches,

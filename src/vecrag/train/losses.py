@@ -6,8 +6,8 @@ For query ``q_i`` (unit), positive ``p_i`` (unit) and candidate negatives ``n_ij
     s_ij  = cos(q_i, n_ij) / tau                      # masked candidates get -inf
     loss  = mean_i [ -s_pos + logsumexp(s_pos, s_i1, s_i2, ...) ]
 
-A margin of 0.03 therefore asks the positive to beat every negative by 0.03 in cosine (the seed applied
-its 0.03 to logits at tau = 0.05, i.e. 0.0015 in cosine: it did nothing, DESIGN.md 4b).
+A margin of 0.03 therefore asks the positive to beat every negative by 0.03 in cosine (a 0.03 applied
+to logits at tau = 0.05 would be 0.0015 in cosine: it would do nothing; docs/design.md).
 
 Negative sets: the other samples' positives in the batch (in-batch), the ``MemoryBankQueue`` of recent
 positives (chunk ids; their vectors are re-gathered and passed through the doc tower at use time) and the

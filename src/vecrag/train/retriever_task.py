@@ -1,4 +1,4 @@
-"""The two-tower retriever as a Task of the shared training loop (docs/architecture.md, "Training contract").
+"""The two-tower retriever as a Task of the shared training loop (docs/design.md, "The one training loop").
 
 Samples are the bank's train split (contexts of up to ``train.context`` chunks inside one article, the
 target is the next chunk). The query tower maps a context to a unit query; the doc tower maps bank vectors

@@ -5,7 +5,7 @@ tower, search the bank, score, mask, filter, pack) is a few hundred small kernel
 job size and the curriculum phase. Launched one by one from Python they cost milliseconds of host time a job: for
 sync mining that is the trainer's own time, for a miner process a longer hold on the GPU. :class:`MiningGraphs`
 captures the work once per shape and replays it: the host side of a job becomes three small copies in, one replay
-and one copy out. On an H200 (docs/benchmarks.md, session 10) sync mining went from 62 to 81 % of the no-mining
+and one copy out. On an H200 (docs/benchmarks.md) sync mining went from 62 to 81 % of the no-mining
 rate and a miner process from 89-91 to 90-100 %; a miner THREAD beside the trainer was slower with graphs (86-87 vs
 91-93 %), so ``mining.cuda_graph: auto`` leaves a thread's jobs eager.
 
@@ -117,7 +117,7 @@ def release_rng(dev: torch.device) -> None:
     Every capture registers the device's default generator (torch marks it "capturing"), and only a capture that
     ENDS cleanly unmarks it: after a failed one, every random op on the device (dropout, ``randn``) raises "Offset
     increment outside graph capture encountered unexpectedly" for the rest of the process (found by the CUDA tests
-    in session 11). The generator gets a copy of its own state (same seed and offset) that no graph holds."""
+    in a CUDA test). The generator gets a copy of its own state (same seed and offset) that no graph holds."""
     gen = torch.cuda.default_generators[dev.index if dev.index is not None else torch.cuda.current_device()]
     if hasattr(gen, "clone_state"):  # torch >= 2.4 (graph-safe generator states); older ones keep no such mark
         gen.graphsafe_set_state(gen.clone_state())
