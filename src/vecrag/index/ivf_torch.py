@@ -2,8 +2,8 @@
 
 Why: a GPU machine may have PyTorch with CUDA but only faiss-cpu (faiss-gpu has no pip wheels), where IVF
 k-means (e.g. 12,649 lists on 810k points) and assigning 10M vectors to their lists take many minutes on the
-CPU cores. Both are dense inner-product matmuls + argmax, which a GPU does in seconds. The centroids go into the faiss index's
-quantizer, so faiss's own ``index.train`` skips coarse training (``Level1Quantizer::train_q1``: "IVF
+CPU cores. Both are dense inner-product matmuls + argmax, which a GPU does in seconds. The centroids go into the faiss
+index's quantizer, so faiss's own ``index.train`` skips coarse training (``Level1Quantizer::train_q1``: "IVF
 quantizer does not need training" when ``quantizer.ntotal == nlist``) and only trains IVF-PQ's codebooks;
 the vectors are then added with ``faiss.contrib.ivf_tools.add_preassigned`` (ids 0..N-1 in order).
 
