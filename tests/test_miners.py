@@ -656,7 +656,7 @@ def test_cpu_sync_mining_with_the_training_queries_trains_the_same_weights(bank,
 @pytest.mark.parametrize("mode, kind", [("none", "NoNegatives"), ("sync", "SyncNegatives"),
                                         ("async", "AsyncNegatives")])
 def test_the_negative_source_is_built_once_from_the_mode(bank, mode, kind):
-    from vecrag.train.mining.negatives import MiningMode
+    from vecrag.train.retriever_config import MiningMode
 
     cfg = from_dict(RetrieverConfig, {"train": {"context": 4, "device": "cpu"}, "model": {"hidden": 8},
                                       "mining": {"mode": mode}})

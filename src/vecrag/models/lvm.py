@@ -3,7 +3,7 @@
 Every architecture outputs ``normalize(anchor + residual)``. The anchor is a heuristic over the context
 (:func:`vecrag.scoring.heuristics.heuristic_query_torch`: ``last``, ``mean`` or ``ewma`` with ``alpha``); the
 residual comes from a body that summarises the context into ``hidden`` features and a ZERO-initialised
-linear head, so at step 0 the model predicts exactly the anchor (DESIGN.md 4b: start from the baseline,
+linear head, so at step 0 the model predicts exactly the anchor (docs/design.md: start from the baseline,
 learn the correction). Inputs are right-aligned contexts ``ctx`` float [n, L, D] with a bool ``mask``
 [n, L] (column L-1 is the most recent chunk; padded slots are zeros and False); any D works.
 
@@ -13,8 +13,8 @@ Bodies (``kind``):
 - ``lstm``: a multi-layer LSTM on packed sequences; the summary is the last layer's final state.
 - ``transformer``: pre-norm causal self-attention blocks with learned positions (column j = position j);
   padded keys are masked (each slot may always see itself, so no row is empty); the summary is column L-1.
-- ``amn``: the seed's "attention memory network" idea: the anchor (the baseline vector) asks a multi-head
-  attention over the context; an MLP of [anchor features, attended context] is the correction.
+- ``amn``: the "attention memory network" idea of the LNSP two-tower v4 report: the anchor (the baseline
+  vector) asks a multi-head attention over the context; an MLP of [anchor features, attended context] is the correction.
 """
 
 from __future__ import annotations

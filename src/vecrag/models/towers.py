@@ -4,7 +4,7 @@ Every query tower outputs ``normalize(anchor + residual)``: the anchor is a heur
 :func:`vecrag.scoring.heuristics.heuristic_query_torch` (``last`` vector by default, or ``ewma`` with
 ``alpha``; ``mean`` also works) and the residual comes from a learned head whose last linear layer is
 zero-initialised. At step 0 the residual is exactly zero, so the tower's query equals the anchor and it
-scores the anchor heuristic's recall (DESIGN.md 4b: start from the baseline, learn the correction).
+scores the anchor heuristic's recall (docs/design.md: start from the baseline, learn the correction).
 
 Query towers (``kind``): ``gru`` (default), ``lstm``, ``transformer`` (causal, learned positions) and
 ``mean_mlp``. Inputs are right-aligned contexts ``ctx`` float [n, L, D] with a bool ``mask`` [n, L]

@@ -7,10 +7,26 @@ Every field is a YAML key (``loss.tau``, ``mining.per_job``, ...) of the presets
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from vecrag.config import TrainConfig, check
 from vecrag.models.towers import TowerConfig
 from vecrag.train.mining.curriculum import Curriculum
+
+
+class MiningMode(StrEnum):
+    """The values of ``mining.mode``: no mined negatives, mined in the step, or mined ahead."""
+
+    NONE = "none"
+    SYNC = "sync"
+    ASYNC = "async"
+
+
+class Worker(StrEnum):
+    """The values of ``mining.worker``: where an async miner runs."""
+
+    THREAD = "thread"
+    PROCESS = "process"
 
 BIG_BANK = 100_000  # from this many bank vectors on, early stopping defaults to R@500 (else R@10)
 
@@ -37,7 +53,7 @@ class LossConfig:
 
 @dataclass
 class MiningConfig:
-    mode: str = field(default="sync", metadata={"choices": ("none", "sync", "async"),
+    mode: str = field(default="sync", metadata={"choices": tuple(MiningMode),
                                                 "help": "hard-negative mining: none, sync (in the training step) or "
                                                         "async (in the background, with mined batches ahead)"})
     schedule: str = field(default="0-1:none;2-30:8@0.3-0.95",
@@ -63,12 +79,12 @@ class MiningConfig:
     lookahead: int = field(default=8, metadata={"help": "async: micro-batches mined ahead"})
     per_job: int = field(default=4, metadata={"help": "async: micro-batches mined in one search (<= lookahead; half "
                                                       "the time a batch)"})
-    worker: str = field(default="thread", metadata={"choices": ("thread", "process"),
+    worker: str = field(default="thread", metadata={"choices": tuple(Worker),
                                                     "help": "async: where mining runs (a thread, or a process with "
                                                             "no GIL shared with the trainer)"})
     # GPU mining: replay each job's kernels from a CUDA graph (vecrag.train.mining.graph). auto: for sync mining
     # and a miner process, not a miner thread (H200, transformer tower: sync 62 -> 81 % of no mining, process
-    # 89-90 -> 90-92 %, but thread 92-93 -> 86-87 %; docs/benchmarks.md, session 10)
+    # 89-90 -> 90-92 %, but thread 92-93 -> 86-87 %; docs/benchmarks.md)
     cuda_graph: str = field(default="auto", metadata={"choices": ("auto", "on", "off"),
                                                       "help": "GPU mining: replay each job's kernels from a CUDA "
                                                               "graph; auto = for sync mining and a miner process, "
@@ -100,7 +116,7 @@ class MiningConfig:
               f"must be in [1, mining.lookahead = {self.lookahead}]")
         # the miner's weights are up to refresh_every steps old when a job starts, so with ttl < refresh_every
         # most async results are discarded as stale and training falls back on nearly every batch
-        check(self.mode != "async" or self.ttl >= self.refresh_every, "mining.ttl", self.ttl,
+        check(MiningMode(self.mode) is not MiningMode.ASYNC or self.ttl >= self.refresh_every, "mining.ttl", self.ttl,
               f"must be >= mining.refresh_every ({self.refresh_every}) in async mode, else most mined batches "
               "arrive stale; e.g. ttl = 2 x refresh_every")
         from vecrag.train.mining.async_miner import parse_faults
@@ -147,7 +163,7 @@ class RetrieverConfig:
         # random op of ANOTHER thread (the trainer's dropout) then raises; sync mining and a miner process capture
         # where nothing else draws from that generator
         m = self.mining
-        miner_thread = m.mode == "async" and m.worker == "thread"
+        miner_thread = MiningMode(m.mode) is MiningMode.ASYNC and Worker(m.worker) is Worker.THREAD
         check(not (miner_thread and m.graphs_for(thread=True) and self.model.dropout > 0),
               "mining.cuda_graph", m.cuda_graph,
               f"is not allowed for a miner thread while the tower trains with dropout ({self.model.dropout}): a "

@@ -43,11 +43,12 @@ from vecrag.train import distributed as dd
 from vecrag.train.losses import ChunkMeta, InfoNCELoss, MemoryBankQueue, NegativeMasker
 from vecrag.train.mining.curriculum import Curriculum, FilterConfig, MiningStats
 from vecrag.train.mining.miners import MiningCore, make_searcher
-from vecrag.train.mining.negatives import MiningMode, build_negatives
+from vecrag.train.mining.negatives import build_negatives
 from vecrag.train.retriever_config import (  # noqa: F401  (re-exported: the config lives beside the task)
     BIG_BANK,
     LossConfig,
     MiningConfig,
+    MiningMode,
     RetrieverConfig,
     RetrieverTrainConfig,
     resolve_config,

@@ -1,6 +1,6 @@
 """Curriculum schedules for mined hard negatives, positive-aware filters and per-round mining statistics.
 
-Schedule syntax (DESIGN.md 2): ``0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96``. Each ``;``-separated
+Schedule syntax (docs/design.md): ``0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96``. Each ``;``-separated
 phase is ``FIRST-LAST:none`` or ``FIRST-LAST:N@LO-HI`` (or a single epoch ``E:...``). Ranges are
 inclusive. Epochs count from **0** by default, matching the Trainer's epoch numbering (recommended);
 ``base=1`` reads the numbers as 1-based epochs (the string's epoch 1 is the Trainer's epoch 0). The

@@ -10,7 +10,6 @@ or None, and keeps the task's mining counters and round statistics.
 from __future__ import annotations
 
 import functools
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -18,21 +17,7 @@ import numpy as np
 from vecrag.train.mining.async_miner import AsyncConfig, AsyncMiner
 from vecrag.train.mining.curriculum import MiningStats, Phase
 from vecrag.train.mining.miners import SyncMiner
-
-
-class MiningMode(StrEnum):
-    """The values of ``mining.mode``."""
-
-    NONE = "none"
-    SYNC = "sync"
-    ASYNC = "async"
-
-
-class Worker(StrEnum):
-    """The values of ``mining.worker`` (where an async miner runs)."""
-
-    THREAD = "thread"
-    PROCESS = "process"
+from vecrag.train.retriever_config import MiningMode, Worker
 
 
 class NoNegatives:
