@@ -201,7 +201,7 @@ class RetrieverTask:
             masked["queue"] = c
         if mined is not None:
             nid_t, n_rows = got[3]
-            # the miners removed all the masker would (the same rules on the same bank: tests/test_miners.py),
+            # the miners removed all the masker would (the same rules on the same bank: tests/train/test_miners.py),
             # so only the -1 padding of samples short of negatives is masked here
             neg_sets.append((self.model.doc(n_rows), nid_t < 0))
         loss, stats = self.loss_fn(q, pos, neg_sets)

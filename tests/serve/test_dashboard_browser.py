@@ -25,11 +25,11 @@ import httpx
 import pytest
 
 from tests.conftest import make_synthetic_bank
-from tests.test_serve import make_text_bank
+from tests.serve.test_serve import make_text_bank
 from vecrag.serve.ready import wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The committed README screenshot is refreshed only on request (VECRAG_SCREENSHOT=docs/img/dashboard.png), so that
 # `make test` leaves the tree clean; by default the screenshot goes to a temp folder.
 SCREENSHOT = Path(os.environ.get("VECRAG_SCREENSHOT") or Path(tempfile.gettempdir()) / "vecrag-dashboard.png")

@@ -27,7 +27,7 @@ from tests.conftest import make_synthetic_bank
 from vecrag.cli import main
 from vecrag.fsutil import read_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-5   # max abs difference allowed between the 1-process and the 2-process runs (weights and losses)
 LVM_ARGS = ["--config", "lvm-tiny", "train.epochs=2", "train.log_every=1", "train.ckpt_every=5",
             "train.keep_last=5", "train.torch_threads=1", "train.val_max_queries=40", "loss.w_nce=0.1"]

@@ -29,7 +29,7 @@ from vecrag.train.checkpoint import load_file
 from vecrag.train.loop import Trainer
 from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KILL_OVERRIDES = ["train.batch_size=16", "train.ckpt_every=8", "train.epochs=3", "train.log_every=10"]
 
 

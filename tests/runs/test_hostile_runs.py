@@ -28,7 +28,7 @@ from vecrag.runs.layout import LOCK
 from vecrag.runs.lock import LockInfo, boot_id, proc_start
 from vecrag.train.checkpoint import state_order
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RETR = ["--config", "retriever-tiny", "train.epochs=1", "train.val_max_queries=50"]
 LVM = ["--config", "lvm-tiny", "train.epochs=2", "train.batch_size=16", "train.ckpt_every=4", "train.keep_last=1000",
        "train.val_max_queries=50"]

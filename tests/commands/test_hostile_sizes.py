@@ -31,7 +31,7 @@ from vecrag.cli import main
 from vecrag.decode.cascade import Cascade, CascadeConfig, GuardedSearch
 from vecrag.errors import VecragError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LIMIT_BYTES = 4 * 2**30  # a vecrag command on these banks peaks near 2.7 GB of address space (torch, faiss)
 HUGE = 1_000_000_000
 DATA_FILES = ("vectors.npy", "chunks.parquet", "articles.parquet")

@@ -19,7 +19,7 @@ from tests.conftest import make_synthetic_bank
 from vecrag.bank.sequences import make_samples
 from vecrag.fsutil import read_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = ["train.epochs=3", "train.batch_size=16", "train.log_every=1", "train.ckpt_every=4",
              "train.keep_last=2", "train.torch_threads=1", "train.seed=5", "model.kind=gru", "model.dropout=0.1",
              "loss.w_nce=0.1"]
