@@ -1,7 +1,8 @@
 """The package's floor plan: every import (module level or inside a function) points to the same stage or a
 lower one, and no modules import each other in a cycle.
 
-Stages, lowest first: the foundation (errors, fsutil, runtime, config), corpus, bank, index, scoring, models,
+Stages, lowest first: the foundation (errors, fsutil, runtime, config, and the run directory's file names in
+runs.layout), corpus, bank, index, scoring, models,
 train, runs, decode, eval, serve, commands, cli, api. A module of a stage may import its own stage and the ones
 below it; the root package ``vecrag`` imports only the foundation (the public names load lazily from api).
 """
@@ -15,7 +16,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "vecrag"
 STAGES = [
-    ("vecrag", "vecrag.errors", "vecrag.fsutil", "vecrag.runtime_env", "vecrag.runtime", "vecrag.config"),
+    ("vecrag", "vecrag.errors", "vecrag.fsutil", "vecrag.runtime_env", "vecrag.runtime", "vecrag.config",
+     "vecrag.runs.layout"),  # the run directory's file names: every stage that writes or reads a run uses them
     ("vecrag.corpus",),
     ("vecrag.bank",),
     ("vecrag.index",),

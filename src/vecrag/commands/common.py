@@ -209,11 +209,13 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 def out_dir(args: argparse.Namespace, bank: Any) -> Any:
     from pathlib import Path
 
+    from vecrag.runs.layout import METRICS
+
     if args.out:
         return Path(args.out)
     for spec in (args.lvm, args.retriever):
         if spec and not spec.startswith("heuristic:"):
-            return Path(spec) / "metrics"
+            return Path(spec) / METRICS
     return Path(bank.path) / "eval"
 
 

@@ -124,6 +124,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from vecrag.eval.lvm_eval import RIDGE_LAMBDAS, default_predictors, fit_ridge
     from vecrag.eval.lvm_eval import evaluate as evaluate_lvm
     from vecrag.fsutil import atomic_write_json, json_safe
+    from vecrag.runs.layout import METRICS
     from vecrag.runs.load import load_lvm
     from vecrag.runtime import pick_device, report_openmp, set_threads
 
@@ -149,6 +150,6 @@ def evaluate(args: argparse.Namespace) -> dict:
     res.update({"split": args.split, "bank": str(bank.path), "run": str(args.run), "checkpoint": args.checkpoint,
                 "seconds": round(time.perf_counter() - t0, 2),
                 "ridge_lambda": ridge.lam if ridge is not None else None})
-    out = Path(args.out) if args.out else Path(args.run) / "metrics" / f"lvm-{args.split}-{args.checkpoint}.json"
+    out = Path(args.out) if args.out else Path(args.run) / METRICS / f"lvm-{args.split}-{args.checkpoint}.json"
     atomic_write_json(out, json_safe(res))
     return {**res, "written": [str(out)]}

@@ -58,6 +58,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from vecrag.commands.sizes import at_least, check_seed
     from vecrag.eval.retriever_eval import evaluate_retriever
     from vecrag.fsutil import atomic_write_json, atomic_write_text, json_safe
+    from vecrag.runs.layout import METRICS
     from vecrag.runtime import pick_device, report_openmp, set_threads
 
     at_least("--max-queries", args.max_queries, 1, hint="leave it out to evaluate every target")
@@ -72,7 +73,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                                 progress=not args.quiet and sys.stderr.isatty())
     text = report_text(report)
     ck = Path(args.checkpoint).stem
-    out = Path(args.run) / "metrics" / f"retriever-{args.split}-{ck}"
+    out = Path(args.run) / METRICS / f"retriever-{args.split}-{ck}"
     atomic_write_json(out.with_suffix(".json"), json_safe(report))
     atomic_write_text(out.with_suffix(".txt"), text + "\n")
     return {**report, "written": [f"{out}.json", f"{out}.txt"]}

@@ -72,6 +72,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     ``vecrag.train_lvm`` calls this with a parsed command line."""
     from vecrag.config import command_overrides, load_config
     from vecrag.runs import rundir
+    from vecrag.runs.layout import CONFIG
     from vecrag.runtime import set_threads
 
     bank_arg, overrides = command_overrides(args)
@@ -82,7 +83,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
             raise VecragError("--resume continues a run exactly as configured; it takes no BANK or overrides",
                               hint="start a new run with --out to change the config, or accept a changed config "
                                    "(e.g. more epochs) with --allow-config-change")
-        if not (run_dir / "config.yaml").exists():
+        if not (run_dir / CONFIG).exists():
             raise VecragError("not a run directory (no config.yaml)", path=run_dir,
                               hint="give the --out directory of an earlier `vecrag train lvm`")
         rundir.precheck(run_dir, "lvm", resume=True)
@@ -95,7 +96,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     from vecrag.train.lvm_task import LVMConfig
 
     if args.resume:
-        cfg = load_config(LVMConfig, run_dir / "config.yaml", overrides)
+        cfg = load_config(LVMConfig, run_dir / CONFIG, overrides)
     else:
         run_dir = Path(args.out)
         rundir.precheck(run_dir, "lvm", resume=False)  # checked again under the lock

@@ -71,6 +71,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     from vecrag.config import command_overrides, load_config
     from vecrag.errors import VecragError
     from vecrag.runs import rundir
+    from vecrag.runs.layout import CONFIG
     from vecrag.runtime import pick_device
     from vecrag.train import distributed as dd
     from vecrag.train.retriever_task import RetrieverConfig, resolve_config
@@ -83,7 +84,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
         raise VecragError("--allow-config-change goes with --resume RUN", hint="a new run (--out) takes any config")
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").exists():
+        if not (run_dir / CONFIG).exists():
             raise VecragError("no config.yaml: not a run directory", path=run_dir,
                               hint="start the run with --out first")
         rundir.precheck(run_dir, "retriever", resume=True)
@@ -92,9 +93,9 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
                               "would change it", path=run_dir,
                               hint="add --allow-config-change to accept the change (the run will then differ "
                                    "from an uninterrupted one), or start a new run with --out")
-        cfg = load_config(RetrieverConfig, run_dir / "config.yaml", overrides)
+        cfg = load_config(RetrieverConfig, run_dir / CONFIG, overrides)
         if args.bank and Path(args.bank).resolve() != Path(cfg.bank).resolve():
-            raise VecragError(f"the run was trained on {cfg.bank}, not {args.bank}", path=run_dir / "config.yaml")
+            raise VecragError(f"the run was trained on {cfg.bank}, not {args.bank}", path=run_dir / CONFIG)
     else:
         if not args.bank:
             raise VecragError("missing BANK", hint="vecrag train retriever BANK --out RUN")

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from vecrag.errors import VecragError
+from vecrag.runs.layout import CALIBRATION
 
-FILE = "calibration.json"
+FILE = CALIBRATION
 KIND = "vecrag-decode-calibration"
 VERSION = 1
 INTENT_KEYS = ("snap_precision", "novel_share")

@@ -9,12 +9,16 @@ Layout::
       config.yaml    the resolved config (what --resume loads)
       bank.json      retriever runs: path, n, dim and encoder of the bank (read by `vecrag eval retriever`)
       log.jsonl      train / val / mining / event records
-      metrics.json   the last evaluation's report (written by `vecrag eval ...`)
-      checkpoints/   see vecrag.train.checkpoint
+      checkpoints/   best.pt, last.pt, step and pre-validation checkpoints with an index.json of their sha256
+                     (see vecrag.train.checkpoint)
+      metrics/       the reports of `vecrag eval ...` (JSON, plus tables and plots)
+      calibration.json   LVM runs: `vecrag calibrate`'s thresholds and weights for this LVM and retriever
+      decode.jsonl   `vecrag generate --telemetry`: one line per decoding step (the dashboard reads it)
       tb/            TensorBoard scalars
 
-:mod:`vecrag.runs.lock` guards it, :mod:`vecrag.runs.rundir` creates and resumes it, :mod:`vecrag.runs.load`
-loads the trained model it holds.
+This module imports nothing above the foundation, so every stage that writes or reads a run (the training
+loop, the evaluators, the server) takes the names from here. :mod:`vecrag.runs.lock` guards the directory,
+:mod:`vecrag.runs.rundir` creates and resumes it, :mod:`vecrag.runs.load` loads the trained model it holds.
 """
 
 from __future__ import annotations
@@ -28,8 +32,13 @@ LOCK = "lock"
 RECORD = "run.json"
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
+BEST = "best.pt"
+LAST = "last.pt"
 LOG = "log.jsonl"
-BANK_INFO = "bank.json"  # RUN/bank.json: path, n, dim and encoder of the training bank
+TB = "tb"
+METRICS = "metrics"              # RUN/metrics/: the JSON reports of `vecrag eval ...` (the dashboard lists them)
+CALIBRATION = "calibration.json"  # LVM runs: what `vecrag calibrate` measured for this LVM and retriever
+BANK_INFO = "bank.json"          # RUN/bank.json: path, n, dim and encoder of the training bank
 RECORD_FORMAT = 1
 
 

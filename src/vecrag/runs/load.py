@@ -16,8 +16,7 @@ import torch
 
 from vecrag.bank.store import Bank
 from vecrag.errors import VecragError
-
-BANK_INFO = "bank.json"  # RUN/bank.json: path, n, dim and encoder of the training bank
+from vecrag.runs.layout import BANK_INFO, CHECKPOINTS, CONFIG
 
 
 def load_lvm(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> tuple[Any, Any]:
@@ -28,12 +27,12 @@ def load_lvm(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
     from vecrag.train.lvm_task import LVMConfig
 
     run = Path(run_dir)
-    if not (run / "config.yaml").exists():
+    if not (run / CONFIG).exists():
         raise VecragError("not an LVM run directory (no config.yaml)", path=run,
                           hint="give the --out directory of `vecrag train lvm`")
-    cfg = load_config(LVMConfig, run / "config.yaml")
+    cfg = load_config(LVMConfig, run / CONFIG)
     name = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
-    ck = CheckpointDir(run / "checkpoints")
+    ck = CheckpointDir(run / CHECKPOINTS)
     if not ck.path(name).exists():
         raise VecragError(f"checkpoint {name} not found", path=ck.root,
                           hint="train longer, or choose --checkpoint last (available: "
@@ -60,11 +59,11 @@ def load_retriever(run: str | Path, checkpoint: str = "best", device: str = "cpu
     from vecrag.train.retriever_task import RetrieverConfig
 
     run = Path(run)
-    if not (run / "config.yaml").exists():
+    if not (run / CONFIG).exists():
         raise VecragError("not a retriever run directory (no config.yaml)", path=run,
                           hint="train one with `vecrag train retriever BANK --out RUN`")
-    cfg = load_config(RetrieverConfig, run / "config.yaml")
-    ckpts = CheckpointDir(run / "checkpoints")
+    cfg = load_config(RetrieverConfig, run / CONFIG)
+    ckpts = CheckpointDir(run / CHECKPOINTS)
     name = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
     state = ckpts.load(name, map_location="cpu")
     if state.get("task") != "retriever":

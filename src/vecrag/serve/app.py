@@ -23,10 +23,11 @@ from fastapi.staticfiles import StaticFiles
 
 from vecrag import __version__
 from vecrag.errors import VecragError
+from vecrag.runs.layout import LOG, METRICS
 from vecrag.serve.decode_views import decode_views, has_decode
 from vecrag.serve.metrics import ServeMetrics
 from vecrag.serve.middleware import BodyLimitMiddleware, MetricsMiddleware
-from vecrag.serve.runs import LOG, METRICS, RunNotFound, read_log, training_views
+from vecrag.serve.runs import RunNotFound, read_log, training_views
 from vecrag.serve.schemas import (
     GenerateRequest,
     GenerateResponse,

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from vecrag.fsutil import read_jsonl
-from vecrag.serve.runs import CALIBRATION, DECISIONS, FILE_RE, LOG, MAX_JSON_BYTES, METRICS, RunInfo, _inside, _num
+from vecrag.runs.layout import CALIBRATION, LOG, METRICS
+from vecrag.serve.runs import DECISIONS, FILE_RE, MAX_JSON_BYTES, RunInfo, _inside, _num
 
 
 def _hist(values: list[float], bins: int = 30) -> dict[str, Any]:

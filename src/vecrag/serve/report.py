@@ -17,8 +17,9 @@ from typing import Any
 
 from vecrag.errors import VecragError
 from vecrag.fsutil import atomic_write_bytes, atomic_write_text
+from vecrag.runs.layout import LOG, METRICS
 from vecrag.serve.decode_views import DECISIONS, decode_views
-from vecrag.serve.runs import LOG, METRICS, RunInfo, read_log, training_views
+from vecrag.serve.runs import RunInfo, read_log, training_views
 
 DECISION_COLORS = {"SNAP": "#16a34a", "BLEND": "#f59e0b", "NOVEL": "#7c3aed"}
 

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from vecrag.fsutil import read_jsonl
+from vecrag.runs.layout import LOG, METRICS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?$")
 FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-LOG = "log.jsonl"
-METRICS = "metrics"
 # keys of train records that are bookkeeping, not series
 TRAIN_BOOK = {"kind", "step", "epoch", "time", "t", "wall", "batch", "micro", "elapsed_s"}
 TRAIN_CORE = ("loss", "lr", "samples_per_s", "rss_mb", "cuda_mem_mb")
@@ -32,7 +31,6 @@ VAL_BOOK = {"best", "best_epoch", "val_s", "improved", "n_queries"}
 DECISIONS = ("SNAP", "BLEND", "NOVEL")
 MAX_LOG_BYTES = 256 * 2**20
 MAX_JSON_BYTES = 32 * 2**20
-CALIBRATION = "calibration.json"
 
 
 class RunNotFound(LookupError):

@@ -36,6 +36,7 @@ import torch
 
 from vecrag.config import TrainConfig, save_config, to_dict
 from vecrag.errors import VecragError
+from vecrag.runs.layout import BEST, CHECKPOINTS, CONFIG, LAST, LOG, TB
 from vecrag.runtime import pick_device, priority_stream, report_openmp, set_threads
 from vecrag.train import distributed as dd
 from vecrag.train.checkpoint import CheckpointDir, rng_state, set_rng_state
@@ -85,7 +86,7 @@ class Trainer(TrainerLogging):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_config = run_config if run_config is not None else cfg
-        self.log_path = self.run_dir / "log.jsonl"
+        self.log_path = self.run_dir / LOG
         dev = pick_device(cfg.device)
         dd.init_from_env(torch.device(dev).type)           # torchrun: join the process group (else no-op)
         self.world, self.rank = dd.world_size(), dd.rank()
@@ -119,7 +120,7 @@ class Trainer(TrainerLogging):
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
                                            fused=True if self.device.type == "cuda" else None)  # GPU: launch-bound step
-        self.ckpts = CheckpointDir(self.run_dir / "checkpoints", keep_last=cfg.keep_last,
+        self.ckpts = CheckpointDir(self.run_dir / CHECKPOINTS, keep_last=cfg.keep_last,
                                    keep_preval=max(cfg.keep_last, cfg.swa_last))
         # trainer state (everything below goes into every checkpoint)
         self.step = 0            # optimizer steps taken
@@ -180,7 +181,7 @@ class Trainer(TrainerLogging):
             self._validate_and_checkpoint(self.epoch)
         self.finished = True
         self._swa()
-        self._save("last.pt")
+        self._save(LAST)
         self.log_record("event", event="done", step=self.step, best=self.best, best_epoch=self.best_epoch)
         if self._tb is not None:
             self._tb.close()
@@ -297,11 +298,11 @@ class Trainer(TrainerLogging):
             log.info("early stop: %d epochs without improvement of %s", self.bad_epochs, key)
         # best first, then last: a kill between the two leaves the newest file a complete post-val state
         if better:
-            self._save("best.pt")
+            self._save(BEST)
             if self.is_main:
-                self.ckpts.copy("best.pt", "last.pt")
+                self.ckpts.copy(BEST, LAST)
         else:
-            self._save("last.pt")
+            self._save(LAST)
 
     def _swa(self) -> None:
         """Average the weights of the last ``swa_last`` epoch checkpoints; keep them if they validate better."""
@@ -309,7 +310,7 @@ class Trainer(TrainerLogging):
         if not self.is_main:  # rank 0 alone reads its checkpoints, validates and writes swa.pt / best.pt
             return
         files = self.ckpts.preval_files()[-k:] if k else []
-        if len(files) < 2 or (self.run_dir / "checkpoints" / "swa.pt").exists():
+        if len(files) < 2 or (self.run_dir / CHECKPOINTS / "swa.pt").exists():
             return
         states = [self.ckpts.load(f)["model"] for f in files]
         live = self.task.model.state_dict()
@@ -328,7 +329,7 @@ class Trainer(TrainerLogging):
         state["swa_of"] = files
         if better:
             self.best, self.best_epoch = score, self.epoch
-            self.ckpts.save("best.pt", state)
+            self.ckpts.save(BEST, state)
         self.ckpts.save("swa.pt", state)
         self.task.model.load_state_dict(keep)  # last.pt keeps the trained weights
 
@@ -395,8 +396,8 @@ class Trainer(TrainerLogging):
     def _start(self) -> None:
         if self._fresh:
             seed_everything(self.cfg.seed if self.rank == 0 else dd.rank_seed(self.cfg.seed, self.rank, 0))
-            if self.is_main and not (self.run_dir / "config.yaml").exists():
-                save_config(self.run_config, self.run_dir / "config.yaml")
+            if self.is_main and not (self.run_dir / CONFIG).exists():
+                save_config(self.run_config, self.run_dir / CONFIG)
         libs = report_openmp()
         self.log_record("event", event="start", fresh=self._fresh, device=str(self.device), amp=self.use_amp,
                         threads=self.threads, openmp=libs, n_train=self.task.n_train, n_batches=self.n_batches,
@@ -404,7 +405,7 @@ class Trainer(TrainerLogging):
                         params=sum(p.numel() for p in self.task.model.parameters()),
                         **({"world_size": self.world, "global_batch": self.global_batch} if self.world > 1 else {}))
         if self.cfg.tensorboard:
-            self._open_tb(self.run_dir / "tb")
+            self._open_tb(self.run_dir / TB)
 
     def _autocast(self) -> Any:
         if self.use_amp:
