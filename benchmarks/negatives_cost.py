@@ -115,7 +115,7 @@ def main() -> int:
     for rep in range(args.repeats):  # interleaved: a drift of the machine hits every mode alike
         for mode in modes:
             if mode in ("static", "load", "gil"):
-                RetrieverTask._mined = lambda self, idx, step: table[np.asarray(idx)]  # noqa: E731
+                RetrieverTask._mined = lambda self, idx, step, queries=None: table[np.asarray(idx)]  # noqa: E731
                 stop, done, th = threading.Event(), [0], None
                 load = {"load": (search_load, (bank, args.device, 4 * args.batch, args.k + 10)),  # search kernels
                         "gil": (gil_load, (args.gil_busy,))}.get(mode)                          # host side only

@@ -54,8 +54,9 @@ def count_ops(bank, mode: str, steps: int) -> int:
     if mode == "static":
         table = np.random.default_rng(0).integers(0, bank.n, (bank.n, 8))
         aligned = "neg" in miners.MineResult.__dataclass_fields__  # [B, n_neg] here; older trees: a dict
-        task._mined = ((lambda idx, step: table[np.asarray(idx)]) if aligned else
-                       (lambda idx, step: {int(i): table[int(i)] for i in idx}))
+        # ``queries``: CPU sync mining hands the step's own queries over (RetrieverTask._reuse_query)
+        task._mined = ((lambda idx, step, queries=None: table[np.asarray(idx)]) if aligned else
+                       (lambda idx, step, queries=None: {int(i): table[int(i)] for i in idx}))
     with tempfile.TemporaryDirectory() as d, profile(activities=[ProfilerActivity.CPU]) as prof:
         torch.manual_seed(0)
         Trainer(task, cfg.train, Path(d) / "run", run_config=cfg, quiet=True).fit()

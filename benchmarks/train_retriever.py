@@ -93,7 +93,7 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
         # the async miner starts with the trainer: time the steps, not its start-up
         if getattr(task.negatives, "async_miner", None) is not None:
             task.negatives.async_miner._ready.wait(300)
-        if args.profile_out:
+        if getattr(args, "profile_out", None):  # optional, as tower / queue: scaling.py's namespace has none
             run_profiled(trainer, args, Path(args.profile_out) / f"profile-{bank.n}-{mode}.txt")
         else:
             trainer.fit()
