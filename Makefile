@@ -7,18 +7,25 @@ PIP := $(PY) -m pip
 # CPU wheel for this machine; pyproject.toml stays permissive (torch>=2.4) for real users.
 TORCH_PIN ?= torch==2.13.0
 CORPUS ?= ../shared/data/enwiki2015/part-01.jsonl.xz
-ARTICLES ?= 300
+ARTICLES ?= 150
 DEMO_OUT ?= demo_out
 export OMP_WAIT_POLICY := PASSIVE
 export HF_HUB_OFFLINE := 1
 
 .PHONY: demo test venv lint clean
 
+# One resolver run for torch and the project (the CPU wheel pinned; if that pin cannot be had, the CPU index),
+# installed without byte-compiling, then compiled on every core at once (pip compiles its ~14k files one by one):
+# 66 s -> 50 s on 2 cores with a warm pip cache. Compiling is kept: under PYTHONDONTWRITEBYTECODE an uncompiled
+# venv recompiles torch and transformers in every command (13 s instead of 5 s to import them).
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_PIN)" || $(PIP) install -q torch --index-url https://download.pytorch.org/whl/cpu
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-compile "$(TORCH_PIN)" -e ".[test]" || { \
+	  $(PIP) install -q --no-compile torch --index-url https://download.pytorch.org/whl/cpu && \
+	  $(PIP) install -q --no-compile -e ".[test]"; }
+	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+	  >/dev/null 2>&1 || true
 	touch $@
 
 venv: $(VENV)/.installed

@@ -4,11 +4,20 @@
 never asking the Hugging Face hub (``local_files_only``: it works with no network, whatever HF_HUB_OFFLINE says).
 Any other sentence-transformers model name (hub access needed unless cached) or a local model directory (also
 loaded without the hub) is accepted. The process environment is left alone. Loaded models are cached per
-(name, device) in the process, so repeated commands in one process (tests, the server) do not reload weights.
+(name, device, precision) in the process, so repeated commands in one process (tests, the server) do not reload
+weights.
+
+Precision: fp32 on a CPU (the default), fp16 on CUDA. ``$VECRAG_ENCODER_PRECISION=bf16`` (or ``auto``) runs the
+CPU encoder under bfloat16 autocast where the CPU multiplies bfloat16 natively (AMX / AVX512-BF16; elsewhere
+it stays fp32, emulated bfloat16 being slower). Measured on this project's 2-core Xeon (AMX) with
+all-MiniLM-L6-v2 over the 19,763 chunks of the first 300 enwiki-2015 articles: 217 vs about 100 chunks/s,
+cosine to the fp32 vectors min 0.99993, mean 0.999986; the same top-10 neighbours for 99.5 % of them.
+``make demo`` sets ``auto``; the bank's manifest records the precision an ingest ran at.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -25,16 +34,48 @@ log = logging.getLogger(__name__)
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_BATCH_SIZE = 32  # ~170 sentences/s on a 2-core CPU at 16-32; slower at 128 (../shared/DATA.md)
 _DEFAULT_ALIASES = {DEFAULT_ENCODER, f"sentence-transformers/{DEFAULT_ENCODER}", "default"}
-_CACHE: dict[tuple[str, str], Encoder] = {}
+PRECISION_ENV = "VECRAG_ENCODER_PRECISION"
+_PRECISIONS = ("fp32", "bf16", "auto")
+_CACHE: dict[tuple[str, str, str], Encoder] = {}
+
+
+def _cpu_has_native_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except Exception:  # noqa: BLE001 - private probes: absent or failing means "no"
+        return False
+
+
+def encoder_precision(device: str) -> str:
+    """The precision an encoder on ``device`` runs at: "fp16" on CUDA; on a CPU "fp32" unless
+    $VECRAG_ENCODER_PRECISION asks for bf16 (``bf16`` / ``auto``) and the CPU has native bfloat16; else fp32."""
+    if device.startswith("cuda"):
+        return "fp16"
+    if not device.startswith("cpu"):
+        return "fp32"
+    want = os.environ.get(PRECISION_ENV, "").strip().lower() or "fp32"
+    if want not in _PRECISIONS:
+        raise VecragError(f"{PRECISION_ENV}={want!r} is not one of {', '.join(_PRECISIONS)}",
+                          hint=f"unset {PRECISION_ENV} for fp32, or set it to bf16 / auto")
+    if want == "fp32":
+        return "fp32"
+    if _cpu_has_native_bf16():
+        return "bf16"
+    if want == "bf16":
+        log.info("%s=bf16: this CPU has no native bfloat16 (AMX / AVX512-BF16); encoding in fp32", PRECISION_ENV)
+    return "fp32"
 
 
 class Encoder:
     """A loaded sentence-transformers model that returns unit-norm float32 vectors."""
 
-    def __init__(self, model: Any, info: EncoderInfo, device: str):
+    def __init__(self, model: Any, info: EncoderInfo, device: str, precision: str = "fp32"):
         self.model = model
         self.info = info
         self.device = device
+        self.precision = precision  # fp32 | bf16 (CPU autocast) | fp16 (CUDA weights): see the module docstring
 
     @property
     def dim(self) -> int:
@@ -48,7 +89,9 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         import torch
 
-        with torch.inference_mode():
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16"
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
             out = self.model.encode(texts, batch_size=int(batch_size), show_progress_bar=progress,
                                     convert_to_numpy=True, normalize_embeddings=False)
         v = np.asarray(out, dtype=np.float32)
@@ -113,7 +156,8 @@ def load_encoder(name: str | None = None, device: str = "auto") -> Encoder:
 
     name = name or DEFAULT_ENCODER
     dev = pick_device(device)
-    key = (name, dev)
+    precision = encoder_precision(dev)
+    key = (name, dev, precision)
     if key in _CACHE:
         return _CACHE[key]
     try:
@@ -149,7 +193,7 @@ def load_encoder(name: str | None = None, device: str = "auto") -> Encoder:
         model.half()
     info = EncoderInfo(name=name, dim=_dim_of(model), pooling=_pooling_of(model), normalize=True,
                        max_seq_length=int(model.max_seq_length) if model.max_seq_length else None)
-    enc = Encoder(model, info, dev)
+    enc = Encoder(model, info, dev, precision)
     _CACHE[key] = enc
-    log.debug("loaded encoder %s (%d-D, %s pooling) on %s", name, info.dim, info.pooling, dev)
+    log.debug("loaded encoder %s (%d-D, %s pooling) on %s (%s)", name, info.dim, info.pooling, dev, precision)
     return enc

@@ -15,9 +15,10 @@ files of a batch that progress.json does not name are ignored and overwritten. A
 skips the articles already read and continues, and because batches are cut at the same article boundaries
 and encoded with the same batch size, the finished bank is bit-identical to an uninterrupted build (the
 encoder's output depends in the last bits on the batch a text is in; that is why batches must match).
-The staged content depends on the sources, format, encoder, device, chunker, dtype, max_articles,
-batch_chunks and batch_size: a rerun that differs in any of them is refused (``--restart`` discards the
-staging). The split and the lane spec are applied at the end and are taken from the command that finishes.
+The staged content depends on the sources, format, encoder, device, encoder precision (bf16 under
+$VECRAG_ENCODER_PRECISION, see vecrag.bank.encode), chunker, dtype, max_articles, batch_chunks and batch_size:
+a rerun that differs in any of them is refused (``--restart`` discards the staging). The split and the lane
+spec are applied at the end and are taken from the command that finishes.
 
 Article ids: each article's source id when every kept article's source id is a non-negative integer and all
 are distinct (e.g. Wikipedia page ids); otherwise the article's 0-based running number in the source stream
@@ -350,7 +351,7 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
            progress: bool = True, restart: bool = False, overwrite: bool = False,
            skip_bad_lines: bool = False) -> Bank:
     """Build (or finish building) the bank at ``out`` from ``sources``; see the module docstring."""
-    from vecrag.bank.encode import DEFAULT_BATCH_SIZE, DEFAULT_ENCODER, Encoder, load_encoder
+    from vecrag.bank.encode import DEFAULT_BATCH_SIZE, DEFAULT_ENCODER, Encoder, encoder_precision, load_encoder
     from vecrag.bank.lanes import parse_lane_spec
     from vecrag.corpus import iter_articles
     from vecrag.runtime import pick_device
@@ -392,6 +393,9 @@ def ingest(sources: list[str] | str, out: str | Path, *, fmt: str | None = None,
               "encoder": enc_name, "device": dev, "dtype": dtype, "chunker": chunker.config_dict(),
               "max_articles": max_articles, "batch_chunks": int(batch_chunks), "batch_size": batch_size,
               "skip_bad_lines": bool(skip_bad_lines), "torch_threads": _torch_threads()}
+    precision = encoder.precision if isinstance(encoder, Encoder) else encoder_precision(dev)
+    if precision == "bf16":  # recorded only when it differs from the default: older staged ingests still resume
+        params["encoder_precision"] = precision
     created_out = _open_stage(out, stage, params)
     prog = Progress.load(stage / PROGRESS)
     try:
@@ -454,7 +458,8 @@ def _assemble(stage: Path, prog: Progress, enc: Any, lane_spec: Any, *, split_se
                    "bad_lines_skipped": prog.bad_lines,
                    "chunks": prog.chunks, "seconds": round(prog.seconds, 2),
                    "chunks_per_s": round(prog.chunks / secs, 1), "batches": len(prog.batches),
-                   "article_ids": id_rule, "device": enc.device},
+                   "article_ids": id_rule, "device": enc.device,
+                   "encoder_precision": getattr(enc, "precision", "fp32")},
     }
     write_bank(stage / ASSEMBLED, vecs, article_ids=art_of_chunk, positions=chunks.column("position").to_numpy(),
                texts=chunks.column("text").to_pylist(), titles=titles, chunk_lanes=chunk_lanes,
