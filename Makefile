@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	@# the dashboard's browser test drives Debian's chromium (never a downloaded browser); it skips when absent
 	test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "note: /usr/bin/chromium missing; browser tests will skip (install: sudo apt-get install -y chromium)"
 	$(PY) -m pytest -q --durations=15
@@ -40,7 +40,7 @@ demo: $(VENV)/.installed
 	CORPUS="$(CORPUS)" ARTICLES="$(ARTICLES)" DEMO_OUT="$(DEMO_OUT)" VECRAG="$(VENV)/bin/vecrag" bash scripts/demo.sh
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

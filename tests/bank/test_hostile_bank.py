@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import vecrag.bank.check
+from tests.bank.test_hostile_ingest import ROOT, assert_refused, read_only, run, tree_hashes
 from tests.conftest import make_synthetic_bank
-from tests.test_hostile_ingest import ROOT, assert_refused, read_only, run, tree_hashes
 from vecrag.bank.check import RECORD, record_paths
 from vecrag.bank.store import Bank, EncoderInfo, write_bank
 from vecrag.errors import VecragError

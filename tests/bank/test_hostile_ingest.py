@@ -31,7 +31,7 @@ import vecrag.bank.encode
 from vecrag.bank.store import Bank, EncoderInfo
 from vecrag.cli import build_parser, continue_hint, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIM = 16
 
 
@@ -374,7 +374,7 @@ def test_26_27_28_bad_encoders(tmp_path, capsys, corpus, encoder, words):
 SLOW_ENCODER_MAIN = """
 import pathlib, sys, time
 import vecrag.bank.encode
-from tests.test_hostile_ingest import FakeEncoder
+from tests.bank.test_hostile_ingest import FakeEncoder
 
 class Slow(FakeEncoder):
     def encode(self, texts, batch_size=32, progress=False):

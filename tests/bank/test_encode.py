@@ -80,7 +80,7 @@ print(json.dumps({"tried": tried, "hub_offline": hub.HF_HUB_OFFLINE, "env": vecr
 def test_default_encoder_loads_with_the_hub_online_and_no_network():
     """The bundled default loads from its folder (local_files_only) without asking the hub, and nothing
     puts the hub offline for the rest of the process."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(PYTHONPATH=str(root / "src"), HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
                HF_ENDPOINT="http://127.0.0.1:9")
