@@ -326,6 +326,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     p = resolve_preset(path)
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise VecragError(f"not a UTF-8 text file ({e.reason} at byte {e.start}): a binary file or another encoding",
+                          path=p, hint="give a YAML config (UTF-8), a preset name or a run directory") from e
     except yaml.YAMLError as e:
         raise VecragError(f"invalid YAML ({e})", path=p, hint="fix the syntax") from e
     if data is None:

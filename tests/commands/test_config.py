@@ -215,3 +215,20 @@ def test_train_help_points_to_config_show(capsys, task):
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "vecrag config show" in out and "help" in out
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)), "train:\n  epochs: 3\n".encode("utf-16")],
+                         ids=["binary", "utf-16"])
+def test_a_config_file_that_is_not_utf8_is_refused_with_its_name(tmp_path, capsys, content):
+    """A binary or UTF-16 file given as --config / config show: one clear error naming the file, no traceback,
+    and no run directory created."""
+    bad = tmp_path / "cfg.yaml"
+    bad.write_bytes(content)
+    with pytest.raises(VecragError, match="not a UTF-8 text file") as e:
+        load_config(LVMConfig, bad)
+    assert str(bad) in str(e.value)
+    assert main(["config", "show", str(bad)]) != 0
+    err = capsys.readouterr().err
+    assert "not a UTF-8 text file" in err and str(bad) in err and "Traceback" not in err
+    assert main(["train", "lvm", str(tmp_path / "bank"), "--config", str(bad), "--out", str(tmp_path / "run")]) != 0
+    assert "not a UTF-8 text file" in capsys.readouterr().err and not (tmp_path / "run").exists()
