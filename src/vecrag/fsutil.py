@@ -83,6 +83,15 @@ def fsync_dir(path: str | Path) -> None:
         fsync_path(path)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # read it: umask() only sets, so set it back at once
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
     """Open a temp file beside ``path``; on clean exit fsync and rename it over ``path``."""
@@ -92,6 +101,8 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with _naming(path):
+            if hasattr(os, "fchmod"):  # mkstemp makes 0600; a written file gets the mode open() would give it
+                os.fchmod(fd, _FILE_MODE)
             with os.fdopen(fd, mode) as f:
                 yield f  # type: ignore[misc]
                 f.flush()

@@ -502,3 +502,16 @@ def test_unreadable_file_is_a_permission_problem_not_damage(tmp_path, capsys, mo
     rc, err = run(capsys, "bank", "info", b)
     assert_refused(rc, err, str(b / "vectors.npy"), "permission denied")
     assert "damaged" not in err
+
+
+def test_written_files_get_the_umask_mode_not_mkstemp_0600(tmp_path):
+    """Atomic writes go through mkstemp (0600): the renamed file must get the mode a plain open() gives, so a
+    bank built by one user can be read by the others the umask allows."""
+    import os
+
+    from vecrag.fsutil import _FILE_MODE, atomic_write_text
+
+    atomic_write_text(tmp_path / "f.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~mask == _FILE_MODE

@@ -99,7 +99,7 @@ def test_ingest_with_kmeans_lanes(real_encoder, wiki_jsonl, tmp_path):  # noqa: 
 
 
 def test_context_lane_classifier_reuses_the_prototypes_that_labelled_the_articles(wiki_bank, real_encoder,  # noqa: F811
-                                                                                   tmp_path):
+                                                                                   tmp_path, monkeypatch):
     from vecrag.bank.lanes import context_lane_classifier, lane_codes_of, predict_lanes
 
     bank, y = _two_lane_bank(wiki_bank, tmp_path)
@@ -111,6 +111,20 @@ def test_context_lane_classifier_reuses_the_prototypes_that_labelled_the_article
     means = article_means(bank.vectors, t.column("first_chunk").to_numpy(), t.column("n_chunks").to_numpy())
     got = predict_lanes(means[:, None, :], np.ones((len(means), 1), bool), protos)
     assert [names[i] for i in got] == t.column("lane").to_pylist()
+    # embedded once: the next command reads BANK/lane_prototypes.json and never loads the encoder
+    import vecrag.bank.encode
+    from vecrag.bank.lanes import PROTOTYPES
+
+    cache = bank.path / PROTOTYPES
+    assert cache.is_file()
+    with monkeypatch.context() as m:
+        m.setattr(vecrag.bank.encode, "load_encoder", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+        again, kind = context_lane_classifier(bank)
+    assert kind == "prototypes (lanes.yaml)" and np.array_equal(again, protos)
+    cache.write_text('{"vectors": [[NaN')  # a damaged cache: embedded again and rewritten
+    again, _ = context_lane_classifier(bank)
+    np.testing.assert_allclose(again, protos, atol=1e-6)
+    assert np.allclose(np.asarray(__import__("json").loads(cache.read_text())["vectors"]), protos, atol=1e-6)
     bank.manifest["encoder"] = {**bank.manifest["encoder"], "name": "no-such/encoder"}  # in memory only
     cent, kind = context_lane_classifier(bank)  # the encoder cannot load: centroids, no crash
     assert kind == "train-split lane centroids" and cent.shape == (2, bank.dim)

@@ -31,6 +31,9 @@ from vecrag.errors import VecragError
 
 log = logging.getLogger(__name__)
 PRESET = Path(__file__).resolve().parents[1] / "presets" / "lanes.yaml"
+# BANK/lane_prototypes.json: the lane descriptions embedded once with the bank's encoder, for the context lane
+# classifier of every decoding command (loading the encoder to embed a dozen descriptions took ~5 s a command)
+PROTOTYPES = "lane_prototypes.json"
 KMEANS_SEED = 1234
 _STOP = set("""a an and the of in on at to for from by with as or is are was were be de la le les du des el
 s its it this that these those into over under about after before between during new""".split())
@@ -292,13 +295,45 @@ def context_lane_classifier(bank: Any) -> tuple[np.ndarray, str]:
         if path.is_file():
             desc = load_lane_descriptions(path)
             if set(names) <= set(desc):
+                key = {"encoder": str(bank.encoder.get("name")), "names": names,
+                       "descriptions": {n: desc[n] for n in names}}
+                cached = _read_prototypes(bank.path / PROTOTYPES, key)
+                if cached is not None:
+                    return cached, f"prototypes ({path.name})"
                 from vecrag.bank.encode import load_encoder
 
                 try:
                     enc = load_encoder(bank.encoder["name"], device="cpu")
-                    return lane_prototypes(desc, names, enc.encode), f"prototypes ({path.name})"
+                    protos = lane_prototypes(desc, names, enc.encode)
                 except Exception as e:  # noqa: BLE001 -- any failure to embed: the centroids still work
                     log.warning("cannot embed the lane descriptions with %s (%s)", bank.encoder.get("name"), e)
+                else:
+                    _write_prototypes(bank.path / PROTOTYPES, key, protos)
+                    return protos, f"prototypes ({path.name})"
         log.warning("lane prototypes unavailable (%s): classifying contexts by train-split lane centroids", path)
     cent = lane_centroids(bank.vectors, codes, np.isin(bank.article_of, bank.split_articles("train")))
     return cent, "train-split lane centroids"
+
+
+def _read_prototypes(path: Path, key: dict[str, Any]) -> np.ndarray | None:
+    """The cached prototypes when ``path`` holds them for exactly this encoder, these lanes and descriptions."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if {k: data.get(k) for k in key} != key:
+            return None
+        vecs = np.asarray(data["vectors"], np.float32)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent, unreadable or damaged: embed again
+    ok = vecs.ndim == 2 and len(vecs) == len(key["names"]) and np.isfinite(vecs).all()
+    return vecs if ok else None
+
+
+def _write_prototypes(path: Path, key: dict[str, Any], vecs: np.ndarray) -> None:
+    from vecrag.fsutil import atomic_write_json
+
+    try:
+        atomic_write_json(path, {**key, "vectors": np.asarray(vecs, np.float32).tolist()})
+    except OSError as e:  # a read-only bank: embed again next time
+        log.debug("lane prototypes not cached in %s (%s)", path, e)
