@@ -336,3 +336,35 @@ def test_a_sigkilled_trainer_leaves_a_lock_that_counts_as_stale(bank, tmp_path):
     assert alive, err[-2000:]
     held = LockInfo.parse((run / LOCK).read_text())
     assert held is not None and held.pid == p.pid and held.stale() is True
+
+
+def test_trainers_racing_to_create_the_run_directory_get_the_lock_message(tmp_path):
+    """Many trainers start on a --out that does not exist yet: the directory's creation is no error (a trainer
+    whose mkdir lost the race used to fail with "cannot lock the run directory (File exists)"); exactly one takes
+    the lock and every other one is told a trainer is writing the run."""
+    import threading
+
+    from vecrag.errors import VecragError
+    from vecrag.runs.lock import RunLock
+
+    for attempt in range(5):
+        run = tmp_path / f"race{attempt}" / "run"
+        gate, won, errors = threading.Barrier(8), [], []
+
+        def start(run=run, gate=gate, won=won, errors=errors) -> None:
+            lock = RunLock(run, "lvm")
+            gate.wait()
+            try:
+                lock.acquire()
+                won.append(lock)
+            except VecragError as err:
+                errors.append(str(err))
+
+        threads = [threading.Thread(target=start) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(won) == 1 and len(errors) == 7, errors
+        assert all("another trainer is writing this run directory" in e for e in errors), errors
+        won[0].release()

@@ -153,9 +153,11 @@ class RunLock:
     def acquire(self) -> None:
         mine = LockInfo.mine()
         try:
-            if not self.run_dir.exists():
+            try:
                 self.run_dir.mkdir(parents=True)
                 self.created_dir = True
+            except FileExistsError:  # there already, or another trainer made it a moment ago: the lock decides
+                pass
             with self._guard():
                 try:
                     fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
