@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -61,12 +60,6 @@ def build_bank(path: Path, n: int, dim: int, index: str) -> None:
         t0 = time.perf_counter()
         build_index(bank, index)
         print(f"index: {index} built in {time.perf_counter() - t0:.1f} s", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -135,6 +128,8 @@ def main() -> int:
 
     bank = Path(args.bank)
     build_bank(bank, args.n, args.dim, args.index)
+    from vecrag.serve.ready import free_port, stop, wait_ready
+
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
@@ -143,8 +138,6 @@ def main() -> int:
                               env=env)
     try:
         import httpx
-
-        from vecrag.serve.ready import wait_ready
 
         why = wait_ready(url, server, 180, poll_s=0.5)
         if why:
@@ -169,11 +162,7 @@ def main() -> int:
             rows.append(row)
             print(f"  {name}: {row['requests']} requests, {row['rps']:.1f} req/s", flush=True)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
     print(f"\nvecrag serve load test: bank {args.n} x {args.dim} ({info['index']['type']} index), "
           f"{args.clients} concurrent clients, {args.duration:.0f} s per scenario, {os.cpu_count()} CPU cores, "
           f"loopback; latency measured by the client")

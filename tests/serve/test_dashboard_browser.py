@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import pytest
 
 from tests.conftest import make_synthetic_bank
 from tests.serve.test_serve import make_text_bank
-from vecrag.serve.ready import wait_ready
+from vecrag.serve.ready import free_port, stop, wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
@@ -62,12 +61,6 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
     assert rc == 0, f"{' '.join(map(str, proc.args[3:]))} failed ({rc}):\n{log.read_text()[-3000:]}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("playwright.sync_api")
@@ -77,7 +70,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     train_bank = make_synthetic_bank(base / "train-bank", n_articles=120, per_article=10)
     runs = base / "runs"
     run = runs / RUN
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     # three real processes at once (each spends seconds importing torch): a tiny two-tower training run with
     # hard-negative mining from epoch 1, decoding with telemetry into the run directory, and the server
@@ -103,12 +96,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         yield url, run
     finally:
         for p in (train, gen, roll, proc):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop(p)
 
 
 CHART_POINTS = """() => Object.fromEntries(Object.entries(window.vecragCharts).map(([id, ch]) => [id,
