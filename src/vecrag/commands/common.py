@@ -34,6 +34,24 @@ PROFILE_HELP = ("decode profile: conservative, neutral, creative (calibrated on 
                 "gtr-t5 (absolute thresholds 0.92 / 0.85, set for GTR-T5 banks)")
 
 
+def add_fusion_arguments(p: argparse.ArgumentParser, *, K_default: int | None) -> None:
+    """The cascade's sizes and fusion weights, and the calibration file their defaults come from (`vecrag
+    generate`, `eval decode`, `eval generate` and `eval cascade`)."""
+    p.add_argument("--calibration", default=None, metavar="FILE.json",
+                   help="calibration file (default: the one `vecrag calibrate` wrote for this LVM and retriever)")
+    p.add_argument("--K", dest="K", type=int, default=K_default,
+                   help="tower shortlist size (" + ("default: the profile's K; " if K_default is None else "")
+                   + "at most 4096, clamped to the bank's size)")
+    p.add_argument("--k", dest="k", type=int, default=10, help="final shortlist size after re-ranking")
+    p.add_argument("--w-tower", type=float, default=1.0, help="fusion weight on the tower score")
+    p.add_argument("--w-lvm", type=float, default=None,
+                   help="fusion weight on cos(LVM prediction, candidate) (default: the calibration's, chosen on "
+                        "VAL by `vecrag calibrate`; 0 without one)")
+    p.add_argument("--lane-lambda", type=float, default=None,
+                   help="lane re-rank: bonus added to candidates in the context's lane (default: the "
+                        "calibration's; 0 without one)")
+
+
 def add_cascade_arguments(p: argparse.ArgumentParser, *, timeout_default: float = 50.0,
                           multi_profile: bool = False) -> None:
     if multi_profile:
@@ -43,18 +61,7 @@ def add_cascade_arguments(p: argparse.ArgumentParser, *, timeout_default: float 
         p.add_argument("--profile", default="neutral", help=PROFILE_HELP)
     p.add_argument("--profiles", default=None, metavar="FILE.yaml",
                    help="decode profiles file (default: the shipped presets/decode.yaml)")
-    p.add_argument("--calibration", default=None, metavar="FILE.json",
-                   help="calibration file (default: the one `vecrag calibrate` wrote for this LVM and retriever)")
-    p.add_argument("--K", dest="K", type=int, default=None,
-                   help="tower shortlist size (default: the profile's K; at most 4096, clamped to the bank's size)")
-    p.add_argument("--k", dest="k", type=int, default=10, help="final shortlist size after re-ranking")
-    p.add_argument("--w-tower", type=float, default=1.0, help="fusion weight on the tower score")
-    p.add_argument("--w-lvm", type=float, default=None,
-                   help="fusion weight on cos(LVM prediction, candidate) (default: the calibration's, chosen on "
-                        "VAL; 0 without one)")
-    p.add_argument("--lane-lambda", type=float, default=None,
-                   help="lane re-rank: bonus added to candidates in the context's lane (default: the "
-                        "calibration's; 0 without one)")
+    add_fusion_arguments(p, K_default=None)
     p.add_argument("--w-topic", type=float, default=None,
                    help="fusion weight on cos(candidate, mean of everything read so far): keeps a rollout on its "
                         "passage's topic (default: the calibration's, chosen on VAL rollouts; 0 without one)")

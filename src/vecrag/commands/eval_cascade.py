@@ -20,22 +20,12 @@ that label saw the target chunk). Writes cascade_eval-SPLIT.json atomically.
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from vecrag.commands.common import add_eval_arguments, add_model_arguments
+    from vecrag.commands.common import add_eval_arguments, add_fusion_arguments, add_model_arguments
 
     p.add_argument("bank", metavar="BANK", help="bank directory")
     add_model_arguments(p, lvm_default=None, retriever_default=None)
     add_eval_arguments(p)
-    p.add_argument("--K", dest="K", type=int, default=500,
-                   help="tower shortlist size (at most 4096, clamped to the bank's size)")
-    p.add_argument("--k", dest="k", type=int, default=10, help="final shortlist size")
-    p.add_argument("--w-tower", type=float, default=1.0, help="fusion weight on the tower score")
-    p.add_argument("--w-lvm", type=float, default=None,
-                   help="fusion weight on cos(LVM prediction, candidate) (default: the calibration's, chosen on "
-                        "VAL by `vecrag calibrate`; 0 without one)")
-    p.add_argument("--lane-lambda", type=float, default=None,
-                   help="lane bonus (default: the calibration's; 0 without one)")
-    p.add_argument("--calibration", default=None, metavar="FILE.json",
-                   help="calibration file (default: the one `vecrag calibrate` wrote for this LVM and retriever)")
+    add_fusion_arguments(p, K_default=500)
     p.add_argument("--w-lvm-grid", type=_grid, default=(), metavar="W1,W2,...",
                    help="also report tower>fused at each of these LVM weights (one search: cheap); choose the "
                         "weight on --split val, report it on test")

@@ -1,7 +1,8 @@
 """Honest LVM evaluation: the trained model next to copy-last, mean, ewma and a ridge predictor, same queries.
 
-Every predictor maps a right-aligned context (``ctx`` float [n, L, D], ``mask`` bool [n, L]) to unit vectors
-[n, D]. For each one, on the held-out split:
+Scored by :class:`vecrag.scoring.evaluators.NextVectorEvaluator`, the object LVM validation uses. Every predictor
+maps a right-aligned context (``ctx`` float [n, L, D], ``mask`` bool [n, L]) to unit vectors [n, D]. For each
+one, on the held-out split:
 - cosine to the true next vector: mean (95 % normal CI) and median;
 - in-bank rank of the true next chunk with the prediction as the query, exact search over the FULL bank
   (``vecrag.index.search.ExactTorchIndex``), hit rules of ``vecrag.scoring.ranks.retrieve_ranks`` (context ids
@@ -38,7 +39,6 @@ from vecrag.scoring.predictors import HeuristicPredictor, Predictor, TorchPredic
 
 log = logging.getLogger(__name__)
 EVAL_KS = (1, 5, 10, 100, 500)
-BUCKETS = ((1, 1, "1"), (2, 4, "2-4"), (5, 9, "5-9"), (10, 10**9, "10+"))
 
 
 # ---- predictors ---------------------------------------------------------------------------------------
