@@ -136,6 +136,27 @@ def test_cascade_weights_reproduce_from_val(bank: Bank, tmp_path: Path) -> None:
     assert "generation" not in first
 
 
+def test_calibration_measures_and_stores_the_pick_rule(bank: Bank, tmp_path: Path) -> None:
+    """c and the margin are measured on the candidate the decoder will take: the cascade's best (margin >= 0, c at
+    most the shortlist's best cosine) by default, the nearest to the prediction with --pick cos; the profiles decode
+    with the stored rule, and a file without one is read as cos."""
+    paths = {pick: tmp_path / f"{pick}.json" for pick in ("score", "cos")}
+    for pick, out in paths.items():
+        extra = [] if pick == "score" else ["--pick", "cos"]
+        assert main(["calibrate", str(bank.path), *HEUR, "--quiet", "--no-rollouts", "--out", str(out), *extra]) == 0
+    cal = {pick: json.loads(out.read_text()) for pick, out in paths.items()}
+    assert cal["score"]["pick"] == "score" and cal["cos"]["pick"] == "cos"
+    c_score, c_cos = (np.asarray(cal[p]["samples"]["c"]) for p in ("score", "cos"))
+    assert len(c_score) == len(c_cos) and np.all(c_score <= c_cos + 1e-6) and np.any(c_score < c_cos - 1e-3)
+    assert min(cal["score"]["samples"]["margin"]) >= 0.0 > min(cal["cos"]["samples"]["margin"])
+    profiles = load_profiles()
+    assert profiles.policy("neutral", calibration=cal["score"]).pick == "score"
+    assert profiles.policy("neutral", calibration=cal["cos"]).pick == "cos"
+    old = {k: v for k, v in cal["score"].items() if k != "pick"}
+    assert profiles.policy("neutral", calibration=old).pick == "cos"
+    assert profiles.policy("greedy").pick == "score"  # absolute profiles: the presets' rule
+
+
 def test_bands_see_the_cascade_margin() -> None:
     """x = c + margin_weight * (chosen candidate's cascade score - best other score); decide and decide_batch agree."""
     from vecrag.decode.policy import Policy, decide, decide_batch

@@ -130,6 +130,68 @@ def test_decide_batch_matches_decide() -> None:
     assert kinds == {SNAP, BLEND, NOVEL}
 
 
+def test_pick_score_takes_the_cascade_best_and_c_stays_its_cosine() -> None:
+    """pick=score: the candidate is the best cascade score, not the chunk nearest v_hat; the bands see its cosine."""
+    cands = np.stack([cand(0.95, 1), cand(0.88, 2), cand(0.5, 3)])
+    ids = np.array([10, 11, 12])
+    scores = np.array([0.4, 0.7, 0.9])           # the cascade ranks the far chunk first
+    d = decide(E0, cands, ids, Policy(), scores=scores)
+    assert Policy().pick == "score"
+    assert (d.kind, d.neighbour_id, d.c, d.c_max) == (NOVEL, 12, pytest.approx(0.5), pytest.approx(0.95))
+    d = decide(E0, cands, ids, Policy(), scores=np.array([0.4, 0.9, 0.7]))
+    assert (d.kind, d.neighbour_id, d.c) == (BLEND, 11, pytest.approx(0.88))
+    mix = 0.46 * cand(0.88, 2) + 0.54 * E0       # a(0.88) = 0.3 + 0.4 * (0.88 - 0.86) / (0.91 - 0.86)
+    assert d.alpha == pytest.approx(0.46)
+    np.testing.assert_allclose(d.vector, mix / np.linalg.norm(mix), atol=1e-6)
+    d = decide(E0, cands, ids, Policy(pick="cos"), scores=scores)
+    assert (d.kind, d.neighbour_id, d.c) == (SNAP, 10, pytest.approx(0.95))
+    d = decide(E0, cands, ids, Policy())          # without scores: the candidate nearest v_hat
+    assert (d.kind, d.neighbour_id) == (SNAP, 10)
+
+
+def test_pick_score_near_dup_skips_to_the_next_best_score() -> None:
+    cands = np.stack([cand(0.99, 1), cand(0.6, 2), cand(0.93, 3)])
+    ids = np.array([10, 11, 12])
+    scores = np.array([0.9, 0.8, 0.1])
+    d = decide(E0, cands, ids, Policy(), recent_ids=[10], scores=scores)
+    assert (d.kind, d.neighbour_id, d.skipped_ids, d.c) == (NOVEL, 11, (10,), pytest.approx(0.6))
+    d = decide(E0, cands, ids, Policy(pick="cos"), recent_ids=[10], scores=scores)
+    assert (d.kind, d.neighbour_id, d.skipped_ids) == (SNAP, 12, (10,))
+    d = decide(E0, cands, np.array([10, -1, 12]), Policy(), recent_ids=[10], scores=np.array([0.9, -np.inf, 0.1]))
+    assert (d.kind, d.neighbour_id) == (SNAP, 12)  # padding never chosen, whatever its score
+
+
+@pytest.mark.parametrize("pick", ["score", "cos"])
+@pytest.mark.parametrize("margin_weight", [0.0, 2.0])
+def test_decide_batch_matches_decide_with_scores(pick: str, margin_weight: float) -> None:
+    rng = np.random.default_rng(1)
+    n, k = 60, 6
+    v = rng.standard_normal((n, D))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    cv = v[:, None, :] + rng.uniform(0.05, 0.6, (n, k, 1)) * rng.standard_normal((n, k, D))
+    cv /= np.linalg.norm(cv, axis=2, keepdims=True)
+    ids = rng.integers(0, 20, (n, k))
+    ids[::7, -1] = -1
+    ids[5] = -1                                   # a row with no candidate
+    scores = rng.uniform(0, 1, (n, k))
+    scores[ids < 0] = -np.inf
+    recent = rng.integers(-1, 20, (n, 10))
+    p = Policy(near_dup=0.95, pick=pick, margin_weight=margin_weight,
+               tau_snap=0.92 + margin_weight * 0.3, tau_novel=0.85)
+    out = decide_batch(v, cv, ids, p, recent, scores)
+    kinds, differ = set(), 0
+    for i in range(n):
+        d = decide(v[i], cv[i], ids[i], p, recent[i].tolist(), scores=scores[i])
+        kinds.add(d.kind)
+        assert out["kind"][i] == d.kind and out["neighbour"][i] == d.neighbour_id
+        assert out["c"][i] == pytest.approx(d.c, nan_ok=True) and out["alpha"][i] == pytest.approx(d.alpha)
+        assert out["x"][i] == pytest.approx(d.x, nan_ok=True)
+        np.testing.assert_allclose(out["vector"][i], d.vector, atol=1e-5)
+        differ += d.neighbour_id != decide(v[i], cv[i], ids[i], p.replace(pick="cos" if pick == "score" else "score"),
+                                           recent[i].tolist(), scores=scores[i]).neighbour_id
+    assert kinds == {SNAP, BLEND, NOVEL} and differ > n // 4  # the two rules really choose differently here
+
+
 def test_force_overrides_the_bands_but_not_the_near_dup_rule() -> None:
     greedy, lvm_only = Policy(force=SNAP), Policy(force=NOVEL)
     assert classify(np.array([-0.5, 0.5, 0.99, np.nan]), greedy).tolist() == [SNAP, SNAP, SNAP, NOVEL]
@@ -161,6 +223,7 @@ def test_force_overrides_the_bands_but_not_the_near_dup_rule() -> None:
     ({"K": 0}, "K must"),
     ({"tau_snap": float("nan")}, "finite"),
     ({"force": "snap"}, "force must be"),
+    ({"pick": "nearest"}, "pick must be one of score, cos"),
 ])
 def test_invalid_policies_are_rejected(kw: dict, msg: str) -> None:
     with pytest.raises(VecragError, match=msg):

@@ -41,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode profiles whose thresholds are printed (default: the shipped presets/decode.yaml)")
     p.add_argument("--max-articles", type=int, default=200, metavar="N",
                    help="VAL articles for the generation rollouts (a seeded sample; 0 = all)")
+    p.add_argument("--pick", default=None, choices=("cos", "score"),
+                   help="the candidate a step SNAPs to or BLENDs with, measured with and stored for the profiles: "
+                        "the one nearest the LVM's prediction (cos) or the cascade's best-scored (score); "
+                        "default: the decoder's")
     p.add_argument("--no-rollouts", action="store_true", help="skip the generation rollouts (topic weight 0, shown)")
     p.add_argument("--out", default=None, metavar="FILE.json",
                    help="where to write it (default: where the commands that use it look)")
@@ -85,7 +89,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     samples = common.eval_samples(bank, args)
     index = common.open_search(bank, args)
     cal = run_calibration(bank, samples, lvm, tower, index, lvm_spec=args.lvm, retriever_spec=args.retriever,
-                          profiles=profiles, K=args.K, k=args.k, rollouts=not args.no_rollouts,
+                          profiles=profiles, K=args.K, k=args.k, rollouts=not args.no_rollouts, pick=args.pick,
                           max_articles=args.max_articles, progress=not args.quiet and sys.stderr.isatty())
     path = Path(args.out) if args.out else calibration_path(bank, args.lvm, args.retriever)
     atomic_write_json(path, cal)

@@ -12,7 +12,10 @@ turns it into cosines for one (bank, LVM, retriever):
 ``conservative`` grounds more (a lower precision bar, fewer NOVEL steps), ``creative`` less; a lane's override
 shifts its profile's intent (``legal`` grounds more, the ``creative`` lane less), so lanes keep their
 relative order on any encoder. ``c`` is measured as the decoder measures it: the cascade's shortlist with the
-context's own chunks removed, teacher-forced on VAL articles.
+context's own chunks removed, teacher-forced on VAL articles, the step's candidate taken by the policy's ``pick``
+rule (the cascade's best score by default). The file stores that rule as ``pick`` and calibrated profiles decode
+with it, so the thresholds always hold for the candidates they were measured on (a file without it was measured
+on the candidate nearest the prediction: ``cos``).
 
 The cascade's fusion weights (``w_lvm`` on cos(v_hat, candidate), the lane bonus) are chosen on VAL too, on a
 grid that holds the first stage alone (``w_lvm = 0``, no lane bonus): a grid point is taken only when its

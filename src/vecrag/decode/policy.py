@@ -2,11 +2,19 @@
 
 Pure, deterministic functions of their arguments (no clocks, no randomness, no global state).
 
-With ``c`` = max cos(v_hat, shortlist) and ``n*`` its argmax (docs/design.md):
+With ``n*`` the step's candidate and ``c`` = cos(v_hat, n*) (docs/design.md):
 
 - ``SNAP``  if ``c >= tau_snap``: emit ``n*`` (the bank vector itself);
 - ``NOVEL`` if ``c <= tau_novel``: emit ``v_hat``;
 - ``BLEND`` otherwise: emit ``normalise(a(c) * n* + (1 - a(c)) * v_hat)``.
+
+**The candidate** (``pick``): ``"score"`` (the default) takes the shortlist's best cascade score (``scores``;
+without them, the candidate nearest ``v_hat``), ``"cos"`` the candidate nearest ``v_hat``. The cascade's score already
+carries the query tower and, with ``w_lvm``, the prediction; the candidate nearest the prediction is often a chunk
+that resembles the context without continuing it. On wiki-1200 VAL rollouts (prompts of 3, 4 and 5 chunks, 94
+articles) ``"score"`` covers 24.7 % of the true continuation against 21.9 % for ``"cos"`` (paired gain
++2.8 +- 2.6 points) and the greedy retrieval baselines' 21.7 / 18.0 %. ``c`` stays the cosine to the prediction
+either way: the bands measure how far the prediction is from the bank.
 
 ``a(c)`` (:func:`alpha`) is the weight on the BANK vector: piecewise-linear through ``alpha_points``
 (seed: 0.3 at 0.86, 0.7 at 0.91, 0.9 at 0.95), and constant outside the knots: below the first knot it is
@@ -15,11 +23,11 @@ blends at 0.3), above the last knot to the last weight (0.9 "from 0.95").
 
 **Near-duplicate rule.** A candidate whose cosine to v_hat is ``> near_dup`` (strictly; 0.98) and whose
 id appears in the last ``near_dup_window`` entries of ``recent_ids`` (one entry per step; 8) is *skipped*:
-the decision is taken again against the next-best candidate that is not skipped, with that candidate's
-cosine and the usual bands (so it may SNAP to the next-best, BLEND with it or fall to NOVEL). We chose
+the decision is taken again against the next-best candidate (by the ``pick`` rule) that is not skipped, with
+that candidate's cosine and the usual bands (so it may SNAP to the next-best, BLEND with it or fall to NOVEL). We chose
 next-best over "BLEND with n*" because blending at a(0.98) = 0.9 re-emits almost the same vector and does
 not break a repetition loop. If every candidate is skipped the decision is NOVEL. ``Decision.c_max`` keeps
-the cosine before skipping; ``Decision.c`` is the cosine the bands were applied to.
+the highest cosine of the shortlist; ``Decision.c`` is the chosen candidate's.
 
 **Retrieval margin** (``margin_weight``, 0 by default): the bands and ``a`` are applied to
 ``x = c + margin_weight * m``, where ``m`` is the candidate's cascade score minus the best score of the other
@@ -45,6 +53,7 @@ from vecrag.errors import VecragError
 
 SNAP, BLEND, NOVEL = "SNAP", "BLEND", "NOVEL"
 KINDS = (SNAP, BLEND, NOVEL)
+PICKS = ("score", "cos")
 DEFAULT_ALPHA_POINTS: tuple[tuple[float, float], ...] = ((0.86, 0.3), (0.91, 0.7), (0.95, 0.9))
 
 
@@ -66,6 +75,7 @@ class Policy:
     K: int = 500
     force: str = ""  # "" (the bands decide), "SNAP" (always ground: greedy) or "NOVEL" (never: the LVM alone)
     margin_weight: float = 0.0  # bands on c + margin_weight * (cascade score margin); module doc
+    pick: str = "score"  # the candidate n*: "score" (the cascade's best) or "cos" (nearest v_hat); module doc
 
     def __post_init__(self) -> None:
         ts, tn = _num(self.tau_snap, "tau_snap"), _num(self.tau_novel, "tau_novel")
@@ -106,6 +116,8 @@ class Policy:
         if mw < 0:
             raise VecragError(f"decode policy: margin_weight must be >= 0, got {mw}")
         object.__setattr__(self, "margin_weight", mw)
+        if self.pick not in PICKS:
+            raise VecragError(f"decode policy: pick must be one of {', '.join(PICKS)}, got {self.pick!r}")
         if self.force not in ("", SNAP, NOVEL):
             raise VecragError(f"decode policy: force must be '', SNAP or NOVEL, got {self.force!r}")
         object.__setattr__(self, "tau_snap", ts)
@@ -122,7 +134,7 @@ class Policy:
         return {"tau_snap": self.tau_snap, "tau_novel": self.tau_novel,
                 "alpha_points": tuple(tuple(p) for p in self.alpha_points), "near_dup": self.near_dup,
                 "near_dup_window": self.near_dup_window, "K": self.K, "force": self.force,
-                "margin_weight": self.margin_weight}
+                "margin_weight": self.margin_weight, "pick": self.pick}
 
 
 def alpha(c: float | np.ndarray, policy: Policy | None = None) -> float | np.ndarray:
@@ -191,7 +203,8 @@ def margins(scores: np.ndarray | None, usable: np.ndarray, pos: np.ndarray) -> n
     other = sc.copy()
     other[rows, p] = -np.inf
     best_other = other.max(axis=1)
-    m = own - best_other
+    with np.errstate(invalid="ignore"):  # a row without candidates: -inf - -inf, masked below
+        m = own - best_other
     return np.where((pos >= 0) & np.isfinite(m), m, 0.0)
 
 
@@ -209,7 +222,11 @@ def decide(v_hat: np.ndarray, shortlist_vecs: np.ndarray, shortlist_ids: np.ndar
     c_max = float(cos.max())
     recent = set(int(i) for i in list(recent_ids)[-policy.near_dup_window:]) if policy.near_dup_window else set()
     skipped: list[int] = []
-    order = np.argsort(-cos, kind="stable")
+    key = cos
+    if policy.pick == "score" and scores is not None:
+        key = np.where(valid, np.asarray(scores, np.float64).reshape(-1), -np.inf)
+        valid = valid & np.isfinite(key)
+    order = np.argsort(-key, kind="stable")
     best = -1
     for j in order:
         if not valid[j]:
@@ -226,7 +243,9 @@ def decide(v_hat: np.ndarray, shortlist_vecs: np.ndarray, shortlist_ids: np.ndar
     nid = int(ids[best])
     x = c
     if policy.margin_weight and scores is not None:
-        usable = valid & ~np.isin(ids, np.asarray(skipped, np.int64))
+        # every recent near-duplicate is out of the running, not only those ranked above the candidate
+        near = (cos > policy.near_dup) & np.isin(ids, np.asarray(sorted(recent), np.int64))
+        usable = valid & ~near
         x = c + policy.margin_weight * float(margins(np.asarray(scores).reshape(1, -1), usable[None],
                                                      np.array([best]))[0])
     kind = classify(x, policy)
@@ -260,12 +279,18 @@ def decide_batch(v_hat: np.ndarray, cand_vecs: np.ndarray, cand_ids: np.ndarray,
     cos = np.where(valid, np.einsum("nkd,nd->nk", cv, v), -np.inf)
     c_max = cos.max(axis=1) if k else np.full(n, -np.inf)
     usable = cos.copy()
+    if policy.pick == "score" and scores is not None:
+        usable = np.where(valid, np.asarray(scores, np.float64).reshape(n, k), -np.inf)
+        usable[~np.isfinite(usable)] = -np.inf
     if recent_ids is not None and policy.near_dup_window and recent_ids.shape[1]:
         rec = np.asarray(recent_ids, dtype=np.int64)[:, -policy.near_dup_window:]
         hit = ((ids[:, :, None] == rec[:, None, :]) & (rec[:, None, :] >= 0)).any(axis=2)
         usable[hit & (cos > policy.near_dup)] = -np.inf
     pos = usable.argmax(axis=1) if k else np.zeros(n, np.int64)
-    c = usable[np.arange(n), pos] if k else np.full(n, -np.inf)
+    if k:
+        c = np.where(np.isfinite(usable[np.arange(n), pos]), cos[np.arange(n), pos], -np.inf)
+    else:
+        c = np.full(n, -np.inf)
     has = np.isfinite(c)
     pos = np.where(has, pos, -1)
     nb = np.where(has, ids[np.arange(n), np.maximum(pos, 0)] if k else -1, -1)

@@ -99,14 +99,17 @@ def generation_grid(bank: Bank, index: Any, lvm: Predictor, tower: Predictor, pr
 def run_calibration(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, index: Any, *,
                     lvm_spec: str, retriever_spec: str, profiles: Profiles, K: int = 500, k: int = 10,
                     w_lvm_grid: tuple[float, ...] = W_LVM_GRID, lane_grid: tuple[float, ...] = LANE_GRID,
-                    rollouts: bool = True, max_articles: int = 200, progress: bool = False) -> dict[str, Any]:
-    """The calibration dict (written as ``calibration.json``)."""
+                    rollouts: bool = True, max_articles: int = 200, progress: bool = False,
+                    pick: str | None = None) -> dict[str, Any]:
+    """The calibration dict (written as ``calibration.json``). ``pick`` (default: :class:`Policy`'s) is the rule
+    that chooses each step's candidate; it is measured with and stored, and the profiles decode with it."""
+    measure = Policy() if pick is None else Policy(pick=pick)
     has_lanes = bool(np.any(bank.lanes != ""))
     grid = fusion_grid(bank, samples, lvm, tower, index, K=K, w_lvm_grid=w_lvm_grid,
                        lane_grid=lane_grid if has_lanes else (0.0,), progress=progress)
     w_lvm, lam = pick_fusion(grid)
     cfg = CascadeConfig(K=K, k=k, w_tower=1.0, w_lvm=w_lvm, lane_lambda=lam, timeout_ms=None)
-    arrays, fallbacks = collect(bank, samples, lvm, tower, index, PolicySet("calibration", Policy(), {}), cfg,
+    arrays, fallbacks = collect(bank, samples, lvm, tower, index, PolicySet("calibration", measure, {}), cfg,
                                 progress=progress)
     c = np.asarray(arrays["sw_c"], np.float64)
     hit = np.asarray(arrays["sw_hit"], bool)
@@ -130,7 +133,7 @@ def run_calibration(bank: Bank, samples: Samples, lvm: Predictor, tower: Predict
                     "grid": [{"w_lvm": w, "lane_lambda": la, "Hit@1": r["Hit@1"], "Hit@10": r["Hit@10"],
                               "MRR@10": r["MRR@10"]} for (w, la), r in sorted(grid.items())]},
         "fallbacks": fallbacks,
-        "margin_weight": mw, "margin_grid": mw_rows,
+        "pick": measure.pick, "margin_weight": mw, "margin_grid": mw_rows,
         "c_quantiles": {f"{q:.2f}": float(np.quantile(c, q)) for q in np.linspace(0, 1, 21)} if len(c) else {},
         "precision_curve": precision_curve(x, hit),
         "samples": steps,
@@ -151,7 +154,8 @@ def format_calibration(cal: dict[str, Any]) -> str:
     lines = [f"calibration on {cal['split']}: {cal['bank']} ({cal['n_samples']} steps) lvm={cal['lvm']} "
              f"retriever={cal['retriever']}",
              f"cascade: w_lvm={ch['w_lvm']:g} lane_lambda={ch['lane_lambda']:g} -> Hit@10 "
-             f"{100 * cas['chosen_hit10']:.2f}% (first stage alone {100 * cas['first_stage_hit10']:.2f}%)"]
+             f"{100 * cas['chosen_hit10']:.2f}% (first stage alone {100 * cas['first_stage_hit10']:.2f}%)",
+             f"candidate of each step: pick={cal.get('pick', 'cos')} (the profiles decode with it)"]
     q = cal["c_quantiles"]
     if q:
         lines.append("c (cos of the prediction to the step's candidate): " + "  ".join(
