@@ -62,9 +62,10 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     from vecrag.train.loop import Trainer
     from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
 
-    # mode: none | sync | async[-proc][-jN][-nog|-gon][-noreuse] (-proc: mining.worker=process; -jN:
+    # mode: none | sync | async[-proc][-jN][-nog|-gon][-noreuse][-graph|-eager] (-proc: mining.worker=process; -jN:
     # mining.per_job=N; -nog / -gon: mining.cuda_graph=off / on (default auto); -noreuse: CPU sync mining runs the
-    # tower again instead of reading the training step's queries, as before af03ed5)
+    # tower again instead of reading the training step's queries, as before af03ed5; -graph / -eager: the training
+    # step as a CUDA graph or not, train.cuda_graph=on / off, default auto). args.extra: more config overrides
     parts = mode.split("-")
     per_job = next((int(x[1:]) for x in parts[1:] if x[:1] == "j" and x[1:].isdigit()), None)
     over = [f"train.batch_size={args.batch}", f"train.grad_accum={args.accum}", f"train.max_steps={args.steps}",
@@ -77,7 +78,9 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
             f"model.hidden={args.hidden}", "val_backend=torch", *TOWERS[getattr(args, "tower", "gru")]] \
         + ([f"mining.per_job={per_job}"] if per_job else []) \
         + (["mining.cuda_graph=off"] if "nog" in parts else ["mining.cuda_graph=on"] if "gon" in parts else []) \
-        + ([f"loss.queue={args.queue}"] if getattr(args, "queue", None) is not None else [])
+        + ([f"loss.queue={args.queue}"] if getattr(args, "queue", None) is not None else []) \
+        + (["train.cuda_graph=on"] if "graph" in parts else ["train.cuda_graph=off"] if "eager" in parts else []) \
+        + list(getattr(args, "extra", None) or [])
     cfg = load_config(RetrieverConfig, "retriever-default", over)
     resolve_config(cfg, bank)
     import torch

@@ -83,6 +83,10 @@ class TrainConfig:
                                                               "tensorboard is installed"})
     deterministic: bool = field(default=False, metadata={"help": "torch.use_deterministic_algorithms(True): "
                                                                  "deterministic GPU kernels, slower"})
+    cuda_graph: str = field(default="auto", metadata={"choices": ("auto", "on", "off"),
+                                                      "help": "run each training step as one replayed CUDA graph "
+                                                              "(auto: on CUDA in one process with grad_accum 1; "
+                                                              "elsewhere the step runs eager)"})
 
     def validate(self) -> None:
         check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")

@@ -40,6 +40,7 @@ from vecrag.runs.layout import BEST, CHECKPOINTS, CONFIG, LAST, LOG, TB
 from vecrag.runtime import pick_device, priority_stream, report_openmp, set_threads
 from vecrag.train import distributed as dd
 from vecrag.train.checkpoint import CheckpointDir, rng_state, set_rng_state
+from vecrag.train.graphed import GraphTask, StepGraphs, graph_support
 from vecrag.train.loop_logging import TrainerLogging, progress_bar, rss_mb
 
 __all__ = ["Task", "Trainer", "lr_at", "rss_mb", "seed_everything"]
@@ -115,11 +116,19 @@ class Trainer(TrainerLogging):
         self.warmup = max(cfg.warmup_steps, int(cfg.warmup_ratio * self.total_steps))
         task.model.to(self.device)
         self.ddp = dd.wrap_ddp(task.model, self.device) if self.world > 1 else None
+        why_eager = graph_support(self.device, self.world, cfg.grad_accum) or (
+            "" if isinstance(task, GraphTask) else f"task {task.name!r} has no stage/compute")
+        graphed = cfg.cuda_graph != "off" and not why_eager
+        if cfg.cuda_graph == "on" and why_eager:
+            log.warning("train.cuda_graph=on, but the step runs eager: %s", why_eager)
         decay = [p for p in task.model.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in task.model.parameters() if p.requires_grad and p.dim() < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
-                                           fused=True if self.device.type == "cuda" else None)  # GPU: launch-bound step
+                                           fused=True if self.device.type == "cuda" else None,  # GPU: launch-bound
+                                           capturable=graphed)
+        self.graphs = StepGraphs(self) if graphed else None
+        self.why_eager = why_eager
         self.ckpts = CheckpointDir(self.run_dir / CHECKPOINTS, keep_last=cfg.keep_last,
                                    keep_preval=max(cfg.keep_last, cfg.swa_last))
         # trainer state (everything below goes into every checkpoint)
@@ -194,44 +203,67 @@ class Trainer(TrainerLogging):
         bar = progress_bar(self.steps_per_epoch, self.batch // cfg.grad_accum, f"epoch {self.epoch + 1}/{cfg.epochs}",
                            self.quiet or not self.is_main)
         window: dict[str, float] = {"loss": 0.0, "n": 0, "samples": 0}
+        if self.graphs is not None:
+            self.graphs.drain({})  # the last epoch's steps after its last log step are not this window's
         t0 = time.perf_counter()
         while self.batch < self.n_batches and not (cfg.max_steps and self.step >= cfg.max_steps):
             group = range(self.batch, min(self.batch + cfg.grad_accum, self.n_batches))
             idxs = [self.batch_at(self.epoch, i) for i in group]
             total = sum(len(i) for i in idxs) if self.world == 1 else sum(self.global_size(i) for i in group)
             lr = lr_at(self.step, lr=cfg.lr, lr_min=cfg.lr_min, warmup=self.warmup, total=self.total_steps)
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
-            # loss, stats and grad norm stay device tensors until a log step reads them: a float() per step
-            # would make the CPU wait for the GPU's queue every step (docs/benchmarks.md, "host syncs")
-            step_loss = torch.zeros((), device=self.device)
-            for j, idx in enumerate(idxs):                # gradient accumulation: mean over the whole group
-                with self._no_sync(j < len(idxs) - 1):
-                    with self._autocast():
-                        loss, stats = self._loss(idx)
-                    (loss * (self.world * len(idx) / total)).backward()  # world = 1: len(idx) / total
-                step_loss += loss.detach().float() * (len(idx) / total)
-                for k, v in stats.items():
-                    window[k] = window.get(k, 0.0) + v / len(idxs)
-            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-                         if cfg.clip_norm > 0 else None)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            # the graphed step (train/graphed.py): one replay; its loss and stats are summed on the device
+            graphed = self.graphs.step(idxs[0], self.step, lr) if self.graphs is not None else None
+            if graphed is not None:
+                step_loss, grad_norm = graphed
+            else:
+                step_loss, grad_norm = self._eager_step(idxs, total, lr, window)
             self.step += 1
             self.batch = group.stop
-            window["loss"] += step_loss
+            if graphed is None:
+                window["loss"] += step_loss
             window["n"] += 1
             window["samples"] += sum(len(i) for i in idxs)   # this rank's (summed over ranks when logged)
             bar.update(1)
             if not bar.disable and self.step % 10 == 0:  # rank 0's rows, rescaled (a sync: not every step)
                 bar.set_postfix(loss=f"{float(step_loss) * self.world:.4f}", lr=f"{lr:.2e}")
             if self.step % cfg.log_every == 0:
+                if self.graphs is not None:
+                    self.graphs.drain(window)
                 self._log_train(window, lr, float("nan") if grad_norm is None else float(grad_norm),
                                 time.perf_counter() - t0)
                 window, t0 = {"loss": 0.0, "n": 0, "samples": 0}, time.perf_counter()
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                 self._save(f"step-{self.step}.pt")
         bar.close()
+
+    def _eager_step(self, idxs: list[np.ndarray], total: int, lr: float, window: dict[str, Any]
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimizer step without a graph: forward and backward of each micro-batch of the accumulation
+        group, clip, AdamW. Returns the step's loss and gradient norm as device tensors."""
+        cfg, model = self.cfg, self.task.model
+        if self.graphs is not None:  # graphs read the learning rate from their device tensor
+            self.graphs.lr.fill_(lr)
+            self.graphs._set_lr_tensor()
+        else:
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+        # loss, stats and grad norm stay device tensors until a log step reads them: a float() per step
+        # would make the CPU wait for the GPU's queue every step (docs/benchmarks.md, "host syncs")
+        step_loss = torch.zeros((), device=self.device)
+        for j, idx in enumerate(idxs):                # gradient accumulation: mean over the whole group
+            with self._no_sync(j < len(idxs) - 1):
+                with self._autocast():
+                    loss, stats = self._loss(idx)
+                (loss * (self.world * len(idx) / total)).backward()  # world = 1: len(idx) / total
+            step_loss += loss.detach().float() * (len(idx) / total)
+            for k, v in stats.items():
+                window[k] = window.get(k, 0.0) + v / len(idxs)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                     if cfg.clip_norm > 0 else None)
+        self.optimizer.step()
+        # a graph holds the gradient buffers it captured: keep them (zeroed), never free them
+        self.optimizer.zero_grad(set_to_none=self.graphs is None)
+        return step_loss, grad_norm
 
     def _loss(self, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
         if self.ddp is None:
@@ -335,9 +367,13 @@ class Trainer(TrainerLogging):
 
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        opt = self.optimizer.state_dict()
+        for g in opt["param_groups"]:  # the graphed step's learning rate is a device tensor: store a number
+            if isinstance(g.get("lr"), torch.Tensor):
+                g["lr"] = float(g["lr"])
         state = {
             "format": FORMAT, "task": self.task.name,
-            "model": self.task.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.task.model.state_dict(), "optimizer": opt,
             "scheduler": {"kind": "warmup_cosine", "lr": self.cfg.lr, "lr_min": self.cfg.lr_min,
                           "warmup": self.warmup, "total_steps": self.total_steps},
             "step": self.step, "epoch": self.epoch, "batch": self.batch,
@@ -400,6 +436,7 @@ class Trainer(TrainerLogging):
                 save_config(self.run_config, self.run_dir / CONFIG)
         libs = report_openmp()
         self.log_record("event", event="start", fresh=self._fresh, device=str(self.device), amp=self.use_amp,
+                        cuda_graph=self.graphs is not None, eager_because=self.why_eager,
                         threads=self.threads, openmp=libs, n_train=self.task.n_train, n_batches=self.n_batches,
                         steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
                         params=sum(p.numel() for p in self.task.model.parameters()),

@@ -40,6 +40,7 @@ from vecrag.runtime import to_device
 from vecrag.scoring.evaluators import NextVectorEvaluator, vector_groups
 from vecrag.scoring.predictors import DEFAULT_EWMA_ALPHA, HeuristicPredictor
 from vecrag.train import distributed as dd
+from vecrag.train.graphed import Staged
 from vecrag.train.losses import info_nce
 
 log = logging.getLogger(__name__)
@@ -147,18 +148,33 @@ class LVMTask:
         ctx = self.bank_t[ids.clamp(min=0)] * mask[:, :, None].float()
         return ctx, mask
 
-    def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        i = to_device(np.asarray(idx, dtype=np.int64), self.device)
+    def stage(self, idx: np.ndarray, step: int, *, graphed: bool = False) -> Staged:
+        """The micro-batch's sample indices (and, under torchrun, every rank's target ids) for :meth:`compute`."""
+        idx = np.asarray(idx, dtype=np.int64)
+        self._seen += len(idx)
+        arrays = {"idx": idx}
+        key: tuple = ()
+        if self.cfg.loss.w_nce > 0 and dd.is_distributed():
+            all_ids, sizes = dd.gather_ids(self.train.target[idx])
+            arrays["all_ids"] = all_ids
+            key = ("ranks", dd.offset(sizes))
+        return Staged(key, arrays)
+
+    def compute(self, t: dict[str, torch.Tensor], key: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of staged samples, on the device alone (no host sync: the graphed step captures it)."""
+        i = t["idx"]
         ctx, mask = self.context(self.train_ctx[i])
         tgt_ids = self.train_tgt[i]
         pred = self.model(ctx, mask)
-        self._seen += len(idx)
-        if self.cfg.loss.w_nce > 0 and dd.is_distributed():
-            all_ids, sizes = dd.gather_ids(tgt_ids.cpu().numpy())
-            all_t = torch.from_numpy(all_ids).to(self.device)
+        if "all_ids" in t:  # torchrun: every rank's targets are the InfoNCE candidates
+            all_t = t["all_ids"]
             return lvm_loss(pred, self.bank_t[tgt_ids], self.cfg.loss, self.groups[tgt_ids],
-                            cands=self.bank_t[all_t], cand_groups=self.groups[all_t], offset=dd.offset(sizes))
+                            cands=self.bank_t[all_t], cand_groups=self.groups[all_t], offset=key[1])
         return lvm_loss(pred, self.bank_t[tgt_ids], self.cfg.loss, self.groups[tgt_ids])
+
+    def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        st = self.stage(idx, step)
+        return self.compute({k: to_device(a, self.device) for k, a in st.arrays.items()}, st.key)
 
     def evaluator(self) -> NextVectorEvaluator:
         """The val split's evaluator (the same object `vecrag eval lvm` scores with), sharing the device bank."""

@@ -40,6 +40,7 @@ from vecrag.models.towers import RetrieverModel
 from vecrag.runtime import to_device
 from vecrag.scoring.heuristics import heuristic_query
 from vecrag.train import distributed as dd
+from vecrag.train.graphed import Staged
 from vecrag.train.losses import ChunkMeta, InfoNCELoss, MemoryBankQueue, NegativeMasker
 from vecrag.train.mining.curriculum import Curriculum, FilterConfig, MiningStats
 from vecrag.train.mining.miners import MiningCore, make_searcher
@@ -109,36 +110,33 @@ class RetrieverTask:
         self._bank_f32: torch.Tensor | None = None
         self._search_lock = threading.Lock()
         self._val_index = None
+        # the step's id tables (moved to the training device by attach): target and article start of each
+        # training sample, and the context offsets L..1
+        self._targets = torch.from_numpy(self.train.target)
+        self._starts = torch.from_numpy(self.train.start)
+        self._back = torch.arange(self.L, 0, -1, dtype=torch.int64)
+        self._step_core: MiningCore | None = None
+        self._mine_sums: torch.Tensor | None = None
+        self._mine_batches: list[tuple[int, int]] = []
+        self._reuse_idx: np.ndarray | None = None
 
     # ---- Task protocol ---------------------------------------------------------------------------------
     def attach(self, trainer) -> None:
         self.trainer = trainer
         self.device = trainer.device
         self.bank_t = bank_tensor(self.bank.vectors, self.device)
+        self._targets, self._starts, self._back = (x.to(self.device) for x in (self._targets, self._starts,
+                                                                                 self._back))
         self.negatives.start(trainer.step)  # an async miner opens its index (or process) while the first epochs run
 
-    def _rows(self, *id_arrays: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(ids, float32 bank rows) on the training device for each array of ids (any shape; -1 reads row 0,
-        masked by the caller). ONE host-to-device copy and ONE gather for all of them: on a GPU the step is
-        launch-bound, and each copy from pageable memory is also a stream sync."""
-        arrays = [np.asarray(a, np.int64) for a in id_arrays]
-        flat = to_device(np.concatenate([a.reshape(-1) for a in arrays]), self.bank_t.device)  # no host wait
-        rows = self.bank_t.index_select(0, flat.clamp(min=0)).to(self.device).float()
-        flat = flat.to(self.device)
-        out, s = [], 0
-        for a in arrays:
-            out.append((flat[s:s + a.size].view(a.shape), rows[s:s + a.size].view(*a.shape, self.bank.dim)))
-            s += a.size
-        return out
-
-    def _core(self, searcher=None, thread: bool = False) -> MiningCore:
+    def _core(self, searcher=None, thread: bool = False, cuda_graph: bool | None = None) -> MiningCore:
         """A mining core of this process: the sync miner's, or (``thread``) an async miner thread's."""
         m = self.cfg.mining
         # torch exact search runs where the tower runs (the bank on the GPU when training there); faiss on CPU
         where = str(self.device) if self.device.type == "cuda" else "cpu"
         return MiningCore(self.bank.vectors, self.train, self.L, self.masker, self.filters, m.k,
                           searcher or make_searcher(self.bank, m.backend, where, self._search_bank), self.device,
-                          cuda_graph=m.graphs_for(thread))
+                          cuda_graph=m.graphs_for(thread) if cuda_graph is None else cuda_graph)
 
     def _search_bank(self) -> torch.Tensor:
         """The bank as exact torch searchers hold it, ONE copy shared by validation and every miner of this
@@ -169,46 +167,122 @@ class RetrieverTask:
         return (self.reuse_query and self.negatives.mode is MiningMode.SYNC and self.device.type == "cpu"
                 and self.cfg.model.dropout == 0 and not torch.is_autocast_enabled("cpu"))
 
-    def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    def stage(self, idx: np.ndarray, step: int, *, graphed: bool = False) -> Staged:
+        """A micro-batch for :meth:`compute`: its sample ids, the queue's ids (the whole ring, -1 where empty: one
+        shape for the whole run), every rank's positive ids under torchrun, and the mined negatives when they come
+        from the host (an async miner, or the sync miner of an eager step). A graphed step with sync mining mines
+        inside the step instead (``key`` says so): the same search and filters, captured with the rest."""
         idx = np.asarray(idx, np.int64)
-        reuse = self._reuse_query()
-        mined = None if reuse else self._mined(idx, step)  # before the forward: sync mining toggles eval mode
         pos_ids = self.train.target[idx]
-        qids = self.queue.current()
-        parts = [self.train.context_ids(self.L, idx), pos_ids, qids] + ([mined] if mined is not None else [])
-        got = self._rows(*parts)
-        (ctx_t, ctx), (_, pos_rows), (_, q_rows) = got[:3]
-        mask = ctx_t >= 0
-        q = self.model.query(ctx * mask[..., None], mask)
-        if reuse:
-            mined = self._mined(idx, step, queries=q.detach())
-            if mined is not None:
-                got += self._rows(mined)
-        pos = self.model.doc(pos_rows)
-        neg_sets, masked = [], {}
+        arrays = {"idx": idx}
+        if self.queue.size > 0:
+            arrays["queue"] = self.queue.ids.copy()
         all_ids, sizes = dd.gather_ids(pos_ids)        # every rank's positives, in rank order (plain run: own)
-        # id masks on the host (numpy): on a GPU their ~20 small ops would each be a kernel launch, and the step
-        # is launch-bound (benchmarks/step_ops.py counted 461 -> 517 ops a step with them on the device)
+        if len(sizes) > 1:
+            arrays["all_ids"] = all_ids
+        epoch = self.trainer.epoch if self.trainer is not None else 0
+        phase = self.curriculum.phase_for(epoch)
+        key: tuple = (tuple(sizes),)
+        if graphed and phase is not None and self.negatives.mode is MiningMode.SYNC:
+            key += ("mine", phase.n_neg, phase.lo, phase.hi)
+            self.counters["mined_sync"] += 1
+            self.counters["mined_sync_graph"] += 1
+            # a replay runs no Python: the host counts the samples mined, the device sums the miner's statistics
+            self._mine_batches.append((len(idx), min(self.cfg.mining.k + self.L, self.bank.n)))
+        elif not graphed and self._reuse_query():
+            key += ("reuse", step)
+            self._reuse_idx = idx
+        else:
+            mined = self._mined(idx, step)  # before the forward: sync mining toggles eval mode
+            if mined is not None:
+                arrays["mined"] = mined
+        return Staged(key, arrays, after=lambda: self.queue.push(all_ids))
+
+    def compute(self, t: dict[str, torch.Tensor], key: tuple) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of a staged micro-batch. Everything runs on the training device with no host sync (the graphed
+        step captures it) except the CPU path that mines with the step's own queries (``reuse``)."""
+        dev = self.device
+        idx = t["idx"]
+        pos_ids, start = self._targets[idx], self._starts[idx]
+        ctx_ids = pos_ids[:, None] - self._back[None, :]
+        ctx_ids = torch.where(ctx_ids >= start[:, None], ctx_ids, -1)
+        mined = t.get("mined")
+        if len(key) > 1 and key[1] == "mine":
+            mined = self._mine_in_step(ctx_ids, pos_ids, start, key)
+        qids = t.get("queue")
+        parts = [ctx_ids, pos_ids] + ([qids] if qids is not None else []) + ([mined] if mined is not None else [])
+        rows = self._gather(parts)
+        ctx, pos_rows = rows[0], rows[1]
+        mask = ctx_ids >= 0
+        q = self.model.query(ctx * mask[..., None], mask)
+        if len(key) > 1 and key[1] == "reuse":  # CPU sync mining with this step's queries (see _reuse_query)
+            got = self._mined(self._reuse_idx, key[2], queries=q.detach())
+            if got is not None:
+                mined = torch.from_numpy(got).to(dev)
+                rows.append(self._gather([mined])[0])
+        pos = self.model.doc(pos_rows)
+        all_ids = t.get("all_ids", pos_ids)
+        sizes = list(key[0])
+        neg_sets, stats_masked = [], {}
         if self.cfg.loss.inbatch:
             all_pos = dd.gather_with_grad(pos, sizes)
             m, c = self.masker.mask(pos_ids, all_ids, pos, all_pos)
             neg_sets.append((all_pos, m))
-            masked["inbatch"] = c
-        if len(qids):
-            qv = self.model.doc(q_rows).detach()
+            stats_masked["inbatch"] = c
+        if qids is not None:
+            qv = self.model.doc(rows[2]).detach()
             m, c = self.masker.mask(pos_ids, qids, pos, qv)
             neg_sets.append((qv, m))
-            masked["queue"] = c
+            stats_masked["queue"] = c
         if mined is not None:
-            nid_t, n_rows = got[3]
             # the miners removed all the masker would (the same rules on the same bank: tests/train/test_miners.py),
             # so only the -1 padding of samples short of negatives is masked here
-            neg_sets.append((self.model.doc(n_rows), nid_t < 0))
+            neg_sets.append((self.model.doc(rows[-1]), mined < 0))
         loss, stats = self.loss_fn(q, pos, neg_sets)
-        self.queue.push(all_ids)
-        for name, c in masked.items():
-            stats[f"masked_{name}"] = sum(c.values())  # a device tensor: read when logged
+        for name, c in stats_masked.items():
+            stats[f"masked_{name}"] = sum(c.values())  # device tensors: read when logged
         return loss, stats
+
+    def loss(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        st = self.stage(idx, step)
+        out = self.compute({k: to_device(a, self.device) for k, a in st.arrays.items()}, st.key)
+        st.finish()
+        return out
+
+    def _gather(self, id_arrays: list[torch.Tensor]) -> list[torch.Tensor]:
+        """float32 bank rows [*ids.shape, D] for each id tensor (-1 reads row 0, masked by the caller): ONE gather
+        for all of them, from the bank where it lives (the GPU when it fits there)."""
+        flat = torch.cat([a.reshape(-1) for a in id_arrays]).clamp(min=0)
+        rows = self.bank_t.index_select(0, flat.to(self.bank_t.device)).to(self.device).float()
+        out, s = [], 0
+        for a in id_arrays:
+            out.append(rows[s:s + a.numel()].view(*a.shape, self.bank.dim))
+            s += a.numel()
+        return out
+
+    def _mine_in_step(self, ctx_ids: torch.Tensor, pos_ids: torch.Tensor, start: torch.Tensor,
+                      key: tuple) -> torch.Tensor:
+        """Sync mining inside the (graphed) step: the miner's device work on this batch, its negatives [B, n_neg]
+        (-1 padded) left on the device and its statistics summed into :attr:`_mine_sums` (read each epoch)."""
+        from vecrag.train.mining.curriculum import Phase
+
+        if self._step_core is None:
+            self._step_core = self._core(cuda_graph=False)  # inside the training graph: no graph of its own
+        n_neg = key[2]
+        phase = Phase(0, 0, n_neg, key[3], key[4])
+        no_amp = torch.autocast(self.device.type, enabled=False)
+        with torch.no_grad(), no_amp:
+            packed = self._step_core._select(self.model.query, ctx_ids, pos_ids, start, phase=phase)
+        B = pos_ids.shape[0]
+        tail = packed[B * n_neg:]
+        if self._mine_sums is None or self._mine_sums.shape != tail.shape:
+            self._mine_sums = torch.zeros_like(tail)
+        self._mine_sums += tail
+        return packed[:B * n_neg].long().view(B, n_neg)
+
+    def graph_state(self) -> list[torch.Tensor]:
+        """Device tensors a graphed step adds to (the step graphs put them back after a capture's warm-up)."""
+        return [self._mine_sums] if self._mine_sums is not None else []
 
     @torch.no_grad()
     def _encode_val(self, queries: bool = True) -> tuple[np.ndarray, dict]:
@@ -262,6 +336,13 @@ class RetrieverTask:
     def _flush_mining(self, epoch: int) -> None:
         st = MiningStats()
         st.merge(self.round)
+        if self._mine_batches and self._mine_sums is not None:  # mined inside graphed steps: one read an epoch
+            from vecrag.train.mining.curriculum import stats_from_counts
+
+            n = sum(b for b, _ in self._mine_batches)
+            st.merge(stats_from_counts(self._mine_sums.cpu().numpy(), n, sum(b * k for b, k in self._mine_batches)))
+            self._mine_sums.zero_()
+            self._mine_batches = []
         st.merge(self.negatives.take_round())
         self.round = MiningStats()
         if st.n_samples == 0:

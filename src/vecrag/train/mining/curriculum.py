@@ -229,11 +229,17 @@ def pack_selection(cand_ids, cand_q, cand_pos, pos_q, masked, phase: Phase, filt
 def unpack_selection(packed: np.ndarray, B: int, K: int, n_neg: int) -> tuple[np.ndarray, MiningStats]:
     """(ids [B, n_neg], statistics) from :func:`pack_selection`'s tensor, copied to the host (``K``: candidates
     a sample)."""
-    n_counts = len(RULES) + 2
     ids = packed[:B * n_neg].astype(np.int64).reshape(B, n_neg)
-    c = packed[B * n_neg:B * n_neg + n_counts].astype(np.int64)
-    neg_sum, neg_sq, pos_sum, pos_sq = packed[B * n_neg + n_counts:].tolist()
-    st = MiningStats(n_samples=B, n_candidates=B * K, n_short=int(c[-2]), neg_n=int(c[-1]),
+    return ids, stats_from_counts(packed[B * n_neg:], B, B * K)
+
+
+def stats_from_counts(tail: np.ndarray, n_samples: int, n_candidates: int) -> MiningStats:
+    """:class:`MiningStats` from the counts and sums after the ids in :func:`pack_selection`'s tensor (or those of
+    several batches added up, as the graphed training step keeps them)."""
+    n_counts = len(RULES) + 2
+    c = np.asarray(tail[:n_counts]).astype(np.int64)
+    neg_sum, neg_sq, pos_sum, pos_sq = np.asarray(tail[n_counts:]).tolist()
+    st = MiningStats(n_samples=n_samples, n_candidates=n_candidates, n_short=int(c[-2]), neg_n=int(c[-1]),
                      neg_sum=neg_sum, neg_sq=neg_sq, pos_sum=pos_sum, pos_sq=pos_sq)
     st.removed = {name: int(x) for name, x in zip(RULES, c[:len(RULES)], strict=True)}
-    return ids, st
+    return st
