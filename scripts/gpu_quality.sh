@@ -2,7 +2,7 @@
 # Headline quality runs (wiki-full) on one GPU: ingest the corpus (one ingest per SOURCE in parallel, then
 # `bank merge`), train one retriever per mining mode and the LVMs side by side on the one GPU, then evaluate
 # each on the TEST split against the full bank with every baseline, and run the cascade and the decoder on the
-# best pair. Results land in WORK (logs, run dirs, eval JSON/text).
+# best pair: calibrate on VAL, then the cascade, the decoder and generation rollouts on TEST. Results land in WORK (logs, run dirs, eval JSON/text).
 #
 #   bash scripts/gpu_quality.sh WORK CORPUS...          e.g. WORK=.gpu/work CORPUS=part-0{1,2,3}.jsonl.xz
 #
@@ -13,7 +13,8 @@
 # three, trained side by side, are the cost of mining; e.g. RET_RUNS="sync:mining.mode=sync
 # k256:mining.mode=sync,mining.k=256 rel0:mining.mode=sync,mining.rel=0"), RET_ARGS (overrides for every
 # retriever, e.g. "train.lr=1e-4"), SCHED (curriculum), LVM_NCE (LVM InfoNCE weights, "0.1"),
-# MAX_SAMPLES (cascade/decode test samples, 10000), SKIP_TRAIN (1: evaluate existing runs only),
+# MAX_SAMPLES (cascade/decode test samples, 10000), GEN_ARTICLES (articles rolled out by calibrate on VAL and by
+# eval generate on TEST, 300), TRAIN_ARGS (overrides for every trainer), SKIP_TRAIN (1: evaluate existing runs only),
 # INGEST_ARGS (extra ingest flags, e.g. --max-articles 40), RET_ONLY (1: retrievers only: no LVM, cascade or
 # decode; with LVM_NCE=""), BANK_NAME (the bank directory under WORK, wiki-full).
 # At the end WORK/results.tgz holds what to bring back from the GPU machine (a few hundred KB: logs, eval tables,
@@ -31,6 +32,8 @@ RET_ARGS="${RET_ARGS:-train.lr=2e-4}"
 SCHED="${SCHED:-0-0:none;1-1:8@0.3-0.95;2-99:16@0.3-0.97}"
 LVM_NCE="${LVM_NCE-0.1}"    # one LVM per InfoNCE weight
 MS="${MAX_SAMPLES:-10000}"
+GEN="${GEN_ARTICLES:-300}"   # test articles rolled out (a seeded sample; calibrate's VAL rollouts use as many)
+TRAIN_ARGS="${TRAIN_ARGS:-}" # overrides for every trainer, e.g. "train.cuda_graph=off"
 BANK="$W/${BANK_NAME:-wiki-full}"
 mkdir -p "$W/runs" "$W/eval"
 t0=$(date +%s)
@@ -68,14 +71,14 @@ ret() {  # name, extra overrides
   local name="$1"; shift
   timeout "$TT" $V train retriever "$BANK" --config retriever-gpu "train.epochs=$EP" "train.torch_threads=$TH" \
     train.device="$DEV" train.val_max_queries=0 train.early_stop_metric=R@10 train.patience=3 \
-    model.anchor=ewma model.alpha=0.5 mining.backend=torch "mining.schedule=$SCHED" $RET_ARGS "$@" \
+    model.anchor=ewma model.alpha=0.5 mining.backend=torch "mining.schedule=$SCHED" $RET_ARGS $TRAIN_ARGS "$@" \
     --out "$W/runs/$name" --quiet > "$W/$name.log" 2>&1
   echo "$name exit $?" >> "$W/train-status.txt"
 }
 lvm() {
   local name="$1"; shift
   timeout "$TT" $V train lvm "$BANK" --config lvm-gpu "train.epochs=$EP" "train.torch_threads=$TH" \
-    train.device="$DEV" train.patience=3 "$@" --out "$W/runs/$name" --quiet > "$W/$name.log" 2>&1
+    train.device="$DEV" train.patience=3 $TRAIN_ARGS "$@" --out "$W/runs/$name" --quiet > "$W/$name.log" 2>&1
   echo "$name exit $?" >> "$W/train-status.txt"
 }
 if [ -z "${SKIP_TRAIN:-}" ]; then
@@ -136,15 +139,18 @@ print(max(scores, key=scores.get) if scores else sorted(p.name for p in runs.glo
 EOF
 }
 R=$(best ret R@10); L=$(best lvm cos)
-stamp "cascade + decode with retriever $R and LVM $L on $MS test samples"
-# the LVM fusion weight: a grid on val (to choose) and on test (to report), from one search each
-for sp in val test; do
-  $V eval cascade "$BANK" --lvm "$W/runs/$L" --retriever "$W/runs/$R" --split "$sp" --backend torch --device "$DEV" \
-    --max-samples "$MS" --w-lvm-grid 0,0.1,0.25,0.5,1 --out "$W/eval" --quiet | tee "$W/eval/cascade-$sp.txt"
-done
+stamp "calibrate decoding on VAL with retriever $R and LVM $L (fusion weights, thresholds, rollout settings)"
+$V calibrate "$BANK" --lvm "$W/runs/$L" --retriever "$W/runs/$R" --backend torch --device "$DEV" \
+  --max-samples "$MS" --max-articles "$GEN" --quiet | tee "$W/eval/calibrate.txt"
+stamp "cascade (calibrated weights beside the first stage), decode and rollouts on TEST"
+$V eval cascade "$BANK" --lvm "$W/runs/$L" --retriever "$W/runs/$R" --split test --backend torch --device "$DEV" \
+  --max-samples "$MS" --out "$W/eval" --quiet | tee "$W/eval/cascade-test.txt"
 for p in conservative neutral creative; do
   $V eval decode "$BANK" --lvm "$W/runs/$L" --retriever "$W/runs/$R" --split test --backend torch \
     --device "$DEV" --profile "$p" --max-samples "$MS" --out "$W/eval" --quiet | tee "$W/eval/decode-$p.txt"
 done
+$V eval generate "$BANK" --lvm "$W/runs/$L" --retriever "$W/runs/$R" --split test --backend torch --device "$DEV" \
+  --profile neutral --profile conservative --profile creative --max-articles "$GEN" --out "$W/eval" --quiet \
+  | tee "$W/eval/generate-test.txt"
 pack
 stamp "done"

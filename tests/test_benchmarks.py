@@ -116,6 +116,12 @@ CASES: dict[str, Case] = {
         [r"^\| N \| index \| params \| device \| build s \| q/s batch 1 \| q/s batch 1024 \| Recall@10 vs exact \|$",
          *(rf"^\| 2,000 \| {k} \| .* \| cpu \| {NUM} \| {NUM} \| {NUM} \| {NUM} \|$"
            for k in ("exact-torch", "flat", "ivf", "hnsw", "ivfpq"))]),
+    "graph_step": lambda t: (  # on a CPU: the eager trainer rows and the bare eager LVM step
+        bench("graph_step", "--device", "cpu", "--size", 3000, "--steps", 4, "--log-every", 2, "--k", 8,
+              "--workdir", t),
+        [r"^\| task \| step \| batch \| samples/s \| vs bare graphed step \|$",
+         *(rf"^\| {task} \| {m} \| 256 \| {NUM} \|  \|$" for task, m in
+           (("retriever", "none"), ("retriever", "sync"), ("lvm", "trainer"), ("lvm", "bare eager")))]),
     "ingest_overhead": lambda t: (
         bench("ingest_overhead", "--corpus", tiny_corpus(t), "--articles", 20, "--batch-size", 16),
         [r"^\| articles \| chunks \| seconds \| chunks/s without the encoder \|$",
@@ -307,13 +313,14 @@ def test_gpu_quality_dry_run(tmp_path: Path) -> None:
     out = run(["bash", "scripts/gpu_quality.sh", str(work), "a.jsonl.xz", "b.jsonl.xz"],
               env={"PATH": f"{exe.parent}{os.pathsep}{os.environ['PATH']}", "RECORD_TO": str(log)})
     assert "== +" in out and out.rstrip().endswith("done")
-    assert "cascade + decode with retriever ret-sync and LVM lvm-nce0.1" in out
+    assert "calibrate decoding on VAL with retriever ret-sync and LVM lvm-nce0.1" in out
     assert "ret-sync: median samples/s (epochs >= 1) 100;" in out
     assert (work / "results.tgz").is_file()
     calls = recorded(log)
     names = [" ".join(c[:2]) if c[0] in ("bank", "eval", "train") else c[0] for c in calls]
     assert Counter(names) == {"ingest": 2, "bank merge": 1, "bank info": 1, "eval baselines": 1, "train retriever": 3,
-                              "train lvm": 1, "eval retriever": 3, "eval lvm": 1, "eval cascade": 2, "eval decode": 3}
+                              "train lvm": 1, "eval retriever": 3, "eval lvm": 1, "calibrate": 1, "eval cascade": 1,
+                              "eval decode": 3, "eval generate": 1}
     parser = build_parser()
     for argv in calls:
         try:
