@@ -239,6 +239,13 @@ class StepGraphs:
             window[k] = window.get(k, 0.0) + float(v)
         self._eager_sums = {}
 
+    def discard(self) -> None:
+        """Zero the sums without reading them (no host sync): the steps since the last log step are not logged."""
+        for g in self.graphs.values():
+            g.acc.zero_()
+            g.replays = 0
+        self._eager_sums = {}
+
     def summary(self) -> dict[str, Any]:
         return {"graphs": len(self.graphs), "captures": self.captures, "eager_keys": len(self.eager_keys),
                 "failed": self.failed or ""}

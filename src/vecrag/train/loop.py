@@ -204,7 +204,7 @@ class Trainer(TrainerLogging):
                            self.quiet or not self.is_main)
         window: dict[str, float] = {"loss": 0.0, "n": 0, "samples": 0}
         if self.graphs is not None:
-            self.graphs.drain({})  # the last epoch's steps after its last log step are not this window's
+            self.graphs.discard()  # the last epoch's steps after its last log step are not this window's
         t0 = time.perf_counter()
         while self.batch < self.n_batches and not (cfg.max_steps and self.step >= cfg.max_steps):
             group = range(self.batch, min(self.batch + cfg.grad_accum, self.n_batches))
