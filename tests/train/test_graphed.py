@@ -168,3 +168,21 @@ def test_a_step_that_cannot_be_captured_runs_eager_and_says_so(bank, tmp_path, c
     assert tr.step == tr.total_steps and np.isfinite(records(tmp_path / "r", "train")[-1]["loss"])
     x = torch.randn(4, device="cuda")  # the device's random generator is usable again
     assert torch.isfinite(torch.nn.functional.dropout(x, 0.5)).all()
+
+
+def test_an_async_miss_staged_as_padding_gives_the_loss_of_no_mined_set(bank):
+    """A graphed step stages an async batch that missed as all -1 negatives (one graph per phase, not two): the
+    padding is masked, so the loss and the stats are those of the step without mined negatives."""
+    cfg = load_config(RetrieverConfig, "retriever-tiny", ["mining.mode=none"])
+    resolve_config(cfg, bank)
+    task = RetrieverTask(bank, cfg)
+    st = task.stage(np.arange(16), 0)
+    t = {k: torch.from_numpy(v) for k, v in st.arrays.items()}
+    torch.manual_seed(0)
+    loss, stats = task.compute(t, st.key)
+    torch.manual_seed(0)
+    padded, pstats = task.compute({**t, "mined": torch.full((16, 4), -1, dtype=torch.int64)}, st.key)
+    assert float(loss.detach()) > 0
+    torch.testing.assert_close(padded, loss)
+    assert float(pstats["n_neg"]) == float(stats["n_neg"]) and float(pstats["acc"]) == float(stats["acc"])
+    task.close()

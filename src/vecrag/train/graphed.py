@@ -15,11 +15,12 @@ GPU runs batch i. The loss and the task's stats stay on the device until a log s
 
 A task opts in with ``stage(idx, step, graphed=True) -> Staged`` and ``compute(tensors, key) -> (loss, stats)``
 (:class:`GraphTask`); its ``loss(idx, step)`` is ``compute`` of the eager staging, so eager and graphed steps run
-the same function. A graph is captured per key (the task's key: curriculum phase, mined or not; and the arrays'
-shapes: the last partial batch of an epoch is its own shape) and kept for the run (at most ``max_graphs``; a key
-past them runs eager). Capture needs the optimizer's state to exist, so the first step of a fresh run is eager;
-the warm-up iterations before a capture run on a side stream and are undone (weights, gradients, optimizer state,
-the task's device counters and the RNG states are put back), so capturing does not change the trajectory. A step
+the same function. A graph is captured per key (the task's key: curriculum phase, mined in the step or not; and
+the arrays' shapes: the last partial batch of an epoch is its own shape) and kept while used (at most
+``max_graphs``: the least recently replayed is dropped, as a finished curriculum phase's are). Capture needs the
+optimizer's state to exist, so the first step of a fresh run is eager; the warm-up iterations before a capture run
+on a side stream and are undone (weights, gradients, optimizer state, the task's device counters and the RNG
+states are put back), so capturing does not change the trajectory. A step
 that cannot be captured (a host sync in a custom model, an old driver) runs eager from then on, and the run's log
 says so once (event ``cuda_graph``).
 
@@ -32,6 +33,7 @@ within rounding, not bit for bit (CPU runs never use graphs and stay bit-exact).
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -77,29 +79,46 @@ def graph_support(device: torch.device, world: int, grad_accum: int) -> str:
 
 
 @dataclass
+class _Sums:
+    acc: torch.Tensor                      # [2 + n_stats] float32: loss, grad-norm sum, stats (summed over replays)
+    names: list[str]                       # the stats' names, in acc order after loss and grad norm
+    replays: int = 0                       # replays since the last read
+
+    def read_into(self, window: dict[str, Any]) -> None:
+        if self.replays:
+            vals = self.acc.tolist()  # a host sync: log steps only
+            window["loss"] = window.get("loss", 0.0) + vals[0]
+            for n, v in zip(self.names, vals[2:], strict=True):
+                window[n] = window.get(n, 0.0) + v
+        self.reset()
+
+    def reset(self) -> None:
+        self.acc.zero_()
+        self.replays = 0
+
+
+@dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
     flat: torch.Tensor                     # static input: every staged array, concatenated (int64)
-    acc: torch.Tensor                      # [2 + n_stats] float32: loss, grad-norm sum, stats (summed over replays)
+    sums: _Sums                            # the loss and stats of its replays, summed on the device
     grad_norm: torch.Tensor                # the last replay's gradient norm
     loss: torch.Tensor                     # the last replay's loss
-    names: list[str]                       # the stats' names, in acc order after loss and grad norm
-    replays: int = 0
 
 
 class StepGraphs:
     """The trainer's graphed step (see the module docstring). ``step`` returns the step's (loss, grad norm) as
     device tensors, or None when this step must run eager (the caller then runs its eager step)."""
 
-    def __init__(self, trainer: Any, *, max_graphs: int = 6, warmup: int = 2):
+    def __init__(self, trainer: Any, *, max_graphs: int = 8, warmup: int = 2):
         self.t = trainer
         self.task = trainer.task
         self.device = trainer.device
         self.max_graphs = int(max_graphs)
         self.warmup = int(warmup)
         self.lr = torch.zeros((), dtype=torch.float32, device=self.device)
-        self.graphs: dict[Hashable, _Graph] = {}
-        self.eager_keys: set[Hashable] = set()
+        self.graphs: OrderedDict[Hashable, _Graph] = OrderedDict()
+        self._retired: list[_Sums] = []  # the sums of dropped graphs, not read yet
         self.failed: str | None = None
         self._pool: Any = None
         self._eager_sums: dict[str, Any] = {}
@@ -113,21 +132,21 @@ class StepGraphs:
         key = (st.key, tuple((k, a.shape) for k, a in st.arrays.items()))
         g = self.graphs.get(key)
         if g is None:
-            if key in self.eager_keys or len(self.graphs) >= self.max_graphs:
-                self.eager_keys.add(key)
-                return self._eager(st)
             g = self._capture(key, st)
             if g is None:
                 return self._eager(st)
+            while len(self.graphs) > self.max_graphs:  # the least recently replayed: a finished phase's
+                self._retired.append(self.graphs.popitem(last=False)[1].sums)
+        self.graphs.move_to_end(key)
         g.flat.copy_(_pinned_flat(st.arrays), non_blocking=True)  # stream-ordered after the last replay's reads
         self.lr.fill_(lr)
         g.graph.replay()
-        g.replays += 1
+        g.sums.replays += 1
         st.finish()
         return g.loss, g.grad_norm
 
     def _eager(self, st: Staged) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step without a graph, from the same staged arrays (a key past ``max_graphs``, or after a failure)."""
+        """One step without a graph, from the same staged arrays (after a capture failed)."""
         t = _views(_pinned_flat(st.arrays).to(self.device, non_blocking=True), st.arrays)
         self._set_lr_tensor()
         loss, gn, stats = self._body(t, st.key)
@@ -185,7 +204,7 @@ class StepGraphs:
             self.t.log_record("event", event="cuda_graph", ok=False, reason=self.failed, step=self.t.step)
             return None
         self.captures += 1
-        g = _Graph(graph, flat, acc, gn, loss, names)
+        g = _Graph(graph, flat, _Sums(acc, names), gn, loss)
         self.graphs[key] = g
         self.t.log_record("event", event="cuda_graph", ok=True, key=repr(key[0]), shapes=repr(key[1]),
                           graphs=len(self.graphs), step=self.t.step)
@@ -226,15 +245,9 @@ class StepGraphs:
     def drain(self, window: dict[str, Any]) -> None:
         """Add every graph's summed loss and stats since the last drain into ``window`` (one host sync: a log
         step), then zero the sums."""
-        for g in self.graphs.values():
-            if not g.replays:
-                continue
-            vals = g.acc.tolist()
-            window["loss"] = window.get("loss", 0.0) + vals[0]
-            for n, v in zip(g.names, vals[2:], strict=True):
-                window[n] = window.get(n, 0.0) + v
-            g.acc.zero_()
-            g.replays = 0
+        for sums in [*(g.sums for g in self.graphs.values()), *self._retired]:
+            sums.read_into(window)
+        self._retired = []
         for k, v in self._eager_sums.items():
             window[k] = window.get(k, 0.0) + float(v)
         self._eager_sums = {}
@@ -242,12 +255,12 @@ class StepGraphs:
     def discard(self) -> None:
         """Zero the sums without reading them (no host sync): the steps since the last log step are not logged."""
         for g in self.graphs.values():
-            g.acc.zero_()
-            g.replays = 0
+            g.sums.reset()
+        self._retired = []
         self._eager_sums = {}
 
     def summary(self) -> dict[str, Any]:
-        return {"graphs": len(self.graphs), "captures": self.captures, "eager_keys": len(self.eager_keys),
+        return {"graphs": len(self.graphs), "captures": self.captures,
                 "failed": self.failed or ""}
 
 
