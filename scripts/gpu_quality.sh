@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Headline quality runs (wiki-full) on one GPU: ingest the corpus (one ingest per SOURCE in parallel, then
 # `bank merge`), train one retriever per mining mode and the LVMs side by side on the one GPU, then evaluate
-# each on the TEST split against the full bank with every baseline, and run the cascade and the decoder on the
-# best pair: calibrate on VAL, then the cascade, the decoder and generation rollouts on TEST. Results land in WORK (logs, run dirs, eval JSON/text).
+# each on the TEST split against the full bank with every baseline; with the best pair, calibrate decoding on VAL,
+# then run the cascade, the decoder and generation rollouts on TEST. Results land in WORK (logs, run dirs, eval
+# JSON/text).
 #
 #   bash scripts/gpu_quality.sh WORK CORPUS...          e.g. WORK=.gpu/work CORPUS=part-0{1,2,3}.jsonl.xz
 #
