@@ -186,3 +186,20 @@ def test_an_async_miss_staged_as_padding_gives_the_loss_of_no_mined_set(bank):
     torch.testing.assert_close(padded, loss)
     assert float(pstats["n_neg"]) == float(stats["n_neg"]) and float(pstats["acc"]) == float(stats["acc"])
     task.close()
+
+
+def test_a_checkpoint_keeps_the_optimizer_flags_of_the_run_that_loads_it(bank, tmp_path):
+    """optimizer.load_state_dict copies the saved run's capturable / fused / foreach: a GPU run's checkpoint resumed
+    on a CPU (or a CPU run's on a GPU, which would turn its graphs off) must get the loading run's own flags."""
+    cfg = load_config(LVMConfig, "lvm-tiny", ["train.epochs=1", "train.max_steps=2"])
+    cfg.bank = str(bank.path)
+    tr = Trainer(LVMTask(bank, cfg), cfg.train, tmp_path / "a", run_config=cfg, quiet=True)
+    tr.fit()
+    state = tr.state_dict()
+    for g in state["optimizer"]["param_groups"]:
+        g.update(capturable=True, fused=True, foreach=False)  # as a graphed GPU run writes them
+    other = Trainer(LVMTask(bank, cfg), cfg.train, tmp_path / "b", run_config=cfg, quiet=True)
+    other.load_state_dict(state)
+    assert all(g["capturable"] is False and g["fused"] is None and g["foreach"] is None
+               for g in other.optimizer.param_groups)
+    assert other.step == 2

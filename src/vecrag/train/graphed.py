@@ -177,6 +177,7 @@ class StepGraphs:
         views = _views(flat, st.arrays)
         self._set_lr_tensor()
         saved = self._snapshot()
+        stream = torch.cuda.current_stream(self.device)  # a broken capture can leave the capture stream current
         try:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
@@ -193,11 +194,13 @@ class StepGraphs:
                 acc.add_(torch.stack([loss, gn, *(stats[n] for n in names)]))
             self._pool = graph.pool()
         except Exception as err:  # noqa: BLE001 -- any capture failure: this run's steps run eager
+            torch.cuda.set_stream(stream)
             self._restore(saved)
             from vecrag.train.mining.graph import release_rng
 
             release_rng(self.device)
             self.failed = f"{type(err).__name__}: {err}"
+            self._retired.extend(g.sums for g in self.graphs.values())  # their steps are still logged
             self.graphs.clear()
             log.warning("training runs without CUDA graphs (capture failed: %s); results are the same, steps are "
                         "slower", self.failed)

@@ -396,6 +396,7 @@ class Trainer(TrainerLogging):
                                    "--nproc_per_node)")
         self.task.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._own_optimizer_flags()
         self.step, self.epoch, self.batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
         tr = state["trainer"]
         self.validated, self.best, self.best_epoch = int(tr["validated"]), tr["best"], int(tr["best_epoch"])
@@ -409,6 +410,19 @@ class Trainer(TrainerLogging):
             log.warning("the run's config differs from the checkpoint's; resuming with the run's config "
                         "(results will not match an uninterrupted run)")
         self._fresh = False
+
+    def _own_optimizer_flags(self) -> None:
+        """``load_state_dict`` copies the saved run's ``capturable`` / ``fused`` / ``foreach`` over this run's: a
+        checkpoint of a CPU or eager run would turn this run's graphs off (and its eager AdamW per-parameter). Put
+        this run's back, with the step counters where a capturable or fused AdamW keeps them."""
+        own = {"capturable": self.graphs is not None, "fused": True if self.device.type == "cuda" else None,
+               "foreach": None}
+        for g in self.optimizer.param_groups:
+            g.update(own)
+        if own["capturable"] or own["fused"]:
+            for p, st in self.optimizer.state.items():
+                if isinstance(st.get("step"), torch.Tensor):
+                    st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
 
     @classmethod
     def resume(cls, run_dir: str | Path, task: Task, cfg: TrainConfig, *, run_config: Any = None,

@@ -194,7 +194,7 @@ class RetrieverTask:
             self._reuse_idx = idx
         else:
             mined = self._mined(idx, step)  # before the forward: sync mining toggles eval mode
-            if mined is None and graphed and phase is not None:
+            if mined is None and graphed and phase is not None and self.negatives.mode is MiningMode.ASYNC:
                 # an async batch not ready in time: all padding (masked, the same loss as no mined set) keeps
                 # the phase's one graph instead of capturing a second for the batches that missed
                 mined = np.full((len(idx), phase.n_neg), -1, np.int64)
