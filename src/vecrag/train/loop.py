@@ -42,6 +42,8 @@ from vecrag.train import distributed as dd
 from vecrag.train.checkpoint import CheckpointDir, rng_state, set_rng_state
 from vecrag.train.graphed import GraphTask, StepGraphs, graph_support
 from vecrag.train.loop_logging import TrainerLogging, progress_bar, rss_mb
+from vecrag.train.optim import build_adamw, restore_flags
+from vecrag.train.swa import average_last_epochs
 
 __all__ = ["Task", "Trainer", "lr_at", "rss_mb", "seed_everything"]
 
@@ -121,12 +123,7 @@ class Trainer(TrainerLogging):
         graphed = cfg.cuda_graph != "off" and not why_eager
         if cfg.cuda_graph == "on" and why_eager:
             log.warning("train.cuda_graph=on, but the step runs eager: %s", why_eager)
-        decay = [p for p in task.model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in task.model.parameters() if p.requires_grad and p.dim() < 2]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
-                                           fused=True if self.device.type == "cuda" else None,  # GPU: launch-bound
-                                           capturable=graphed)
+        self.optimizer = build_adamw(task.model, cfg, self.device, graphed)
         self.graphs = StepGraphs(self) if graphed else None
         self.why_eager = why_eager
         self.ckpts = CheckpointDir(self.run_dir / CHECKPOINTS, keep_last=cfg.keep_last,
@@ -189,7 +186,7 @@ class Trainer(TrainerLogging):
                 self.finished = True
             self._validate_and_checkpoint(self.epoch)
         self.finished = True
-        self._swa()
+        average_last_epochs(self)  # train.swa_last
         self._save(LAST)
         self.log_record("event", event="done", step=self.step, best=self.best, best_epoch=self.best_epoch)
         if self._tb is not None:
@@ -336,35 +333,6 @@ class Trainer(TrainerLogging):
         else:
             self._save(LAST)
 
-    def _swa(self) -> None:
-        """Average the weights of the last ``swa_last`` epoch checkpoints; keep them if they validate better."""
-        k = self.cfg.swa_last
-        if not self.is_main:  # rank 0 alone reads its checkpoints, validates and writes swa.pt / best.pt
-            return
-        files = self.ckpts.preval_files()[-k:] if k else []
-        if len(files) < 2 or (self.run_dir / CHECKPOINTS / "swa.pt").exists():
-            return
-        states = [self.ckpts.load(f)["model"] for f in files]
-        live = self.task.model.state_dict()
-        avg = {n: (sum(s[n].double() for s in states) / len(states)).to(live[n].dtype)
-               if live[n].is_floating_point() else states[-1][n] for n in live}
-        keep = {n: t.detach().clone() for n, t in live.items()}
-        self.task.model.load_state_dict(avg)
-        self.task.model.eval()
-        with torch.no_grad():
-            metrics = {k2: float(v) for k2, v in self.task.validate(self.epoch).items()}
-        self.task.model.train()
-        score = metrics[self.cfg.early_stop_metric]
-        better = score > self.best if self.cfg.early_stop_mode == "max" else score < self.best
-        self.log_record("val", epoch=self.epoch, step=self.step, swa=len(files), **metrics, improved=better)
-        state = self.state_dict()
-        state["swa_of"] = files
-        if better:
-            self.best, self.best_epoch = score, self.epoch
-            self.ckpts.save(BEST, state)
-        self.ckpts.save("swa.pt", state)
-        self.task.model.load_state_dict(keep)  # last.pt keeps the trained weights
-
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         opt = self.optimizer.state_dict()
@@ -396,7 +364,7 @@ class Trainer(TrainerLogging):
                                    "--nproc_per_node)")
         self.task.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self._own_optimizer_flags()
+        restore_flags(self.optimizer, self.device, self.graphs is not None)  # this run's, not the checkpoint's
         self.step, self.epoch, self.batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
         tr = state["trainer"]
         self.validated, self.best, self.best_epoch = int(tr["validated"]), tr["best"], int(tr["best_epoch"])
@@ -410,19 +378,6 @@ class Trainer(TrainerLogging):
             log.warning("the run's config differs from the checkpoint's; resuming with the run's config "
                         "(results will not match an uninterrupted run)")
         self._fresh = False
-
-    def _own_optimizer_flags(self) -> None:
-        """``load_state_dict`` copies the saved run's ``capturable`` / ``fused`` / ``foreach`` over this run's: a
-        checkpoint of a CPU or eager run would turn this run's graphs off (and its eager AdamW per-parameter). Put
-        this run's back, with the step counters where a capturable or fused AdamW keeps them."""
-        own = {"capturable": self.graphs is not None, "fused": True if self.device.type == "cuda" else None,
-               "foreach": None}
-        for g in self.optimizer.param_groups:
-            g.update(own)
-        if own["capturable"] or own["fused"]:
-            for p, st in self.optimizer.state.items():
-                if isinstance(st.get("step"), torch.Tensor):
-                    st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
 
     @classmethod
     def resume(cls, run_dir: str | Path, task: Task, cfg: TrainConfig, *, run_config: Any = None,
