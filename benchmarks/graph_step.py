@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_retriever import measure, random_bank  # noqa: E402
+from train_retriever import measure, median_rate, random_bank, train_records  # noqa: E402
 
 RET_EXTRA = ["model.anchor=ewma", "model.alpha=0.5", "loss.tau=0.03", "train.amp=auto"]
 
@@ -56,7 +56,6 @@ def retriever_rows(bank, work: Path, args) -> list[tuple]:
 
 def lvm_trainer(bank, run: Path, graph: str, args, batch: int) -> float:
     from vecrag.config import load_config
-    from vecrag.fsutil import read_jsonl
     from vecrag.train.loop import Trainer
     from vecrag.train.lvm_task import LVMConfig, LVMTask
 
@@ -69,8 +68,7 @@ def lvm_trainer(bank, run: Path, graph: str, args, batch: int) -> float:
     task = LVMTask(bank, cfg)
     tr = Trainer(task, cfg.train, run, run_config=cfg, quiet=True)
     tr.fit()
-    recs = [r for r in read_jsonl(run / "log.jsonl") if r["kind"] == "train"]
-    return float(np.median([r["samples_per_s"] for r in recs[1:]] or [r["samples_per_s"] for r in recs]))
+    return median_rate(train_records(run))
 
 
 def lvm_bare(bank, args, batch: int, graph: bool) -> float:

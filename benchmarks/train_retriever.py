@@ -58,7 +58,6 @@ TOWERS = {"gru": ["model.kind=gru", "model.layers=1"],
 
 def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
     from vecrag.config import load_config
-    from vecrag.fsutil import read_jsonl
     from vecrag.train.loop import Trainer
     from vecrag.train.retriever_task import RetrieverConfig, RetrieverTask, resolve_config
 
@@ -102,15 +101,25 @@ def measure(bank, run_dir: Path, mode: str, args) -> dict[str, float]:
             trainer.fit()
     finally:
         task.close()
-    recs = [r for r in read_jsonl(run_dir / "log.jsonl") if r["kind"] == "train"]
-    sps = [r["samples_per_s"] for r in recs[1:]] or [r["samples_per_s"] for r in recs]
+    recs = train_records(run_dir)
     st = task.stats()
-    return {"samples_per_s": float(np.median(sps)), "hits": st.get("miner_hits", 0.0),
+    return {"samples_per_s": median_rate(recs), "hits": st.get("miner_hits", 0.0),
             "job_ms": st.get("miner_job_ms", float("nan")), "wait_ms": st.get("miner_wait_ms", float("nan")),
             "fallbacks": st.get("miner_fallbacks", 0.0),
             "graph_jobs": st.get("miner_graph_jobs", st.get("mining_mined_sync_graph", float("nan"))),
             "rss_mb": recs[-1]["rss_mb"] if recs else float("nan"),
             "gpu_mb": max((r.get("cuda_mem_mb", 0.0) for r in recs), default=0.0)}
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    from vecrag.fsutil import read_jsonl
+
+    return [r for r in read_jsonl(run_dir / "log.jsonl") if r["kind"] == "train"]
+
+
+def median_rate(recs: list[dict]) -> float:
+    """Median samples/s of a run's train records, the first (capture, warm-up) left out when there are others."""
+    return float(np.median([r["samples_per_s"] for r in recs[1:]] or [r["samples_per_s"] for r in recs]))
 
 
 def run_profiled(trainer, args, out: Path) -> None:

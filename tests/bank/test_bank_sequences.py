@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_synthetic_bank
-from vecrag.bank.sequences import gather_context, make_samples
+from vecrag.bank.sequences import context_window, gather_context, make_samples
 from vecrag.bank.store import Bank, EncoderInfo, split_of, write_bank
 from vecrag.errors import VecragError
 from vecrag.scoring.metrics import first_hit_rank, recall_table, wilson
@@ -57,6 +57,18 @@ def test_samples_never_cross_articles_or_splits(tmp_path):
     # every position with >= 1 earlier chunk in a train article is a sample
     n_train = sum(c - 1 for c, sp in zip(counts, split_of_article.values(), strict=True) if sp == "train" and c > 1)
     assert len(make_samples(bank, "train")) == n_train
+
+
+def test_context_window_is_the_same_on_numpy_and_torch():
+    """The graphed training step builds context ids with torch from the same function the samples use."""
+    import torch
+
+    target, start = np.array([5, 3, 9, 0]), np.array([2, 3, 0, 0])
+    want = np.array([[-1, 2, 3, 4], [-1, -1, -1, -1], [5, 6, 7, 8], [-1, -1, -1, -1]])
+    np.testing.assert_array_equal(context_window(target, start, 4), want)
+    got = context_window(torch.from_numpy(target), torch.from_numpy(start), 4)
+    assert got.dtype == torch.int64
+    np.testing.assert_array_equal(got.numpy(), want)
 
 
 def test_gather_context_masks_padding(tmp_path):

@@ -36,9 +36,21 @@ class Samples:
         """int64 [n, L] right-aligned context ids; -1 where the article has no earlier chunk."""
         t = self.target if idx is None else self.target[idx]
         s = self.start if idx is None else self.start[idx]
-        ids = t[:, None] - np.arange(L, 0, -1, dtype=np.int64)[None, :]
-        ids[ids < s[:, None]] = -1
-        return ids
+        return context_window(t, s, L)
+
+
+def context_window(target, start, L: int):
+    """int64 [n, L] right-aligned context ids of targets ``target`` [n] whose articles start at ``start`` [n]
+    (-1 before the start): the L chunks before each target (an article's chunks have consecutive ids, in order).
+    numpy arrays or torch tensors alike (a graphed training step builds them on the GPU)."""
+    if isinstance(target, np.ndarray):
+        back = np.arange(L, 0, -1, dtype=np.int64)
+        ids = target[:, None] - back[None, :]
+        return np.where(ids >= start[:, None], ids, -1)
+    import torch
+
+    ids = target[:, None] - torch.arange(L, 0, -1, dtype=torch.int64, device=target.device)[None, :]
+    return torch.where(ids >= start[:, None], ids, -1)
 
 
 def before_target(ids, start, target):

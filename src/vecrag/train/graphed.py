@@ -129,6 +129,7 @@ class StepGraphs:
         if self.failed is not None or not self.t.optimizer.state:
             return None  # capture needs the optimizer's state: the first step of a fresh run is eager
         st = self.task.stage(idx, step, graphed=True)
+        self.lr.fill_(lr)  # this step's, whether it replays, is captured first, or runs eager
         key = (st.key, tuple((k, a.shape) for k, a in st.arrays.items()))
         g = self.graphs.get(key)
         if g is None:
@@ -139,7 +140,6 @@ class StepGraphs:
                 self._retired.append(self.graphs.popitem(last=False)[1].sums)
         self.graphs.move_to_end(key)
         g.flat.copy_(_pinned_flat(st.arrays), non_blocking=True)  # stream-ordered after the last replay's reads
-        self.lr.fill_(lr)
         g.graph.replay()
         g.sums.replays += 1
         st.finish()
@@ -148,7 +148,7 @@ class StepGraphs:
     def _eager(self, st: Staged) -> tuple[torch.Tensor, torch.Tensor]:
         """One step without a graph, from the same staged arrays (after a capture failed)."""
         t = _views(_pinned_flat(st.arrays).to(self.device, non_blocking=True), st.arrays)
-        self._set_lr_tensor()
+        self.set_lr()
         loss, gn, stats = self._body(t, st.key)
         st.finish()
         for k, v in {"loss": loss, **stats}.items():
@@ -175,7 +175,7 @@ class StepGraphs:
     def _capture(self, key: Hashable, st: Staged) -> _Graph | None:
         flat = _pinned_flat(st.arrays).to(self.device)
         views = _views(flat, st.arrays)
-        self._set_lr_tensor()
+        self.set_lr()
         saved = self._snapshot()
         stream = torch.cuda.current_stream(self.device)  # a broken capture can leave the capture stream current
         try:
@@ -213,7 +213,11 @@ class StepGraphs:
                           graphs=len(self.graphs), step=self.t.step)
         return g
 
-    def _set_lr_tensor(self) -> None:
+    def set_lr(self, lr: float | None = None) -> None:
+        """Every parameter group reads its learning rate from :attr:`lr` (the tensor the graphs captured);
+        ``lr``: its new value (a kernel, no host sync)."""
+        if lr is not None:
+            self.lr.fill_(lr)
         for grp in self.t.optimizer.param_groups:
             if grp["lr"] is not self.lr:
                 grp["lr"] = self.lr

@@ -239,8 +239,7 @@ class Trainer(TrainerLogging):
         group, clip, AdamW. Returns the step's loss and gradient norm as device tensors."""
         cfg, model = self.cfg, self.task.model
         if self.graphs is not None:  # graphs read the learning rate from their device tensor
-            self.graphs.lr.fill_(lr)
-            self.graphs._set_lr_tensor()
+            self.graphs.set_lr(lr)
         else:
             for g in self.optimizer.param_groups:
                 g["lr"] = lr

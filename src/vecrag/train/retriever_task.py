@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vecrag.bank.sequences import gather_context, make_samples
+from vecrag.bank.sequences import context_window, gather_context, make_samples
 from vecrag.models.towers import RetrieverModel
 from vecrag.runtime import to_device
 from vecrag.scoring.heuristics import heuristic_query
@@ -111,13 +111,12 @@ class RetrieverTask:
         self._search_lock = threading.Lock()
         self._val_index = None
         # the step's id tables (moved to the training device by attach): target and article start of each
-        # training sample, and the context offsets L..1
+        # training sample
         self._targets = torch.from_numpy(self.train.target)
         self._starts = torch.from_numpy(self.train.start)
-        self._back = torch.arange(self.L, 0, -1, dtype=torch.int64)
-        self._step_core: MiningCore | None = None
-        self._mine_sums: torch.Tensor | None = None
-        self._mine_batches: list[tuple[int, int]] = []
+        self._step_core: MiningCore | None = None       # the miner of graphed steps (built on first use)
+        self._mine_sums: torch.Tensor | None = None      # its statistics, summed on the device
+        self._mine_counted = [0, 0]                      # samples and candidates they cover (counted on the host)
         self._reuse_idx: np.ndarray | None = None
 
     # ---- Task protocol ---------------------------------------------------------------------------------
@@ -125,8 +124,7 @@ class RetrieverTask:
         self.trainer = trainer
         self.device = trainer.device
         self.bank_t = bank_tensor(self.bank.vectors, self.device)
-        self._targets, self._starts, self._back = (x.to(self.device) for x in (self._targets, self._starts,
-                                                                                 self._back))
+        self._targets, self._starts = self._targets.to(self.device), self._starts.to(self.device)
         self.negatives.start(trainer.step)  # an async miner opens its index (or process) while the first epochs run
 
     def _core(self, searcher=None, thread: bool = False, cuda_graph: bool | None = None) -> MiningCore:
@@ -187,8 +185,11 @@ class RetrieverTask:
             key += ("mine", phase.n_neg, phase.lo, phase.hi)
             self.counters["mined_sync"] += 1
             self.counters["mined_sync_graph"] += 1
+            if self._step_core is None:  # built here, outside any capture
+                self._step_core = self._core(cuda_graph=False)  # inside the training graph: no graph of its own
             # a replay runs no Python: the host counts the samples mined, the device sums the miner's statistics
-            self._mine_batches.append((len(idx), min(self.cfg.mining.k + self.L, self.bank.n)))
+            self._mine_counted[0] += len(idx)
+            self._mine_counted[1] += len(idx) * self._step_core.n_candidates
         elif not graphed and self._reuse_query():
             key += ("reuse", step)
             self._reuse_idx = idx
@@ -208,8 +209,7 @@ class RetrieverTask:
         dev = self.device
         idx = t["idx"]
         pos_ids, start = self._targets[idx], self._starts[idx]
-        ctx_ids = pos_ids[:, None] - self._back[None, :]
-        ctx_ids = torch.where(ctx_ids >= start[:, None], ctx_ids, -1)
+        ctx_ids = context_window(pos_ids, start, self.L)
         mined = t.get("mined")
         if len(key) > 1 and key[1] == "mine":
             mined = self._mine_in_step(ctx_ids, pos_ids, start, key)
@@ -270,8 +270,7 @@ class RetrieverTask:
         (-1 padded) left on the device and its statistics summed into :attr:`_mine_sums` (read each epoch)."""
         from vecrag.train.mining.curriculum import Phase
 
-        if self._step_core is None:
-            self._step_core = self._core(cuda_graph=False)  # inside the training graph: no graph of its own
+        assert self._step_core is not None, "stage() builds the step's miner"
         n_neg = key[2]
         phase = Phase(0, 0, n_neg, key[3], key[4])
         no_amp = torch.autocast(self.device.type, enabled=False)
@@ -340,13 +339,12 @@ class RetrieverTask:
     def _flush_mining(self, epoch: int) -> None:
         st = MiningStats()
         st.merge(self.round)
-        if self._mine_batches and self._mine_sums is not None:  # mined inside graphed steps: one read an epoch
+        if self._mine_counted[0] and self._mine_sums is not None:  # mined inside graphed steps: one read an epoch
             from vecrag.train.mining.curriculum import stats_from_counts
 
-            n = sum(b for b, _ in self._mine_batches)
-            st.merge(stats_from_counts(self._mine_sums.cpu().numpy(), n, sum(b * k for b, k in self._mine_batches)))
+            st.merge(stats_from_counts(self._mine_sums.cpu().numpy(), *self._mine_counted))
             self._mine_sums.zero_()
-            self._mine_batches = []
+            self._mine_counted = [0, 0]
         st.merge(self.negatives.take_round())
         self.round = MiningStats()
         if st.n_samples == 0:
