@@ -6,7 +6,9 @@ to the previous one (adjacent cosine ~0.5-0.6, random pairs ~0), like real text 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from pathlib import Path
 
 import vecrag
@@ -94,3 +96,18 @@ def make_back_bank(path: Path) -> Bank:
     return write_bank(path, vecs, article_ids=np.repeat([0, 1], 4), positions=np.tile(np.arange(4), 2),
                       texts=[f"t{i}" for i in range(8)], titles={0: "A", 1: "B"}, encoder=EncoderInfo("x", 8),
                       dtype="float32")
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    """A tmpfs of ``size`` (e.g. "300k") mounted at ``path`` for the block, unmounted after; the test is skipped
+    where it cannot be mounted (not root, no mount permission)."""
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+

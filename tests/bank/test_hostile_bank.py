@@ -24,7 +24,7 @@ import pytest
 
 import vecrag.bank.check
 from tests.bank.test_hostile_ingest import ROOT, assert_refused, read_only, run, tree_hashes
-from tests.conftest import make_synthetic_bank
+from tests.conftest import make_synthetic_bank, small_tmpfs
 from vecrag.bank.check import RECORD, record_paths
 from vecrag.bank.store import Bank, EncoderInfo, write_bank
 from vecrag.errors import VecragError
@@ -378,12 +378,7 @@ def test_disk_full_during_split_keeps_the_old_bank(tmp_path, capsys, monkeypatch
 
 def test_disk_full_on_a_small_tmpfs_for_split(tmp_path, capsys):
     """A bank on a full tmpfs: `bank split` refuses with the disk-full message and the bank still verifies."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with small_tmpfs(tmp_path / "small", "1m") as mnt:
         b = good_bank(mnt / "b", n_articles=100).path
         with open(mnt / "filler", "wb", buffering=0) as f, pytest.raises(OSError):  # fill the file system
             while True:
@@ -393,8 +388,6 @@ def test_disk_full_on_a_small_tmpfs_for_split(tmp_path, capsys):
         assert_refused(rc, err, "no space left on device")
         assert tree_hashes(b) == before
         Bank.open(b, verify=True)
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 # ---- the check record ------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 import vecrag.bank.encode
+from tests.conftest import small_tmpfs
 from vecrag.bank.store import Bank, EncoderInfo
 from vecrag.cli import build_parser, continue_hint, main
 
@@ -326,12 +327,7 @@ def test_23_disk_full_keeps_committed_batches_and_rerun_finishes(tmp_path, capsy
 
 def test_23_disk_full_on_a_small_tmpfs(tmp_path, capsys, fake_encoder):
     """The review's setup: a 300 KB tmpfs; then the file system is enlarged and the same command finishes."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with small_tmpfs(tmp_path / "small", "300k") as mnt:
         rng = np.random.default_rng(0)
         words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=8)) for _ in range(3000)]
         rows = [{"id": i, "title": f"T{i}", "text": " ".join(f"{' '.join(rng.choice(words, size=12))}."
@@ -346,8 +342,6 @@ def test_23_disk_full_on_a_small_tmpfs(tmp_path, capsys, fake_encoder):
         rc, err = run(capsys, *ingest_args(src, out, "--batch-chunks", "16"))
         assert rc == 0, err
         assert Bank.open(out, verify=True).manifest["checksums"] == ref.manifest["checksums"]
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 # ---- 24-31: options, encoders, kills, formats -----------------------------------------------------------

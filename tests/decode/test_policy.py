@@ -108,15 +108,22 @@ def test_near_dup_window_boundary() -> None:
     assert decide(E0, v, ids, p.replace(near_dup_window=0), recent_ids=[10]).kind == SNAP
 
 
-def test_decide_batch_matches_decide() -> None:
-    rng = np.random.default_rng(0)
-    n, k = 40, 6
+def random_shortlists(seed: int, n: int, k: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray, np.ndarray]:
+    """n unit predictions, k unit candidates each at varied distances, candidate ids (every 7th row's last is
+    padding) and the generator, for the caller's further draws."""
+    rng = np.random.default_rng(seed)
     v = rng.standard_normal((n, D))
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     cv = v[:, None, :] + rng.uniform(0.05, 0.6, (n, k, 1)) * rng.standard_normal((n, k, D))
     cv /= np.linalg.norm(cv, axis=2, keepdims=True)
     ids = rng.integers(0, 20, (n, k))
     ids[::7, -1] = -1
+    return rng, v, cv, ids
+
+
+def test_decide_batch_matches_decide() -> None:
+    n, k = 40, 6
+    rng, v, cv, ids = random_shortlists(0, n, k)
     recent = rng.integers(-1, 20, (n, 10))
     p = Policy(near_dup=0.95)
     out = decide_batch(v, cv, ids, p, recent)
@@ -164,14 +171,8 @@ def test_pick_score_near_dup_skips_to_the_next_best_score() -> None:
 @pytest.mark.parametrize("pick", ["score", "cos"])
 @pytest.mark.parametrize("margin_weight", [0.0, 2.0])
 def test_decide_batch_matches_decide_with_scores(pick: str, margin_weight: float) -> None:
-    rng = np.random.default_rng(1)
     n, k = 60, 6
-    v = rng.standard_normal((n, D))
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    cv = v[:, None, :] + rng.uniform(0.05, 0.6, (n, k, 1)) * rng.standard_normal((n, k, D))
-    cv /= np.linalg.norm(cv, axis=2, keepdims=True)
-    ids = rng.integers(0, 20, (n, k))
-    ids[::7, -1] = -1
+    rng, v, cv, ids = random_shortlists(1, n, k)
     ids[5] = -1                                   # a row with no candidate
     scores = rng.uniform(0, 1, (n, k))
     scores[ids < 0] = -np.inf

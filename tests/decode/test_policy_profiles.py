@@ -153,26 +153,23 @@ def test_requested_lane_missing_from_bank_is_an_error() -> None:
         resolve_policy("neutral", "sports")
 
 
-def test_user_file_validation(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text,message", [
+    ("profiles:\n  mine: {tau_snap: 0.8, tau_novel: 0.9}\n", "profile 'mine'.*tau_novel"),
+    ("profiles:\n  mine: {tau_snapp: 0.8}\n", "unknown key"),
+    ("profiles:\n  mine: {tau_snap: 0.95}\nlanes:\n  legal: {tau_novel: 0.99}\n", "lane 'legal'"),
+    ("profiles:\n  mine: {snap_precision: 0.4, tau_snap: 0.95}\n", "states an intent .* and absolute thresholds"),
+    ("profiles:\n  mine: {snap_precision: 1.5}\n", r"snap_precision must be a number in \[-1, 1\]"),
+    ("profiles:\n  mine: {tau_snap: 0.95, force: GREEDY}\n", "force must be"),
+])
+def test_user_file_validation(tmp_path: Path, text: str, message: str) -> None:
     f = tmp_path / "d.yaml"
-    f.write_text("profiles:\n  mine: {tau_snap: 0.8, tau_novel: 0.9}\n")
-    with pytest.raises(VecragError, match="profile 'mine'.*tau_novel"):
+    f.write_text(text)
+    with pytest.raises(VecragError, match=message):
         load_profiles(f)
-    f.write_text("profiles:\n  mine: {tau_snapp: 0.8}\n")
-    with pytest.raises(VecragError, match="unknown key"):
-        load_profiles(f)
-    f.write_text("profiles:\n  mine: {tau_snap: 0.95}\nlanes:\n  legal: {tau_novel: 0.99}\n")
-    with pytest.raises(VecragError, match="lane 'legal'"):
-        load_profiles(f)
-    f.write_text("profiles:\n  mine: {snap_precision: 0.4, tau_snap: 0.95}\n")
-    with pytest.raises(VecragError, match="states an intent .* and absolute thresholds"):
-        load_profiles(f)
-    f.write_text("profiles:\n  mine: {snap_precision: 1.5}\n")
-    with pytest.raises(VecragError, match=r"snap_precision must be a number in \[-1, 1\]"):
-        load_profiles(f)
-    f.write_text("profiles:\n  mine: {tau_snap: 0.95, force: GREEDY}\n")
-    with pytest.raises(VecragError, match="force must be"):
-        load_profiles(f)
+
+
+def test_user_file_defaults_and_a_missing_file(tmp_path: Path) -> None:
+    f = tmp_path / "d.yaml"
     f.write_text("defaults: {K: 50}\nprofiles:\n  mine: {tau_snap: 0.95}\n")
     assert resolve_policy("mine", path=f) == Policy(tau_snap=0.95, K=50)
     with pytest.raises(VecragError, match="not found"):
