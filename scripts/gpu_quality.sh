@@ -14,8 +14,8 @@
 # three, trained side by side, are the cost of mining; e.g. RET_RUNS="sync:mining.mode=sync
 # k256:mining.mode=sync,mining.k=256 rel0:mining.mode=sync,mining.rel=0"), RET_ARGS (overrides for every
 # retriever, e.g. "train.lr=1e-4"), SCHED (curriculum), LVM_NCE (LVM InfoNCE weights, "0.1"),
-# MAX_SAMPLES (cascade/decode test samples, 10000), GEN_ARTICLES (articles rolled out by calibrate on VAL and by
-# eval generate on TEST, 300), TRAIN_ARGS (overrides for every trainer), SKIP_TRAIN (1: evaluate existing runs only),
+# MAX_SAMPLES (cascade/decode test samples, 10000), GEN_ARTICLES (test articles rolled out by eval generate, 300;
+# 0 = all), CAL_ARTICLES (VAL articles rolled out by calibrate at each grid point, GEN_ARTICLES), TRAIN_ARGS (overrides for every trainer), SKIP_TRAIN (1: evaluate existing runs only),
 # INGEST_ARGS (extra ingest flags, e.g. --max-articles 40), RET_ONLY (1: retrievers only: no LVM, cascade or
 # decode; with LVM_NCE=""), BANK_NAME (the bank directory under WORK, wiki-full).
 # At the end WORK/results.tgz holds what to bring back from the GPU machine (a few hundred KB: logs, eval tables,
@@ -33,7 +33,8 @@ RET_ARGS="${RET_ARGS:-train.lr=2e-4}"
 SCHED="${SCHED:-0-0:none;1-1:8@0.3-0.95;2-99:16@0.3-0.97}"
 LVM_NCE="${LVM_NCE-0.1}"    # one LVM per InfoNCE weight
 MS="${MAX_SAMPLES:-10000}"
-GEN="${GEN_ARTICLES:-300}"   # test articles rolled out (a seeded sample; calibrate's VAL rollouts use as many)
+GEN="${GEN_ARTICLES:-300}"   # test articles rolled out (a seeded sample; 0 = all)
+CAL="${CAL_ARTICLES:-$GEN}"  # VAL articles rolled out by calibrate at each of its grid points
 TRAIN_ARGS="${TRAIN_ARGS:-}" # overrides for every trainer, e.g. "train.cuda_graph=off"
 BANK="$W/${BANK_NAME:-wiki-full}"
 mkdir -p "$W/runs" "$W/eval"
@@ -142,7 +143,7 @@ EOF
 R=$(best ret R@10); L=$(best lvm cos)
 stamp "calibrate decoding on VAL with retriever $R and LVM $L (fusion weights, thresholds, rollout settings)"
 $V calibrate "$BANK" --lvm "$W/runs/$L" --retriever "$W/runs/$R" --backend torch --device "$DEV" \
-  --max-samples "$MS" --max-articles "$GEN" --quiet | tee "$W/eval/calibrate.txt"
+  --max-samples "$MS" --max-articles "$CAL" --quiet | tee "$W/eval/calibrate.txt"
 stamp "cascade (calibrated weights beside the first stage), decode and rollouts on TEST"
 $V eval cascade "$BANK" --lvm "$W/runs/$L" --retriever "$W/runs/$R" --split test --backend torch --device "$DEV" \
   --max-samples "$MS" --out "$W/eval" --quiet | tee "$W/eval/cascade-test.txt"

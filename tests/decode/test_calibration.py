@@ -190,3 +190,64 @@ def test_pick_margin_weight_prefers_the_informative_signal() -> None:
     assert w == 8.0 and rows[0]["margin_weight"] == 0.0 and rows[-1]["score"] > rows[0]["score"] + 0.2
     w, rows = pick_margin_weight(np.where(hit, 0.9, 0.5), rng.normal(0, 0.02, n), hit)  # c separates, margin is noise
     assert w == 0.0 and rows[0]["score"] == max(r["score"] for r in rows) > rows[-1]["score"]  # ties: smaller w
+
+
+def test_fit_alpha_finds_the_best_weight_per_part_and_keeps_it_non_decreasing() -> None:
+    """Known answers: where the candidate is the truth (cos 1) the best weight on it is 1, where it is orthogonal to the
+    truth and v_hat is right it is 0; the dip is pooled away (non-decreasing in x)."""
+    from vecrag.decode.calibration import blend_cos, fit_alpha
+
+    n = 500
+    x = np.linspace(0.0, 1.0, n)
+    c = np.full(n, 0.5)                               # cos(v_hat, candidate)
+    part = np.minimum((x * 5).astype(int), 4)         # five equal parts by x
+    good = (part >= 3) & (part != 3)                  # the top part: the candidate is the truth
+    cos_cand = np.where(good, 1.0, np.where(part == 3, 0.0, 0.5))
+    cos_pred = np.where(good, 0.5, np.where(part == 3, 1.0, 0.5))  # part 3: v_hat is the truth
+    fit = fit_alpha(x, c, cos_pred, cos_cand)
+    best = [r["best_alpha"] for r in fit["bins"]]
+    assert best[3] == 0.0 and best[4] == 1.0 and best[0] == best[1] == best[2] == 0.5  # equal partners: the middle
+    a = [r["alpha"] for r in fit["bins"]]
+    assert a == [0.375] * 4 + [1.0]  # 0.5, 0.5, 0.5, 0 pooled to their mean: the nearest non-decreasing weights
+    assert [p[1] for p in fit["alpha_points"]] == a and fit["alpha_points"][0][0] == pytest.approx(0.099, abs=0.01)
+    assert blend_cos(0.5, np.array(0.5), np.array(0.5), np.array(0.5)) == pytest.approx(0.5 / np.sqrt(0.75))
+    with pytest.raises(VecragError, match="at least 10"):
+        fit_alpha(x[:9], c[:9], cos_pred[:9], cos_cand[:9])
+
+
+def test_choose_blend_takes_the_shortlist_mean_only_on_a_clear_gain() -> None:
+    from vecrag.decode.calibration import choose_blend
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    x = rng.uniform(0.5, 1.0, n)
+    cp = rng.normal(0.55, 0.1, n)
+    pc = np.tile(rng.uniform(0.5, 0.8, n)[:, None], (1, 3))          # cos(v_hat, partner) per tau
+    pt = np.stack([rng.normal(0.5, 0.1, n), rng.normal(0.6, 0.1, n), rng.normal(0.55, 0.1, n)], 1)
+    got = choose_blend(x, cp, pc, pt, taus=(0.0, 0.05, 0.1))
+    assert got["tau"] == 0.05 and [r["tau"] for r in got["grid"]] == [0.0, 0.05, 0.1]
+    assert got["grid"][1]["cos"] > got["grid"][2]["cos"] > got["grid"][0]["cos"] and got["val_cos"] > cp.mean()
+    noise = pt[:, :1] + rng.normal(0, 1e-4, (n, 3))                   # no partner better than n*: stay at 0
+    assert choose_blend(x, cp, pc, noise, taus=(0.0, 0.05, 0.1))["tau"] == 0.0
+    with pytest.raises(VecragError, match="start at blend_tau 0"):
+        choose_blend(x, cp, pc, pt, taus=(0.05, 0.1, 0.2))
+
+
+def test_calibrated_profiles_blend_as_fitted_and_older_files_as_before(bank: Bank, tmp_path: Path) -> None:
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", str(bank.path), *HEUR, "--quiet", "--no-rollouts", "--out", str(out)]) == 0
+    cal = json.loads(out.read_text())
+    blend, s = cal["blend"], cal["samples"]
+    assert len(s["cos_pred"]) == len(s["partner_c"]) == len(s["partner_t"]) == len(s["c"])
+    assert blend["tau"] in [r["tau"] for r in blend["grid"]] and blend["val_cos"] >= blend["grid"][0]["cos"]
+    pol = load_profiles().policy("neutral", calibration=cal)
+    assert pol.blend_tau == blend["tau"] and [list(p) for p in pol.alpha_points] == blend["alpha_points"]
+    # the stored samples reproduce the fitted weights
+    from vecrag.decode.calibration import confidence, fit_alpha
+
+    x, _ = confidence(s, cal["margin_weight"])
+    assert fit_alpha(x, np.asarray(s["partner_c"]), np.asarray(s["cos_pred"]),
+                     np.asarray(s["partner_t"]))["alpha_points"] == blend["alpha_points"]
+    old = {k: v for k, v in cal.items() if k != "blend"}
+    pol_old = load_profiles().policy("neutral", calibration=old)
+    assert pol_old.blend_tau == 0.0 and [p[1] for p in pol_old.alpha_points] == [0.3, 0.7, 0.9]

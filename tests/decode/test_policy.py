@@ -7,7 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from vecrag.decode.policy import BLEND, NOVEL, SNAP, Policy, alpha, classify, decide, decide_batch
+from vecrag.decode.policy import (
+    BLEND,
+    NOVEL,
+    SNAP,
+    Policy,
+    alpha,
+    blend_partner,
+    classify,
+    decide,
+    decide_batch,
+)
 from vecrag.errors import VecragError
 
 D = 8
@@ -168,16 +178,16 @@ def test_pick_score_near_dup_skips_to_the_next_best_score() -> None:
     assert (d.kind, d.neighbour_id) == (SNAP, 12)  # padding never chosen, whatever its score
 
 
-@pytest.mark.parametrize("pick", ["score", "cos"])
+@pytest.mark.parametrize(("pick", "blend_tau"), [("score", 0.0), ("cos", 0.0), ("score", 0.05), ("cos", 0.1)])
 @pytest.mark.parametrize("margin_weight", [0.0, 2.0])
-def test_decide_batch_matches_decide_with_scores(pick: str, margin_weight: float) -> None:
+def test_decide_batch_matches_decide_with_scores(pick: str, margin_weight: float, blend_tau: float) -> None:
     n, k = 60, 6
     rng, v, cv, ids = random_shortlists(1, n, k)
     ids[5] = -1                                   # a row with no candidate
     scores = rng.uniform(0, 1, (n, k))
     scores[ids < 0] = -np.inf
     recent = rng.integers(-1, 20, (n, 10))
-    p = Policy(near_dup=0.95, pick=pick, margin_weight=margin_weight,
+    p = Policy(near_dup=0.95, pick=pick, margin_weight=margin_weight, blend_tau=blend_tau,
                tau_snap=0.92 + margin_weight * 0.3, tau_novel=0.85)
     out = decide_batch(v, cv, ids, p, recent, scores)
     kinds, differ = set(), 0
@@ -229,3 +239,29 @@ def test_force_overrides_the_bands_but_not_the_near_dup_rule() -> None:
 def test_invalid_policies_are_rejected(kw: dict, msg: str) -> None:
     with pytest.raises(VecragError, match=msg):
         Policy(**kw)
+
+
+def test_blend_partner_averages_the_shortlist_by_softmax_of_scores() -> None:
+    """blend_tau 0: n* itself; above 0: the unit mean of the usable candidates, weights softmax(score / tau); a
+    recent near-duplicate (not usable) and padding take no part; decide blends with that mean."""
+    e = np.eye(D)
+    cands = np.stack([e[1], e[2], e[3]])
+    tau = 0.05
+    scores = np.array([0.9, 0.9 - tau * math.log(3), -np.inf])     # weights 3 : 1 : 0
+    usable = np.array([[True, True, False]])
+    got = blend_partner(cands[None], scores[None], usable, np.array([0]), tau)[0]
+    want = 3 * e[1] + e[2]
+    np.testing.assert_allclose(got, want / np.linalg.norm(want), atol=1e-12)
+    np.testing.assert_allclose(blend_partner(cands[None], scores[None], usable, np.array([1]), 0.0)[0], e[2])
+    np.testing.assert_allclose(blend_partner(cands[None], None, usable, np.array([1]), tau)[0], e[2])  # no scores
+    # in decide: v_hat at cos 0.6 to both candidates; the near-duplicate of a recent chunk is left out of the mean
+    v = 0.6 * e[1] + 0.6 * e[2] + math.sqrt(1 - 0.72) * e[0]
+    dup = v.copy()                                               # cos 1 to v_hat, used last step
+    pol = Policy(tau_snap=0.95, tau_novel=0.1, alpha_points=((0.5, 0.5),), blend_tau=tau)
+    d = decide(v, np.stack([e[1], e[2], dup]), np.array([10, 11, 12]), pol, recent_ids=[12],
+               scores=np.array([0.9, 0.9 - tau * math.log(3), 0.95]))
+    assert (d.kind, d.neighbour_id, d.skipped_ids, d.alpha) == (BLEND, 10, (12,), 0.5)
+    mix = 0.5 * want / np.linalg.norm(want) + 0.5 * v
+    np.testing.assert_allclose(d.vector, mix / np.linalg.norm(mix), atol=1e-6)
+    with pytest.raises(VecragError, match="blend_tau"):
+        Policy(blend_tau=-0.1)

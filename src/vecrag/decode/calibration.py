@@ -17,6 +17,16 @@ rule (the cascade's best score by default). The file stores that rule as ``pick`
 with it, so the thresholds always hold for the candidates they were measured on (a file without it was measured
 on the candidate nearest the prediction: ``cos``).
 
+BLEND is fitted on the same VAL steps (:func:`choose_blend`): its bank side ``m`` (``blend_tau``: 0 is the
+candidate ``n*``, above 0 the shortlist averaged with weights softmax(score / blend_tau), see
+:mod:`vecrag.decode.policy`) and its weight ``a(x)`` on ``m``, growing with the bands' value ``x``. Each step
+stores cos(v_hat, truth), cos(v_hat, m) and cos(m, truth), so the cosine to the truth of
+``normalise(a * m + (1 - a) * v_hat)`` is known exactly for every ``a`` (:func:`blend_cos`). For each
+``blend_tau`` of a grid, in each fifth of the steps by ``x`` the ``a`` with the best mean cosine is taken and the
+five are made non-decreasing (pool-adjacent-violators, weighted by steps: :func:`fit_alpha`); a ``blend_tau``
+above 0 is taken only when its paired gain over ``n*`` alone exceeds 1.96 standard errors. A calibration without
+those columns keeps the preset's knots, moved onto its band, and blends with ``n*``.
+
 The cascade's fusion weights (``w_lvm`` on cos(v_hat, candidate), the lane bonus) are chosen on VAL too, on a
 grid that holds the first stage alone (``w_lvm = 0``, no lane bonus): a grid point is taken only when its
 paired gain in Hit@10 over the first stage exceeds 1.96 standard errors (:func:`pick_fusion`), so the chosen
@@ -46,6 +56,9 @@ W_LVM_GRID = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 MARGIN_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 PRECISION_SHARES = (0.05, 0.1, 0.2)
 LANE_GRID = (0.0, 0.02, 0.05)
+ALPHA_GRID = tuple(round(0.05 * i, 2) for i in range(21))  # 0 .. 1
+ALPHA_BINS = 5
+BLEND_TAU_GRID = (0.0, 0.02, 0.05, 0.1, 0.2)
 
 
 def _is_run(spec: str | None) -> bool:
@@ -132,6 +145,85 @@ def pick_margin_weight(c: np.ndarray, margin: np.ndarray, hit: np.ndarray,
                      "score": float(np.mean(prec))})
     best = max(rows, key=lambda r: (round(r["score"], 9), -r["margin_weight"]))
     return float(best["margin_weight"]), rows
+
+
+def blend_cos(a: float | np.ndarray, c: np.ndarray, cos_pred: np.ndarray, cos_cand: np.ndarray) -> np.ndarray:
+    """cos(normalise(a * n + (1 - a) * v), t) from c = cos(v, n), cos(v, t) and cos(n, t) (unit v, n, t)."""
+    a = np.asarray(a, np.float64)
+    norm = np.sqrt(np.maximum(a * a + (1 - a) ** 2 + 2 * a * (1 - a) * c, 1e-12))
+    return (a * cos_cand + (1 - a) * cos_pred) / norm
+
+
+def _pava(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence nearest ``y`` in weighted least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight, length]
+    for v, wt in zip(y.astype(np.float64), w.astype(np.float64), strict=True):
+        blocks.append([v, wt, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m1, w1, n1), (m2, w2, n2) = blocks[-2], blocks.pop()
+            blocks[-1] = [(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2]
+    return np.concatenate([np.full(int(n), m) for m, _, n in blocks])
+
+
+def fit_alpha(x: np.ndarray, c: np.ndarray, cos_pred: np.ndarray, cos_cand: np.ndarray, *,
+              bins: int = ALPHA_BINS, grid: tuple[float, ...] = ALPHA_GRID) -> dict[str, Any]:
+    """BLEND weights on the candidate that maximise the mean cosine of the blend to the truth on VAL (module doc):
+    knots ``[[median x of a bin, a], ...]`` for :class:`vecrag.decode.policy.Policy`, with each bin's rows."""
+    x, c, cp, cc = (np.asarray(v, np.float64) for v in (x, c, cos_pred, cos_cand))
+    ok = np.isfinite(x) & np.isfinite(c) & np.isfinite(cp) & np.isfinite(cc)
+    x, c, cp, cc = x[ok], c[ok], cp[ok], cc[ok]
+    if len(x) < 2 * bins:
+        raise VecragError(f"fitting the BLEND weight needs at least {2 * bins} VAL steps with a candidate, got "
+                          f"{len(x)}")
+    order = np.argsort(x, kind="stable")
+    parts = np.array_split(order, bins)
+    g = np.asarray(grid, np.float64)
+    best, weight, rows = [], [], []
+    for idx in parts:
+        means = blend_cos(g[:, None], c[idx][None], cp[idx][None], cc[idx][None]).mean(axis=1)
+        j = int(np.argmax(means))
+        best.append(g[j])
+        weight.append(len(idx))
+        rows.append({"x_median": float(np.median(x[idx])), "n": int(len(idx)), "best_alpha": float(g[j]),
+                     "cos_best": float(means[j]), "cos_vhat": float(cp[idx].mean())})
+    mono = _pava(np.asarray(best), np.asarray(weight, np.float64))
+    points: list[list[float]] = []
+    for r, a in zip(rows, mono, strict=True):
+        r["alpha"] = round(float(a), 4)
+        if not points or r["x_median"] > points[-1][0]:
+            points.append([round(r["x_median"], 6), r["alpha"]])
+    return {"alpha_points": points, "bins": rows,
+            "rule": f"in each of {bins} equal parts of the VAL steps by x, the weight in {g[0]:g}..{g[-1]:g} "
+                    f"(step {g[1] - g[0]:g}) with the best mean cos(blend, truth); made non-decreasing"}
+
+
+def choose_blend(x: np.ndarray, cos_pred: np.ndarray, partner_c: np.ndarray, partner_t: np.ndarray,
+                 taus: tuple[float, ...] = BLEND_TAU_GRID, z: float = 1.96) -> dict[str, Any]:
+    """BLEND's ``blend_tau`` and weights on VAL (module doc). ``partner_c`` / ``partner_t`` [n, len(taus)]: cos of
+    each tau's bank side to v_hat and to the truth; ``taus[0]`` must be 0 (``n*`` alone, the reference)."""
+    if not taus or taus[0] != 0.0:
+        raise VecragError("choose_blend: the grid must start at blend_tau 0 (the candidate alone)")
+    x, cp = np.asarray(x, np.float64), np.asarray(cos_pred, np.float64)
+    fits, per_step, grid = [], [], []
+    for i, tau in enumerate(taus):
+        fit = fit_alpha(x, partner_c[:, i], cp, partner_t[:, i])
+        knots = np.asarray(fit["alpha_points"], np.float64)
+        a = np.interp(x, knots[:, 0], knots[:, 1])  # vecrag.decode.policy.alpha of these knots
+        got = blend_cos(a, partner_c[:, i], cp, partner_t[:, i])
+        fits.append(fit)
+        per_step.append(got)
+        grid.append({"tau": float(tau), "cos": float(got.mean()), "delta_vs_vhat": float((got - cp).mean()),
+                     "alpha_points": fit["alpha_points"]})
+    ok = [0]
+    for i in range(1, len(taus)):
+        d = per_step[i] - per_step[0]
+        if len(d) > 1 and d.mean() > z * float(d.std(ddof=1)) / np.sqrt(len(d)):
+            ok.append(i)
+    best = max(ok, key=lambda i: (round(grid[i]["cos"], 9), -taus[i]))
+    return {"tau": float(taus[best]), "alpha_points": fits[best]["alpha_points"], "bins": fits[best]["bins"],
+            "grid": grid, "val_cos": grid[best]["cos"], "val_cos_vhat": float(cp.mean()),
+            "rule": fits[best]["rule"] + "; blend_tau: the best mean cosine among the values whose paired gain over "
+                                         "0 (n* alone) exceeds 1.96 standard errors"}
 
 
 def threshold_for_precision(c: np.ndarray, hit: np.ndarray, p: float, min_support: int = 5) -> float:

@@ -6,7 +6,12 @@ With ``n*`` the step's candidate and ``c`` = cos(v_hat, n*) (docs/design.md):
 
 - ``SNAP``  if ``c >= tau_snap``: emit ``n*`` (the bank vector itself);
 - ``NOVEL`` if ``c <= tau_novel``: emit ``v_hat``;
-- ``BLEND`` otherwise: emit ``normalise(a(c) * n* + (1 - a(c)) * v_hat)``.
+- ``BLEND`` otherwise: emit ``normalise(a(c) * m + (1 - a(c)) * v_hat)``, where ``m`` is the bank side of the
+  blend: ``n*`` itself when ``blend_tau`` is 0 (the design's formula), else the shortlist's usable candidates
+  averaged with weights ``softmax(cascade score / blend_tau)`` (:func:`blend_partner`; ``n*``, the best-scored,
+  weighs most). One chunk is a noisy guess at the next one; the few the cascade ranks highest, averaged, are a
+  better one: on wiki-1200 VAL the best blend with ``n*`` gains +0.032 cosine to the truth over ``v_hat``, with
+  the top 10 at ``blend_tau`` 0.05 +0.060. ``vecrag calibrate`` chooses ``blend_tau`` and fits ``a`` on VAL.
 
 **The candidate** (``pick``): ``"score"`` (the default) takes the shortlist's best cascade score (``scores``;
 without them, the candidate nearest ``v_hat``), ``"cos"`` the candidate nearest ``v_hat``. The cascade's score already
@@ -76,6 +81,7 @@ class Policy:
     force: str = ""  # "" (the bands decide), "SNAP" (always ground: greedy) or "NOVEL" (never: the LVM alone)
     margin_weight: float = 0.0  # bands on c + margin_weight * (cascade score margin); module doc
     pick: str = "score"  # the candidate n*: "score" (the cascade's best) or "cos" (nearest v_hat); module doc
+    blend_tau: float = 0.0  # BLEND's bank side: n* (0) or the shortlist softmax-averaged at this temperature
 
     def __post_init__(self) -> None:
         ts, tn = _num(self.tau_snap, "tau_snap"), _num(self.tau_novel, "tau_novel")
@@ -116,6 +122,10 @@ class Policy:
         if mw < 0:
             raise VecragError(f"decode policy: margin_weight must be >= 0, got {mw}")
         object.__setattr__(self, "margin_weight", mw)
+        bt = _num(self.blend_tau, "blend_tau")
+        if bt < 0:
+            raise VecragError(f"decode policy: blend_tau must be >= 0 (0 blends with n* alone), got {bt}")
+        object.__setattr__(self, "blend_tau", bt)
         if self.pick not in PICKS:
             raise VecragError(f"decode policy: pick must be one of {', '.join(PICKS)}, got {self.pick!r}")
         if self.force not in ("", SNAP, NOVEL):
@@ -134,7 +144,7 @@ class Policy:
         return {"tau_snap": self.tau_snap, "tau_novel": self.tau_novel,
                 "alpha_points": tuple(tuple(p) for p in self.alpha_points), "near_dup": self.near_dup,
                 "near_dup_window": self.near_dup_window, "K": self.K, "force": self.force,
-                "margin_weight": self.margin_weight, "pick": self.pick}
+                "margin_weight": self.margin_weight, "pick": self.pick, "blend_tau": self.blend_tau}
 
 
 def alpha(c: float | np.ndarray, policy: Policy | None = None) -> float | np.ndarray:
@@ -208,6 +218,25 @@ def margins(scores: np.ndarray | None, usable: np.ndarray, pos: np.ndarray) -> n
     return np.where((pos >= 0) & np.isfinite(m), m, 0.0)
 
 
+def blend_partner(cand_vecs: np.ndarray, scores: np.ndarray | None, usable: np.ndarray, pos: np.ndarray,
+                  tau: float) -> np.ndarray:
+    """[n, D] the bank side of a BLEND (module doc): the chosen candidate (column ``pos``) when ``tau`` is 0 or
+    there are no scores, else the unit mean of the ``usable`` candidates weighted by ``softmax(score / tau)``.
+    ``cand_vecs`` [n, k, D], ``scores`` and ``usable`` [n, k], ``pos`` [n] (-1: none; that row gets n*'s slot 0)."""
+    cv = np.asarray(cand_vecs, np.float64)
+    n = len(cv)
+    star = cv[np.arange(n), np.maximum(pos, 0)]
+    if tau <= 0 or scores is None or cv.shape[1] == 0:
+        return star
+    sc = np.where(usable, np.asarray(scores, np.float64).reshape(usable.shape), -np.inf)
+    top = sc.max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        w = np.where(np.isfinite(sc), np.exp((sc - np.where(np.isfinite(top), top, 0.0)) / tau), 0.0)
+    mean = np.einsum("nk,nkd->nd", w, cv)
+    norm = np.linalg.norm(mean, axis=1, keepdims=True)
+    return np.where((norm > 1e-9) & (w.sum(axis=1, keepdims=True) > 0), mean / np.maximum(norm, 1e-12), star)
+
+
 def decide(v_hat: np.ndarray, shortlist_vecs: np.ndarray, shortlist_ids: np.ndarray, policy: Policy,
            recent_ids: Sequence[int] = (), scores: np.ndarray | None = None) -> Decision:
     """SNAP / BLEND / NOVEL for one prediction against its shortlist (see the module docstring); ``scores``
@@ -242,10 +271,10 @@ def decide(v_hat: np.ndarray, shortlist_vecs: np.ndarray, shortlist_ids: np.ndar
     c = float(cos[best])
     nid = int(ids[best])
     x = c
+    # every recent near-duplicate is out of the running, not only those ranked above the candidate
+    near = (cos > policy.near_dup) & np.isin(ids, np.asarray(sorted(recent), np.int64))
+    usable = valid & ~near
     if policy.margin_weight and scores is not None:
-        # every recent near-duplicate is out of the running, not only those ranked above the candidate
-        near = (cos > policy.near_dup) & np.isin(ids, np.asarray(sorted(recent), np.int64))
-        usable = valid & ~near
         x = c + policy.margin_weight * float(margins(np.asarray(scores).reshape(1, -1), usable[None],
                                                      np.array([best]))[0])
     kind = classify(x, policy)
@@ -254,7 +283,9 @@ def decide(v_hat: np.ndarray, shortlist_vecs: np.ndarray, shortlist_ids: np.ndar
     if kind == NOVEL:
         return Decision(NOVEL, c, nid, 0.0, v.astype(np.float32), c_max, tuple(skipped), x=x)
     a = float(alpha(x, policy))
-    mixed = a * vecs[best] + (1.0 - a) * v
+    m = blend_partner(vecs[None], None if scores is None else np.asarray(scores).reshape(1, -1), usable[None],
+                      np.array([best]), policy.blend_tau)[0]
+    mixed = a * m + (1.0 - a) * v
     norm = float(np.linalg.norm(mixed))
     out = mixed / norm if norm > 1e-9 else v  # only reachable with a negative tau_novel
     return Decision(BLEND, c, nid, a, out.astype(np.float32), c_max, tuple(skipped), x=x)
@@ -268,7 +299,8 @@ def decide_batch(v_hat: np.ndarray, cand_vecs: np.ndarray, cand_ids: np.ndarray,
 
     Returns arrays: ``kind`` (object), ``c``, ``c_max``, ``neighbour`` (id, -1 if none), ``pos`` (column of the
     chosen candidate, -1 if none), ``alpha`` (weight on the bank vector used), ``margin``, ``x`` (the value the
-    bands saw) and ``vector`` [n, D] float32. Agrees with :func:`decide` row by row.
+    bands saw), ``usable`` [n, k] (the candidates a BLEND may average) and ``vector`` [n, D] float32. Agrees
+    with :func:`decide` row by row.
     """
     v = np.asarray(v_hat, dtype=np.float64)
     v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
@@ -299,11 +331,13 @@ def decide_batch(v_hat: np.ndarray, cand_vecs: np.ndarray, cand_ids: np.ndarray,
     kind = np.where(has, classify(x, policy), NOVEL).astype(object)
     a = np.where(kind == SNAP, 1.0, np.where(kind == BLEND, alpha(np.where(has, x, 0.0), policy), 0.0))
     star = cv[np.arange(n), np.maximum(pos, 0)] if k else np.zeros_like(v)
-    mixed = a[:, None] * star + (1.0 - a[:, None]) * v
+    usable_mask = np.isfinite(usable)
+    partner = blend_partner(cv, scores, usable_mask, pos, policy.blend_tau) if k else star
+    mixed = a[:, None] * partner + (1.0 - a[:, None]) * v
     norms = np.linalg.norm(mixed, axis=1, keepdims=True)
     vec = np.where(norms > 1e-9, mixed / np.maximum(norms, 1e-12), v)
     vec[kind == SNAP] = star[kind == SNAP]
     c_out = np.where(has, c, np.where(np.isfinite(c_max), c_max, np.nan))
     return {"kind": kind, "c": c_out, "c_max": np.where(np.isfinite(c_max), c_max, np.nan), "neighbour": nb,
             "pos": pos, "alpha": a, "vector": vec.astype(np.float32), "margin": m,
-            "x": np.where(has, x, np.nan)}
+            "x": np.where(has, x, np.nan), "usable": usable_mask if k else np.zeros((n, 0), bool)}

@@ -31,7 +31,8 @@ from vecrag.decode.policy import DEFAULT_ALPHA_POINTS, Policy
 from vecrag.errors import VecragError
 
 PRESET = "decode.yaml"
-POLICY_KEYS = ("tau_snap", "tau_novel", "alpha_points", "near_dup", "near_dup_window", "K", "force", "pick")
+POLICY_KEYS = ("tau_snap", "tau_novel", "alpha_points", "near_dup", "near_dup_window", "K", "force", "pick",
+               "blend_tau")
 ABSOLUTE_KEYS = ("tau_snap", "tau_novel")
 
 
@@ -122,10 +123,15 @@ class Profiles:
             t = thresholds(c, hit, intent_of(prof, shift))
             d["tau_snap"], d["tau_novel"], d["margin_weight"] = t["tau_snap"], t["tau_novel"], mw
             d["pick"] = str(calibration.get("pick", "cos"))  # the thresholds hold for the rule they were measured with
-            lo = max(t["tau_novel"], float(np.quantile(c, 0.01))) if len(c) else t["tau_novel"]
-            hi = min(t["tau_snap"], float(c.max())) if len(c) else t["tau_snap"]
-            d["alpha_points"] = rescale_alpha(d.get("alpha_points", DEFAULT_ALPHA_POINTS), lo, max(hi, lo + 1e-3),
-                                              clip=mw == 0)
+            blend = calibration.get("blend") or {}
+            if blend.get("alpha_points"):  # BLEND's partner and weights chosen on VAL (decode.calibration)
+                d["alpha_points"] = [list(p) for p in blend["alpha_points"]]
+                d["blend_tau"] = float(blend.get("tau", 0.0))
+            else:       # an older calibration: the preset's shape moved onto the calibrated band
+                lo = max(t["tau_novel"], float(np.quantile(c, 0.01))) if len(c) else t["tau_novel"]
+                hi = min(t["tau_snap"], float(c.max())) if len(c) else t["tau_snap"]
+                d["alpha_points"] = rescale_alpha(d.get("alpha_points", DEFAULT_ALPHA_POINTS), lo,
+                                                  max(hi, lo + 1e-3), clip=mw == 0)
         try:
             return Policy(**d)
         except VecragError as e:

@@ -21,11 +21,13 @@ import numpy as np
 from vecrag.bank.sequences import Samples
 from vecrag.bank.store import Bank
 from vecrag.decode.calibration import (
+    BLEND_TAU_GRID,
     KIND,
     LANE_GRID,
     VERSION,
     W_LVM_GRID,
     _identity,
+    choose_blend,
     confidence,
     pick_fusion,
     pick_margin_weight,
@@ -110,18 +112,26 @@ def run_calibration(bank: Bank, samples: Samples, lvm: Predictor, tower: Predict
     w_lvm, lam = pick_fusion(grid)
     cfg = CascadeConfig(K=K, k=k, w_tower=1.0, w_lvm=w_lvm, lane_lambda=lam, timeout_ms=None)
     arrays, fallbacks = collect(bank, samples, lvm, tower, index, PolicySet("calibration", measure, {}), cfg,
-                                progress=progress)
+                                progress=progress, blend_taus=BLEND_TAU_GRID)
     c = np.asarray(arrays["sw_c"], np.float64)
     hit = np.asarray(arrays["sw_hit"], bool)
     ok = np.isfinite(c)
     # the stored (rounded) samples are what every later reader sees: measure everything on them
     steps = {"c": [round(float(v), 6) for v in c[ok]],
              "margin": [round(float(v), 6) for v in np.asarray(arrays["sw_margin"], np.float64)[ok]],
-             "hit": [int(v) for v in hit[ok]]}
+             "hit": [int(v) for v in hit[ok]],
+             "cos_pred": [round(float(v), 6) for v in np.asarray(arrays["cos_vhat"], np.float64)[ok]]}
+    partner_c = np.round(np.asarray(arrays["sw_partner_c"], np.float64)[ok], 6)
+    partner_t = np.round(np.asarray(arrays["sw_partner_t"], np.float64)[ok], 6)
     c, margin, hit = (np.asarray(steps[k], np.float64) for k in ("c", "margin", "hit"))
     hit = hit.astype(bool)
     mw, mw_rows = pick_margin_weight(c, margin, hit)
     x, _ = confidence(steps, mw)
+    blend = None
+    if len(c) >= 10:
+        blend = choose_blend(x, np.asarray(steps["cos_pred"]), partner_c, partner_t)
+        j = BLEND_TAU_GRID.index(blend["tau"])  # the chosen partner's cosines: enough to re-fit its weights
+        steps["partner_c"], steps["partner_t"] = partner_c[:, j].tolist(), partner_t[:, j].tolist()
     first = grid[(0.0, 0.0)]
     cal: dict[str, Any] = {
         "kind": KIND, "version": VERSION, "bank": str(bank.path), "bank_n": bank.n,
@@ -138,6 +148,8 @@ def run_calibration(bank: Bank, samples: Samples, lvm: Predictor, tower: Predict
         "precision_curve": precision_curve(x, hit),
         "samples": steps,
     }
+    if blend is not None:
+        cal["blend"] = blend
     if rollouts:
         cal["generation"] = generation_grid(bank, index, lvm, tower, profiles, cal, cfg, split=samples.split,
                                             max_articles=max_articles, progress=progress)
@@ -167,6 +179,18 @@ def format_calibration(cal: dict[str, Any]) -> str:
     for r in cal["precision_curve"][::3]:
         p = "-" if r["precision"] is None else f"{100 * r['precision']:.1f}%"
         lines.append(f"{r['tau']:>14.4f}{100 * r['share']:>8.1f}%{p:>11}")
+    blend = cal.get("blend")
+    if blend:
+        lines.append("BLEND's bank side, by mean cos(blend, truth) on VAL with weights fitted for each (v_hat alone "
+                     f"{blend['val_cos_vhat']:.4f}): " + "  ".join(
+                         f"tau={r['tau']:g}: {r['cos']:.4f}" for r in blend["grid"])
+                     + f" -> blend_tau={blend['tau']:g} ({'n* alone' if not blend['tau'] else 'the shortlist'})")
+        lines.append("its weight a on the bank side (best mean cos(blend, truth) per part of the steps by x, made "
+                     "non-decreasing):")
+        lines.append(f"{'x (median)':>12}{'steps':>7}{'best a':>8}{'a':>6}{'cos blend':>11}{'cos v_hat':>11}")
+        for r in blend["bins"]:
+            lines.append(f"{r['x_median']:>12.4f}{r['n']:>7}{r['best_alpha']:>8.2f}{r['alpha']:>6.2f}"
+                         f"{r['cos_best']:>11.4f}{r['cos_vhat']:>11.4f}")
     gen = cal.get("generation")
     if gen and gen["grid"]:
         lines.append(f"generation ({gen['n_articles']} {cal['split']} rollouts, prompt {gen['P']}, {gen['S']} steps, "

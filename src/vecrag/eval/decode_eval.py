@@ -24,7 +24,7 @@ from vecrag.bank.lanes import context_lane_classifier, lane_codes_of, predict_la
 from vecrag.bank.sequences import Samples, gather_context
 from vecrag.bank.store import Bank
 from vecrag.decode.cascade import BACK_DEPTH, Cascade, CascadeConfig
-from vecrag.decode.policy import KINDS, NOVEL, SNAP, Policy, alpha, decide_batch
+from vecrag.decode.policy import KINDS, NOVEL, SNAP, Policy, alpha, blend_partner, decide_batch
 from vecrag.decode.profiles import PolicySet
 from vecrag.eval.cascade_eval import context_len, predict
 from vecrag.scoring.metrics import kept_results
@@ -56,13 +56,16 @@ def drop_context(ids: np.ndarray, vecs: np.ndarray, ctx_ids: np.ndarray | None, 
 
 def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, index: Any, policies: PolicySet,
             cfg: CascadeConfig, *, exclude_context: bool = True, batch: int = 64,
-            progress: bool = False, never_back: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+            progress: bool = False, never_back: bool = False,
+            blend_taus: tuple[float, ...] = ()) -> tuple[dict[str, np.ndarray], dict]:
     """Per-sample arrays of the teacher-forced decisions, and the retrieval fallback counts.
 
     ``exclude_context`` (default, the section 5 hit rule): the context's own chunk ids are removed from the
     shortlist before deciding (they are never the next chunk); otherwise they stay and only the
     near-duplicate rule (c > near_dup) keeps the decoder from snapping back onto them. ``never_back``: the
-    article's chunks before the context are removed too (``vecrag generate --never-back``).
+    article's chunks before the context are removed too (``vecrag generate --never-back``). For each of
+    ``blend_taus`` (a calibration's grid), ``sw_partner_c`` / ``sw_partner_t`` [n, len(blend_taus)] hold the
+    cosine of that BLEND partner to v_hat and to the truth.
     """
     L = context_len(lvm, tower)
     codes, _ = lane_codes_of(bank.lanes)
@@ -75,7 +78,8 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
     n = len(samples)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in (
         "kind", "c", "neighbour", "cos_emit", "cos_vhat", "snap_hit", "in_shortlist", "cos_oracle", "lane",
-        "sw_c", "sw_cos_star", "sw_cos_blend", "sw_hit", "sw_margin", "fallback")}
+        "sw_c", "sw_cos", "sw_cos_star", "sw_cos_blend", "sw_hit", "sw_margin", "sw_partner_c", "sw_partner_t",
+        "fallback")}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -114,8 +118,14 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
         sw = decide_batch(v_hat, cvecs, ids, sweep_policy, ctx_ids, scores)
         pos = np.maximum(sw["pos"], 0)
         star = cvecs[np.arange(m), pos]
-        a = np.asarray(alpha(np.nan_to_num(sw["c"], nan=0.0), sweep_policy))
-        blend = _unit_rows(a[:, None] * star + (1 - a[:, None]) * v_hat)
+        a = np.asarray(alpha(np.nan_to_num(sw["x"], nan=0.0), sweep_policy))
+        partner = blend_partner(cvecs, scores, sw["usable"], sw["pos"], sweep_policy.blend_tau)
+        blend = _unit_rows(a[:, None] * partner + (1 - a[:, None]) * v_hat)
+        parts = [blend_partner(cvecs, scores, sw["usable"], sw["pos"], t) for t in blend_taus]
+        cols["sw_partner_c"].append(np.stack([np.einsum("nd,nd->n", p, v_hat) for p in parts], 1) if parts
+                                    else np.zeros((m, 0)))
+        cols["sw_partner_t"].append(np.stack([np.einsum("nd,nd->n", p, tvec) for p in parts], 1) if parts
+                                    else np.zeros((m, 0)))
         hit_cols = (tg[np.maximum(ids, 0)] == tg[tgt][:, None]) & (ids >= 0)
         cand_cos = np.einsum("nkd,nd->nk", cvecs, tvec)
         cos_vhat = np.einsum("nd,nd->n", v_hat, tvec)
@@ -135,6 +145,7 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
         cols["sw_cos_blend"].append(np.where(has, np.einsum("nd,nd->n", blend, tvec), cos_vhat))
         cols["sw_hit"].append(has & (tg[np.maximum(sw["neighbour"], 0)] == tg[tgt]))
         cols["sw_margin"].append(np.where(has, sw["margin"], 0.0))
+        cols["sw_cos"].append(np.where(has, sw["c"], np.nan))  # cos(v_hat, candidate) itself, without the margin
         cols["fallback"].append(failed)
         if bar is not None:
             bar.update(m)
