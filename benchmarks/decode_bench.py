@@ -41,17 +41,18 @@ def bench_decision(d: int, k: int, n: int = 3000) -> tuple[float, float]:
     from vecrag.decode.policy import Policy, decide
 
     rng = np.random.default_rng(1)
-    p = Policy()
+    p = Policy(blend_tau=0.05)  # a calibrated BLEND: the shortlist averaged by score
     v = unit_rows(rng, n, d)
     cand = unit_rows(rng, n * k, d).reshape(n, k, d)
     cand[:, 0] = 0.93 * v + 0.37 * cand[:, 0]  # some SNAP/BLEND work, not only NOVEL
     cand[:, 0] /= np.linalg.norm(cand[:, 0], axis=1, keepdims=True)
     ids = np.arange(k, dtype=np.int64)
+    scores = np.sort(rng.uniform(0.3, 0.6, (n, k)), axis=1)[:, ::-1]
     recent = list(range(8))
     ts = []
     for i in range(n):
         t0 = time.perf_counter()
-        decide(v[i], cand[i], ids, p, recent)
+        decide(v[i], cand[i], ids, p, recent, scores=scores[i])
         ts.append(1000 * (time.perf_counter() - t0))
     return float(np.mean(ts)), pct(ts, 95)
 
@@ -94,7 +95,8 @@ def bench_steps(index: object, vecs: np.ndarray, steps: int, K: int, no_repeat: 
     tower = TorchPredictor(QueryTower(d, TowerConfig(kind="gru", hidden=256)), "tower-gru", 16)
     texts = ["chunk"] * len(vecs)
     # thresholds of a calibrated MiniLM bank's neutral profile (the bands only change which branch runs)
-    policies = PolicySet("neutral", Policy(tau_snap=0.82, tau_novel=0.57), {})
+    policies = PolicySet("neutral", Policy(tau_snap=0.82, tau_novel=0.57, alpha_points=((0.7, 0.75),),
+                                          blend_tau=0.05), {})
     dec = Decoder(vecs, texts, None, index, lvm, tower, policies,
                   CascadeConfig(K=K, k=10, timeout_ms=10_000.0, w_lvm=0.0, lane_lambda=0.05, w_topic=0.25),
                   exclude_context=True, no_repeat=no_repeat, feedback="shown")

@@ -308,3 +308,27 @@ def test_generate_never_back_skips_the_articles_earlier_chunks(tmp_path, never_b
     with pytest.raises(VecragError, match="article_start"):
         Decoder(bank.vectors, bank.texts, None, None, last, last, load_profiles().policy_set("gtr-t5"),
                 never_back=True)
+
+
+def test_blend_steps_show_the_chunk_they_blend_with(lane_bank) -> None:
+    """Every step BLENDs (bands below and above every cosine). Whether its bank side is n* or the shortlist averaged
+    (blend_tau), the text shown is n*'s, marked approximate: with the shown chunk fed back, both rollouts show the
+    same chunks while their emitted vectors differ."""
+    from vecrag.decode.policy import Policy
+    from vecrag.decode.profiles import PolicySet
+    from vecrag.scoring.predictors import HeuristicPredictor
+
+    out = {}
+    for tau in (0.0, 0.5):
+        pol = Policy(tau_snap=1.0, tau_novel=-1.0, alpha_points=((0.0, 0.8),), blend_tau=tau)
+        dec = _decoder(lane_bank, HeuristicPredictor("ewma", 0.5), PolicySet("t", pol, {}), stall=None,
+                       feedback="shown")
+        try:
+            out[tau] = list(dec.generate([lane_bank.vectors_f32(np.array([i]))[0] for i in (3, 4, 5)], 4, [3, 4, 5]))
+        finally:
+            dec.close()
+        assert [st.decision.kind for st in out[tau]] == ["BLEND"] * 4
+        assert all(st.text_id == st.decision.neighbour_id >= 0 and st.approx for st in out[tau])
+    assert [st.text_id for st in out[0.0]] == [st.text_id for st in out[0.5]]
+    for a, b in zip(out[0.0], out[0.5], strict=True):
+        assert float(np.dot(a.decision.vector, b.decision.vector)) < 0.999

@@ -19,8 +19,9 @@ The prompt is split into chunks with the bank's chunker settings and embedded wi
 --prompt-ids continues from bank chunks). Every step: the LVM predicts the next vector, the query tower
 searches the bank (top-K), the candidates are re-ranked (fusion of tower score and cos to the prediction,
 plus the lane bonus), and the policy decides SNAP (use the bank vector), BLEND or NOVEL (keep the
-prediction). SNAP prints the bank chunk's text; BLEND and NOVEL print the nearest bank chunk's text marked
-(approx). The chunk shown is appended to the context (--feedback emitted appends the decision's vector).
+prediction). SNAP prints the bank chunk's text; BLEND the text of the chunk it blends with and NOVEL the
+nearest bank chunk's, marked (approx). The chunk shown is appended to the context (--feedback emitted
+appends the decision's vector).
 No step shows a chunk already shown or a prompt chunk (by id or text). The calibrated profiles
 (conservative, neutral, creative) need `vecrag calibrate` for this LVM and retriever first. A retrieval
 error, timeout or empty shortlist makes the step NOVEL (counted, never a crash). Decoding is deterministic;

@@ -1,7 +1,8 @@
 """Extension point: vector -> text inverters for BLEND / NOVEL steps (optional).
 
-vecrag itself never needs an inverter: SNAP steps print the bank chunk's text, BLEND/NOVEL steps print the
-nearest bank chunk's text marked "(approx)". An inverter adds generated text for the emitted vector, e.g.
+vecrag itself never needs an inverter: SNAP steps print the bank chunk's text, BLEND steps the text of the
+chunk they blend with and NOVEL steps the nearest bank chunk's, both marked "(approx)". An inverter adds
+generated text for the emitted vector, e.g.
 vec2text (https://github.com/jxmorris12/vec2text) for banks built with GTR-T5 (its corrector models are
 trained for ``sentence-transformers/gtr-t5-base`` embeddings; they do not apply to MiniLM banks).
 
