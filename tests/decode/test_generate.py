@@ -332,3 +332,29 @@ def test_blend_steps_show_the_chunk_they_blend_with(lane_bank) -> None:
     assert [st.text_id for st in out[0.0]] == [st.text_id for st in out[0.5]]
     for a, b in zip(out[0.0], out[0.5], strict=True):
         assert float(np.dot(a.decision.vector, b.decision.vector)) < 0.999
+
+
+def test_a_stalled_shortlist_blend_blends_with_its_candidate_alone(lane_bank) -> None:
+    """'last' LVM and emitted feedback: each prediction is the previous blend, and a flat average of the shortlist
+    barely moves. The stall guard (at 0.95 here) then blends with the candidate alone (still BLEND, fallback
+    "stall") before it would SNAP, and no two consecutive emitted vectors come within the stall cosine."""
+    from vecrag.decode.policy import Policy
+    from vecrag.decode.profiles import PolicySet
+    from vecrag.scoring.predictors import HeuristicPredictor
+
+    pol = Policy(tau_snap=1.0, tau_novel=-1.0, alpha_points=((0.0, 0.5),), blend_tau=1.0)
+    v5 = lane_bank.vectors_f32(np.array([5]))[0]
+    dec = _decoder(lane_bank, HeuristicPredictor("last"), PolicySet("t", pol, {}), feedback="emitted", stall=0.95)
+    try:
+        steps = list(dec.generate([v5], 6, [5]))
+    finally:
+        dec.close()
+    stalled = [st for st in steps if st.decision.fallback == "stall"]
+    assert len(stalled) >= 2 and all(st.decision.kind == "BLEND" for st in stalled)
+    for st in stalled:  # the blend of the prediction (the previous emitted vector) with n* alone
+        i = steps.index(st)
+        n_star = lane_bank.vectors_f32(np.array([st.decision.neighbour_id]))[0]
+        mix = 0.5 * n_star + 0.5 * steps[i - 1].decision.vector
+        np.testing.assert_allclose(st.decision.vector, mix / np.linalg.norm(mix), atol=1e-5)
+    for prev, st in zip(steps, steps[1:], strict=False):
+        assert float(np.dot(prev.decision.vector, st.decision.vector)) <= 0.95

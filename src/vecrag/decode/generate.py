@@ -28,8 +28,9 @@ A chain of NOVEL steps under ``"emitted"`` feeds the LVM its own predictions and
 (`vecrag eval generate` measures the cosine between consecutive emitted vectors).
 
 **Stall guard** (``stall``, 0.98): a BLEND or NOVEL step whose vector would have a cosine above 0.98 to the previous
-step's is grounded instead (SNAP to its candidate; ``fallback`` "stall" in the step's record): the rollout's
-emitted vectors never stop moving.
+step's is grounded instead (``fallback`` "stall" in the step's record): a BLEND over the shortlist blends with its
+candidate alone, and when that does not move either, or the step was NOVEL, it SNAPs to its candidate. The
+rollout's emitted vectors never stop moving.
 
 With ``never_back`` (``vecrag generate --never-back``) the shortlist also drops every chunk of an article the
 context has visited up to the furthest chunk used there: generation never goes back in an article. It reads
@@ -252,10 +253,13 @@ class Decoder:
             res.vectors[drop] = 0.0
         return res
 
-    def _unstall(self, dec: Decision, res: CascadeResult, policy: Any) -> Decision:
+    def _unstall(self, dec: Decision, res: CascadeResult, policy: Any, v_hat: np.ndarray) -> Decision:
         """Ground a BLEND / NOVEL step whose vector would barely move from the previous step's (cosine above
-        ``stall``): a prediction fed its own outputs converges, and such a chain collapses onto one point. The step
-        SNAPs to its candidate instead (``Decision.fallback`` = "stall"). A policy that forces its decision keeps it."""
+        ``stall``): a prediction fed its own outputs converges, and such a chain collapses onto one point. A BLEND
+        over the shortlist (``blend_tau`` > 0) first blends with its candidate alone at the same weight (the
+        shortlist's average moves little from step to step when the context does); if that too stays within
+        ``stall``, or the step was NOVEL or blended with ``n*`` already, it SNAPs to its candidate
+        (``Decision.fallback`` = "stall" either way). A policy that forces its decision keeps it."""
         prev, self._last_vector = self._last_vector, dec.vector
         if (self.stall is None or prev is None or policy.force or dec.kind == SNAP or dec.neighbour_id < 0
                 or dec.fallback):
@@ -263,7 +267,17 @@ class Decoder:
         if float(np.dot(dec.vector, prev)) <= self.stall:
             return dec
         j = int(np.flatnonzero(res.ids[0] == dec.neighbour_id)[0])
-        vec = np.asarray(res.vectors[0][j], np.float32)
+        star = np.asarray(res.vectors[0][j], np.float64)
+        if dec.kind == BLEND and policy.blend_tau > 0:
+            v = np.asarray(v_hat, np.float64).reshape(-1)
+            mixed = dec.alpha * star + (1.0 - dec.alpha) * v / max(float(np.linalg.norm(v)), 1e-12)
+            norm = float(np.linalg.norm(mixed))
+            if norm > 1e-9 and float(np.dot(mixed / norm, prev)) <= self.stall:
+                vec = (mixed / norm).astype(np.float32)
+                self._last_vector = vec
+                return Decision(BLEND, dec.c, dec.neighbour_id, dec.alpha, vec, dec.c_max, dec.skipped_ids,
+                                fallback="stall", x=dec.x)
+        vec = star.astype(np.float32)
         self._last_vector = vec
         return Decision(SNAP, dec.c, dec.neighbour_id, 1.0, vec, dec.c_max, dec.skipped_ids, fallback="stall",
                         x=dec.x)
@@ -299,7 +313,7 @@ class Decoder:
             dec = novel(v_hat[0], reason=res.reasons[0])
         else:
             dec = decide(v_hat[0], res.vectors[0], res.ids[0], policy, self.recent, scores=res.scores[0])
-            dec = self._unstall(dec, res, policy)
+            dec = self._unstall(dec, res, policy, v_hat[0])
         t4 = time.perf_counter()
         self.recent.append(dec.used_id)
         del self.recent[:-max(1, policy.near_dup_window)]

@@ -178,7 +178,7 @@ class Decision:
     vector: np.ndarray
     c_max: float = float("nan")
     skipped_ids: tuple[int, ...] = ()
-    fallback: str = ""  # "" or the retrieval failure that forced NOVEL: "error" | "timeout" | "empty"
+    fallback: str = ""  # "", the retrieval failure that forced NOVEL ("error", "timeout", "empty") or "stall"
     x: float = float("nan")  # the value the bands were applied to: c + margin_weight * margin
 
     @property
