@@ -16,7 +16,9 @@ first stage alone, taking a point only when its paired gain in Hit@10 exceeds 1.
 chosen cascade is never below its first stage on VAL; (2) with that cascade, every step's cosine c between the
 LVM's prediction and its candidate, the cascade's score margin, and whether the candidate is the true next
 chunk, and the weight w of the margin in the bands' value x = c + w * margin that best ranks correct
-candidates; (3) rollouts from VAL prompts at a few (topic weight, feedback) settings. It writes
+candidates; (3) BLEND: whether it mixes the prediction with the candidate alone or with the shortlist averaged by
+softmax(score / blend_tau), and its weight per fifth of the steps by x, both for the best cosine of the emitted
+vector to the true next chunk; (4) rollouts from VAL prompts at a few (topic weight, feedback) settings. It writes
 calibration.json into the LVM's run directory (else the retriever's; for two heuristics into BANK/eval/),
 where `vecrag generate`, `eval decode`, `eval generate`, `eval cascade` and `serve` find it.
 Example: vecrag calibrate banks/wiki-300 --lvm runs/lvm --retriever runs/retriever
