@@ -6,6 +6,8 @@ Three measurements on VAL articles against the full bank, with the shared hit ru
    holds the first stage alone (0, 0); the best is chosen (:func:`vecrag.decode.calibration.pick_fusion`);
 2. with that cascade, every VAL step's ``c`` (the cosine the decoder's bands are applied to) and whether its
    candidate is the true next chunk (teacher-forced); profiles turn these into thresholds when they are loaded;
+   with the cosines of the prediction and of each ``blend_tau``'s bank side to the truth, BLEND's bank side and
+   weights (:func:`vecrag.decode.calibration.choose_blend`);
 3. generation itself: rollouts from VAL prompts (the decoder `vecrag generate` uses, ``neutral`` profile) at
    every (topic weight, feedback) of a small grid; the best coverage of the true continuation is chosen among the
    points whose paired gain over (0, ``shown``) exceeds 1.96 standard errors over articles (ties go to the smaller
