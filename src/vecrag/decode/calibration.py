@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from vecrag.decode.policy import alpha
 from vecrag.errors import VecragError
 from vecrag.runs.layout import CALIBRATION
 
@@ -207,9 +208,7 @@ def choose_blend(x: np.ndarray, cos_pred: np.ndarray, partner_c: np.ndarray, par
     fits, per_step, grid = [], [], []
     for i, tau in enumerate(taus):
         fit = fit_alpha(x, partner_c[:, i], cp, partner_t[:, i])
-        knots = np.asarray(fit["alpha_points"], np.float64)
-        a = np.interp(x, knots[:, 0], knots[:, 1])  # vecrag.decode.policy.alpha of these knots
-        got = blend_cos(a, partner_c[:, i], cp, partner_t[:, i])
+        got = blend_cos(alpha(x, points=fit["alpha_points"]), partner_c[:, i], cp, partner_t[:, i])
         fits.append(fit)
         per_step.append(got)
         grid.append({"tau": float(tau), "cos": float(got.mean()), "delta_vs_vhat": float((got - cp).mean()),

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -266,18 +266,14 @@ class Decoder:
             return dec
         if float(np.dot(dec.vector, prev)) <= self.stall:
             return dec
+        if dec.kind == BLEND and policy.blend_tau > 0:  # the same decision, blended with n* alone
+            alone = decide(v_hat, res.vectors[0], res.ids[0], policy.replace(blend_tau=0.0), self.recent,
+                           scores=res.scores[0])
+            if float(np.dot(alone.vector, prev)) <= self.stall:
+                self._last_vector = alone.vector
+                return replace(alone, fallback="stall")
         j = int(np.flatnonzero(res.ids[0] == dec.neighbour_id)[0])
-        star = np.asarray(res.vectors[0][j], np.float64)
-        if dec.kind == BLEND and policy.blend_tau > 0:
-            v = np.asarray(v_hat, np.float64).reshape(-1)
-            mixed = dec.alpha * star + (1.0 - dec.alpha) * v / max(float(np.linalg.norm(v)), 1e-12)
-            norm = float(np.linalg.norm(mixed))
-            if norm > 1e-9 and float(np.dot(mixed / norm, prev)) <= self.stall:
-                vec = (mixed / norm).astype(np.float32)
-                self._last_vector = vec
-                return Decision(BLEND, dec.c, dec.neighbour_id, dec.alpha, vec, dec.c_max, dec.skipped_ids,
-                                fallback="stall", x=dec.x)
-        vec = star.astype(np.float32)
+        vec = np.asarray(res.vectors[0][j], np.float32)
         self._last_vector = vec
         return Decision(SNAP, dec.c, dec.neighbour_id, 1.0, vec, dec.c_max, dec.skipped_ids, fallback="stall",
                         x=dec.x)

@@ -147,9 +147,11 @@ class Policy:
                 "margin_weight": self.margin_weight, "pick": self.pick, "blend_tau": self.blend_tau}
 
 
-def alpha(c: float | np.ndarray, policy: Policy | None = None) -> float | np.ndarray:
-    """Weight on the bank vector at cosine ``c``: piecewise-linear through the knots, clamped outside them."""
-    pts = (policy or Policy()).alpha_points
+def alpha(c: float | np.ndarray, policy: Policy | None = None,
+          points: Sequence[Sequence[float]] | None = None) -> float | np.ndarray:
+    """Weight on the bank vector at cosine ``c``: piecewise-linear through the knots (``points``, else the
+    policy's), clamped outside them."""
+    pts = points if points is not None else (policy or Policy()).alpha_points
     xs = np.fromiter((p[0] for p in pts), dtype=np.float64)
     ys = np.fromiter((p[1] for p in pts), dtype=np.float64)
     out = np.interp(np.asarray(c, dtype=np.float64), xs, ys)
@@ -299,8 +301,8 @@ def decide_batch(v_hat: np.ndarray, cand_vecs: np.ndarray, cand_ids: np.ndarray,
 
     Returns arrays: ``kind`` (object), ``c``, ``c_max``, ``neighbour`` (id, -1 if none), ``pos`` (column of the
     chosen candidate, -1 if none), ``alpha`` (weight on the bank vector used), ``margin``, ``x`` (the value the
-    bands saw), ``usable`` [n, k] (the candidates a BLEND may average) and ``vector`` [n, D] float32. Agrees
-    with :func:`decide` row by row.
+    bands saw), ``usable`` [n, k] (the candidates a BLEND may average), ``partner`` [n, D] (the bank side a BLEND
+    of the row mixes with, whatever its band) and ``vector`` [n, D] float32. Agrees with :func:`decide` row by row.
     """
     v = np.asarray(v_hat, dtype=np.float64)
     v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
@@ -340,4 +342,5 @@ def decide_batch(v_hat: np.ndarray, cand_vecs: np.ndarray, cand_ids: np.ndarray,
     c_out = np.where(has, c, np.where(np.isfinite(c_max), c_max, np.nan))
     return {"kind": kind, "c": c_out, "c_max": np.where(np.isfinite(c_max), c_max, np.nan), "neighbour": nb,
             "pos": pos, "alpha": a, "vector": vec.astype(np.float32), "margin": m,
-            "x": np.where(has, x, np.nan), "usable": usable_mask if k else np.zeros((n, 0), bool)}
+            "x": np.where(has, x, np.nan), "usable": usable_mask if k else np.zeros((n, 0), bool),
+            "partner": partner}

@@ -78,7 +78,7 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
     n = len(samples)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in (
         "kind", "c", "neighbour", "cos_emit", "cos_vhat", "snap_hit", "in_shortlist", "cos_oracle", "lane",
-        "sw_c", "sw_cos", "sw_cos_star", "sw_cos_blend", "sw_hit", "sw_margin", "sw_partner_c", "sw_partner_t",
+        "sw_c", "sw_cos_star", "sw_cos_blend", "sw_hit", "sw_margin", "sw_partner_c", "sw_partner_t",
         "fallback")}
     bar = None
     if progress:
@@ -119,8 +119,7 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
         pos = np.maximum(sw["pos"], 0)
         star = cvecs[np.arange(m), pos]
         a = np.asarray(alpha(np.nan_to_num(sw["x"], nan=0.0), sweep_policy))
-        partner = blend_partner(cvecs, scores, sw["usable"], sw["pos"], sweep_policy.blend_tau)
-        blend = _unit_rows(a[:, None] * partner + (1 - a[:, None]) * v_hat)
+        blend = _unit_rows(a[:, None] * sw["partner"] + (1 - a[:, None]) * v_hat)
         parts = [blend_partner(cvecs, scores, sw["usable"], sw["pos"], t) for t in blend_taus]
         cols["sw_partner_c"].append(np.stack([np.einsum("nd,nd->n", p, v_hat) for p in parts], 1) if parts
                                     else np.zeros((m, 0)))
@@ -145,7 +144,6 @@ def collect(bank: Bank, samples: Samples, lvm: Predictor, tower: Predictor, inde
         cols["sw_cos_blend"].append(np.where(has, np.einsum("nd,nd->n", blend, tvec), cos_vhat))
         cols["sw_hit"].append(has & (tg[np.maximum(sw["neighbour"], 0)] == tg[tgt]))
         cols["sw_margin"].append(np.where(has, sw["margin"], 0.0))
-        cols["sw_cos"].append(np.where(has, sw["c"], np.nan))  # cos(v_hat, candidate) itself, without the margin
         cols["fallback"].append(failed)
         if bar is not None:
             bar.update(m)
