@@ -97,6 +97,13 @@ CASES: dict[str, Case] = {
         [r"^version\s+open\s+open \+ first use\s+vecrag search --id$",
          rf"^before \(no checks\)\s+{NUM}s\s+{NUM}s\s+{NUM}s$",
          rf"^after, recorded \(usual\)\s+{NUM}s", rf"^after, first open \(full check\)\s+{NUM}s"]),
+    "blend_bench": lambda t: (
+        bench("blend_bench", calibrated_bank(t), "--lvm", "heuristic:ewma", "--retriever", "heuristic:last",
+              "--steps", 3, "--max-articles", 3, "--prompt-chunks", "3,4", "--max-samples", 50),
+        [r"^split\s+steps\s+neutral\s+n\* alone\s+neutral - n\* alone$",
+         *(rf"^{s}\s+\d+\s+[+-]{NUM} \+- {NUM}\s+[+-]{NUM} \+- {NUM}\s+[+-]{NUM} \+- {NUM}$" for s in ("val", "test")),
+         rf"^neutral\s+\d+\s+{NUM} \+- {NUM}$", rf"^n\* alone\s+\d+\s+{NUM} \+- {NUM}\s+[+-]{NUM} \+- {NUM}$",
+         rf"^greedy tower\s+\d+\s+{NUM} \+- {NUM}\s+[+-]{NUM} \+- {NUM}$"]),
     "decode_bench": lambda t: (
         bench("decode_bench", "--sizes", 500, "--kinds", "flat,ivf", "--steps", 3, "--dim", 16, "--K", 20,
               "--threads", 1),

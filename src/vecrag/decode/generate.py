@@ -10,9 +10,8 @@ One step (:meth:`Decoder.step`)::
 Text out: SNAP -> the snapped bank chunk's text; BLEND -> the text of its candidate ``n*`` (the chunk it blends
 with, the heaviest member of its bank side), marked approximate; NOVEL -> the shortlist's chunk nearest to the
 prediction, marked approximate (with a configured inverter, BLEND and NOVEL also show the inverted text). A BLEND
-that averages the shortlist (``blend_tau`` > 0) emits a vector between several chunks; the chunk nearest to it is
-often a generic one, and showing it instead of ``n*`` covered 0.8 points less of the true continuation on VAL and
-TEST rollouts of wiki-300 and wiki-1200 (prompts of 3 to 6 chunks).
+that averages the shortlist (``blend_tau`` > 0) emits a vector between several chunks, and the chunk nearest to it
+is often a generic one rather than the chunk the cascade ranks best.
 
 **No loops, no echo** (``no_repeat``, the default everywhere): a chunk this rollout already showed or used, a
 prompt chunk (by id), and any bank chunk with the same text as one of those or as a text prompt's chunk, never

@@ -10,7 +10,7 @@ With ``n*`` the step's candidate and ``c`` = cos(v_hat, n*) (docs/design.md):
   blend: ``n*`` itself when ``blend_tau`` is 0 (the design's formula), else the shortlist's usable candidates
   averaged with weights ``softmax(cascade score / blend_tau)`` (:func:`blend_partner`; ``n*``, the best-scored,
   weighs most). One chunk is a noisy guess at the next one; the few the cascade ranks highest, averaged, are a
-  better one: on wiki-1200 VAL the best blend with ``n*`` gains +0.032 cosine to the truth over ``v_hat``, with
+  better one: on wiki-1200 VAL the best blend with ``n*`` gains +0.034 cosine to the truth over ``v_hat``, with
   the top 10 at ``blend_tau`` 0.05 +0.060. ``vecrag calibrate`` chooses ``blend_tau`` and fits ``a`` on VAL.
 
 **The candidate** (``pick``): ``"score"`` (the default) takes the shortlist's best cascade score (``scores``;
